@@ -1,0 +1,1 @@
+"""Launching DeepLens: the local stack (`deeplens up`) and cluster bootstrap."""

@@ -1,0 +1,209 @@
+"""One validated settings object for every DeepLens process.
+
+Read from ``DEEPLENS_*`` environment variables (nested groups with ``__``), e.g.
+``DEEPLENS_KAFKA__BOOTSTRAP_SERVERS=broker:9092``. A bad value fails at start
+with a message naming the variable (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DEEPLENS_"
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds a value DeepLens cannot start with."""
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is and how DeepLens talks to it."""
+
+    bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers; empty starts the local tansu broker"
+    )
+    topic_prefix: str = Field("", description="Prepended to every topic and group name")
+    client_id: str = "deeplens"
+    # Seed: Retries = 3. librdkafka retries within delivery_timeout_ms regardless;
+    # this caps the count.
+    producer_retries: int = Field(3, ge=0)
+    linger_ms: int = Field(5, ge=0)
+    compression_type: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
+    delivery_timeout_ms: int = Field(30_000, ge=1_000)
+    batch_size: int = Field(64, ge=1, le=10_000, description="Messages per consumer batch")
+    poll_timeout_s: float = Field(0.5, gt=0)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    local_broker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+
+
+class StorageSettings(BaseModel):
+    """Where uploaded bytes live: a local folder (default) or an S3-compatible bucket."""
+
+    provider: Literal["local", "s3"] = "local"
+    root: Path | None = Field(None, description="Local root; default DATA_DIR/images")
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+
+
+class VectorStoreSettings(BaseModel):
+    """Which vector database holds the embeddings."""
+
+    backend: Literal["lancedb", "weaviate"] = "lancedb"
+    weaviate_url: str = "http://127.0.0.1:8080"
+    weaviate_grpc_port: int = 50051
+    weaviate_api_key: SecretStr = SecretStr("")
+
+
+class ModelSettings(BaseModel):
+    """Which open_clip model embeds images and text."""
+
+    name: str = "ViT-B-32"
+    pretrained: str = Field(
+        "laion2b_s34b_b79k", description="open_clip tag, a weights file path, or 'random'"
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+
+class ServeSettings(BaseModel):
+    """Ray Serve: HTTP edge and the Embedder deployment."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0)
+    num_cpus: float = Field(0.5, gt=0)
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
+class ActorSettings(BaseModel):
+    """How many consumer actors each stage runs and what each asks of Ray."""
+
+    validators: int = Field(1, ge=1)
+    projectors: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, gt=0, description="CPU request per actor; fractional locally")
+
+
+class IngestionSettings(BaseModel):
+    """Limits at the HTTP edge and in validation."""
+
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per tenant per minute")
+    rate_limit_burst: int = Field(60, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1, description="Pillow's bomb threshold")
+    min_side: int = Field(16, ge=1)
+    max_side: int = Field(16_384, ge=1)
+    ack_timeout_s: float = Field(10.0, gt=0, description="Broker ack wait before answering 503")
+
+
+class Settings(BaseSettings):
+    """Every DeepLens setting. Build with :func:`load_settings` to get readable errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("data")
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="tenant:key pairs, comma separated: alpha:key-a,beta:key-b"
+    )
+    api_keys_file: Path | None = Field(None, description="File of tenant:key lines")
+    catalog_url: str = Field("", description="SQLAlchemy URL; empty = SQLite in DATA_DIR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    kafka: KafkaSettings = KafkaSettings()
+    storage: StorageSettings = StorageSettings()
+    vector_store: VectorStoreSettings = VectorStoreSettings()
+    model: ModelSettings = ModelSettings()
+    serve: ServeSettings = ServeSettings()
+    actors: ActorSettings = ActorSettings()
+    ingestion: IngestionSettings = IngestionSettings()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())
+        return value
+
+    def tenant_keys(self) -> dict[str, str]:
+        """Map of API key -> tenant id, from API_KEYS and API_KEYS_FILE."""
+        keys = parse_api_keys(self.api_keys.get_secret_value())
+        if self.api_keys_file is not None:
+            text = self.api_keys_file.read_text()
+            lines = [ln.strip() for ln in text.splitlines()]
+            keys.update(parse_api_keys(",".join(ln for ln in lines if ln and ln[0] != "#")))
+        return keys
+
+    @property
+    def storage_root(self) -> Path:
+        return self.storage.root or self.data_dir / "images"
+
+    @property
+    def effective_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets replaced by '***'."""
+        return _mask(self.model_dump(mode="python"))
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """Parse ``tenant:key,tenant:key`` into {key: tenant}; reject malformed pairs."""
+    keys: dict[str, str] = {}
+    for raw in text.split(","):
+        pair = raw.strip()
+        if not pair:
+            continue
+        tenant, sep, key = pair.partition(":")
+        tenant, key = tenant.strip(), key.strip()
+        if not sep or not tenant or not key:
+            raise ValueError(f"expected tenant:key, got {pair.split(':')[0]!r}:<...>")
+        if not _TENANT_OK(tenant):
+            raise ValueError(f"tenant id {tenant!r} may hold only letters, digits, '-', '_'")
+        if key in keys and keys[key] != tenant:
+            raise ValueError("one API key is given to two tenants")
+        keys[key] = tenant
+    return keys
+
+
+def _TENANT_OK(tenant: str) -> bool:  # noqa: N802 - reads as a predicate constant
+    return len(tenant) <= 64 and all(c.isalnum() or c in "-_" for c in tenant)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment; raise SettingsError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            var = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+            shown = "<secret>" if "KEY" in var or "PASSWORD" in var else os.environ.get(var)
+            lines.append(f"{var}={shown!r}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,178 @@
+"""The topic table (``topics.toml``) and the admin operations built on it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """'7d' -> 604800000."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"bad duration {text!r}; use <n>s, <n>m, <n>h or <n>d")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    groups: tuple[str, ...]
+    doc: str
+    delay_ms: int = 0
+
+
+def load_topic_table() -> dict[str, TopicSpec]:
+    """Logical topic name -> spec, from the packaged topics.toml."""
+    text = resources.files("deeplens").joinpath("topics.toml").read_text()
+    table = tomllib.loads(text)["topics"]
+    return {
+        name: TopicSpec(
+            name=name,
+            partitions=int(row["partitions"]),
+            retention_ms=duration_ms(row["retention"]),
+            groups=tuple(row["groups"]),
+            doc=row.get("doc", ""),
+            delay_ms=duration_ms(row["delay"]) if "delay" in row else 0,
+        )
+        for name, row in table.items()
+    }
+
+
+TOPICS = load_topic_table()
+RETRY_TOPICS = tuple(sorted(n for n in TOPICS if n.startswith("retry.")))
+
+
+class TopicNames:
+    """Maps logical names (``images.uploaded``) to physical ones, with the prefix."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def physical(self, logical: str) -> str:
+        return self.prefix + logical
+
+    def logical(self, physical: str) -> str:
+        if self.prefix and physical.startswith(self.prefix):
+            return physical[len(self.prefix) :]
+        return physical
+
+    def group(self, stage: str) -> str:
+        return f"{self.prefix}deeplens-{stage}"
+
+
+@dataclass(frozen=True)
+class EnsureReport:
+    created: list[str]
+    existing: list[str]
+    drift: list[str]  # human-readable lines; empty when the broker matches the table
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+def ensure_topics(
+    admin: AdminClient, names: TopicNames, timeout_s: float = 15.0
+) -> EnsureReport:
+    """Create every missing topic of the table; report (never silently fix) drift."""
+    present = admin.list_topics(timeout=timeout_s).topics
+    created, existing, drift = [], [], []
+    missing = []
+    for spec in TOPICS.values():
+        physical = names.physical(spec.name)
+        if physical in present:
+            existing.append(physical)
+            have = len(present[physical].partitions)
+            if have < spec.partitions:
+                drift.append(f"{physical}: {have} partitions, table declares {spec.partitions}")
+            continue
+        missing.append(
+            NewTopic(
+                physical,
+                num_partitions=spec.partitions,
+                replication_factor=-1,
+                config={"retention.ms": str(spec.retention_ms)},
+            )
+        )
+    if missing:
+        for topic, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+            try:
+                future.result()
+                created.append(topic)
+            except KafkaException as exc:
+                if exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: a concurrent ensure
+                    existing.append(topic)
+                else:
+                    raise
+    drift.extend(_retention_drift(admin, names, existing, timeout_s))
+    return EnsureReport(created=created, existing=existing, drift=drift)
+
+
+def _retention_drift(
+    admin: AdminClient, names: TopicNames, physical_topics: list[str], timeout_s: float
+) -> list[str]:
+    lines = []
+    for topic, retention in describe_retention(admin, physical_topics, timeout_s).items():
+        declared = TOPICS[names.logical(topic)].retention_ms
+        if retention is not None and retention != declared:
+            lines.append(f"{topic}: retention.ms {retention}, table declares {declared}")
+    return lines
+
+
+def describe_retention(
+    admin: AdminClient, physical_topics: list[str], timeout_s: float = 15.0
+) -> dict[str, int | None]:
+    """retention.ms per topic as the broker reports it (None where it reports none)."""
+    if not physical_topics:
+        return {}
+    resources_ = [ConfigResource(ResourceType.TOPIC, t) for t in physical_topics]
+    out: dict[str, int | None] = {}
+    for resource, future in admin.describe_configs(resources_, request_timeout=timeout_s).items():
+        entries = future.result()
+        entry = entries.get("retention.ms")
+        out[resource.name] = int(entry.value) if entry is not None and entry.value else None
+    return out
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    declared_partitions: int | None
+    retention_ms: int | None
+    end_offsets: int  # messages ever written, summed over partitions
+
+
+def list_topics(admin: AdminClient, consumer, names: TopicNames, timeout_s: float = 15.0):
+    """Table topics as the broker sees them; ``consumer`` reads the watermarks."""
+    present = admin.list_topics(timeout=timeout_s).topics
+    physical = [names.physical(n) for n in TOPICS if names.physical(n) in present]
+    retention = describe_retention(admin, physical, timeout_s)
+    rows = []
+    for spec in TOPICS.values():
+        topic = names.physical(spec.name)
+        if topic not in present:
+            rows.append(TopicInfo(topic, 0, spec.partitions, None, 0))
+            continue
+        total = 0
+        for pid in present[topic].partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=timeout_s)
+            total += max(high, 0)
+        rows.append(
+            TopicInfo(topic, len(present[topic].partitions), spec.partitions, retention[topic], total)
+        )
+    return rows

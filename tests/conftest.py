@@ -1,0 +1,69 @@
+"""Session-wide real parts: one broker, one Ray; per-test topics and tenants.
+
+Set DEEPLENS_TEST_BOOTSTRAP=host:port to run against an existing Kafka instead
+of the local tansu broker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from deeplens.broker import LocalBroker, start_local_broker  # noqa: E402
+from deeplens.kafka import admin_client  # noqa: E402
+from deeplens.settings import KafkaSettings  # noqa: E402
+from deeplens.topics import TopicNames, ensure_topics  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("DEEPLENS_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    log_path = str(tmp_path_factory.mktemp("broker") / "tansu.log")
+    local: LocalBroker = start_local_broker(log_path=log_path)
+    try:
+        yield local.bootstrap
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_settings(broker: str, prefix: str) -> KafkaSettings:
+    """Kafka settings with a fresh topic prefix, every table topic created."""
+    settings = KafkaSettings(
+        bootstrap_servers=broker, topic_prefix=prefix, poll_timeout_s=0.2,
+        session_timeout_ms=6000, batch_size=16,
+    )
+    report = ensure_topics(admin_client(settings), TopicNames(prefix))
+    assert report.ok, report.drift
+    return settings
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    try:
+        yield
+    finally:
+        ray.shutdown()

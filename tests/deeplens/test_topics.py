@@ -1,0 +1,68 @@
+from confluent_kafka.admin import NewTopic
+
+from deeplens.cli import main
+from deeplens.kafka import admin_client
+from deeplens.topics import TOPICS, TopicNames, describe_retention, ensure_topics
+
+
+def test_ensure_creates_table_topics_then_changes_nothing(broker, prefix) -> None:
+    from deeplens.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix)
+    admin = admin_client(settings)
+    names = TopicNames(prefix)
+    first = ensure_topics(admin, names)
+    assert sorted(first.created) == sorted(names.physical(t) for t in TOPICS)
+    assert first.ok
+
+    metadata = admin.list_topics(timeout=10).topics
+    for spec in TOPICS.values():
+        assert len(metadata[names.physical(spec.name)].partitions) == spec.partitions
+    seed = {"images.uploaded": 3, "images.validated": 3, "images.processed": 3,
+            "images.indexed": 3, "images.failed": 1, "tenant.usage": 6}
+    for topic, partitions in seed.items():
+        assert TOPICS[topic].partitions == partitions
+
+    retention = describe_retention(admin, [names.physical(t) for t in TOPICS])
+    day = 86_400_000
+    assert retention[names.physical("images.uploaded")] == 7 * day
+    assert retention[names.physical("images.failed")] == 30 * day
+    assert retention[names.physical("tenant.usage")] == 90 * day
+
+    second = ensure_topics(admin, names)
+    assert second.created == [] and second.ok
+    assert sorted(second.existing) == sorted(first.created)
+
+
+def test_ensure_reports_partition_drift(broker, prefix) -> None:
+    from deeplens.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix)
+    admin = admin_client(settings)
+    narrow = prefix + "images.uploaded"
+    admin.create_topics([NewTopic(narrow, num_partitions=1, replication_factor=-1)])[narrow].result()
+    report = ensure_topics(admin, TopicNames(prefix))
+    assert not report.ok
+    assert any(narrow in line and "1 partitions" in line for line in report.drift)
+
+
+def test_topics_cli(broker, prefix, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS", broker)
+    monkeypatch.setenv("DEEPLENS_KAFKA__TOPIC_PREFIX", prefix)
+    assert main(["topics", "ensure"]) == 0
+    assert "created  " + prefix + "images.uploaded" in capsys.readouterr().out
+    assert main(["topics", "ensure"]) == 0
+    assert "created" not in capsys.readouterr().out
+    assert main(["topics", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert prefix + "tenant.usage" in listing and "90d" in listing
+
+
+def test_cli_without_broker_explains(monkeypatch) -> None:
+    monkeypatch.delenv("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS", raising=False)
+    try:
+        main(["topics", "ensure"])
+    except SystemExit as exc:
+        assert "DEEPLENS_KAFKA__BOOTSTRAP_SERVERS" in str(exc)
+    else:
+        raise AssertionError("expected a SystemExit explaining the missing broker")
