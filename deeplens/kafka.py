@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,8 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": settings.client_id,
         "security.protocol": settings.security_protocol,
+        # librdkafka's own log lines go through Python logging, not raw stderr.
+        "logger": logging.getLogger("librdkafka"),
     }
     if settings.sasl_mechanism:
         conf["sasl.mechanism"] = settings.sasl_mechanism
@@ -90,49 +94,65 @@ class DeliveryError(RuntimeError):
 
 
 class EventProducer:
-    """A producer whose :meth:`send` returns only when every message is acknowledged."""
+    """A thread-safe producer whose :meth:`send` returns once every message is acknowledged.
+
+    A background thread serves delivery reports, so concurrent callers (HTTP
+    requests, loop threads) wait only for their own messages.
+    """
 
     def __init__(self, settings: KafkaSettings, prefix: str = "", **overrides: Any) -> None:
         self._producer = Producer(producer_config(settings, **overrides))
         self._prefix = prefix
-        self._lock = threading.Lock()
+        self._wait_s = settings.delivery_timeout_ms / 1000 + 5
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, daemon=True,
+                                        name="producer-reports")
+        self._poller.start()
 
-    def send(self, messages: Iterable[Outbound], timeout_s: float = 30.0) -> list[Message]:
-        """Produce and wait for every delivery report; raise DeliveryError on any failure."""
-        errors: list[KafkaError] = []
-        delivered: list[Message] = []
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
 
+    def send(self, messages: Iterable[Outbound], timeout_s: float | None = None) -> list[Message]:
+        """Produce and wait for every delivery report; raise DeliveryError on any failure.
+
+        ``delivery.timeout.ms`` bounds how long librdkafka tries, so by the time this
+        returns or raises the outcome of every message is final.
+        """
+        futures: list[Future[Message]] = []
+        for out in messages:
+            future: Future[Message] = Future()
+            self._produce(out, future)
+            futures.append(future)
+        if not futures:
+            return []
+        done, pending = wait(futures, timeout=timeout_s or self._wait_s)
+        errors = [f.exception() for f in done if f.exception() is not None]
+        if errors or pending:
+            first = str(errors[0]) if errors else f"{len(pending)} message(s) unacknowledged"
+            raise DeliveryError(f"{len(errors) + len(pending)} of {len(futures)} not delivered: "
+                                f"{first}")
+        return [f.result() for f in futures]
+
+    def _produce(self, out: Outbound, future: Future[Message]) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                errors.append(err)
+                future.set_exception(DeliveryError(err.str()))
             else:
-                delivered.append(msg)
+                future.set_result(msg)
 
-        count = 0
-        with self._lock:
-            for out in messages:
-                headers = list(out.headers.items()) or None
-                self._produce(out, headers, on_delivery)
-                count += 1
-            if count == 0:
-                return []
-            remaining = self._producer.flush(timeout_s)
-        if errors or remaining or len(delivered) != count:
-            first = errors[0].str() if errors else f"{remaining} message(s) unacknowledged"
-            raise DeliveryError(f"{count - len(delivered)} of {count} not delivered: {first}")
-        return delivered
-
-    def _produce(self, out: Outbound, headers: Any, on_delivery: Any) -> None:
-        topic = self._prefix + out.topic
+        headers = list(out.headers.items()) or None
         while True:
             try:
                 self._producer.produce(
-                    topic, out.event.to_json(), key=out.key, headers=headers,
-                    on_delivery=on_delivery,
+                    self._prefix + out.topic, out.event.to_json(), key=out.key,
+                    headers=headers, on_delivery=on_delivery,
                 )
                 return
-            except BufferError:  # local queue full: let deliveries drain, then go on
-                self._producer.poll(0.1)
+            except BufferError:  # local queue full: deliveries drain it
+                time.sleep(0.05)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)
+        self._closed.set()
+        self._poller.join(2)

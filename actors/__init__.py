@@ -1,0 +1,1 @@
+"""Kafka consumer actors, one module per stage."""

@@ -1,0 +1,84 @@
+"""The validation stage: ``images.uploaded`` -> ``images.validated`` | ``images.failed``.
+
+Each upload also meters ``tenant.usage`` (one upload, its bytes). Event ids of
+those usage events are derived from the image id, so a redelivered upload is
+counted once by the aggregator.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+
+from actors.validation import Invalid, validate_image
+from deeplens.consumer_loop import Envelope
+from deeplens.events import ImageFailed, ImageUploaded, ImageValidated, TenantUsage, utcnow
+from deeplens.kafka import Outbound
+from deeplens.settings import Settings
+from deeplens.storage import ObjectMissing, Storage, make_storage
+
+log = logging.getLogger(__name__)
+
+STAGE = "validation"
+TOPICS = ("images.uploaded",)
+_USAGE_NS = uuid.UUID("6f1c1f3e-3a0f-4d8e-9d7e-4d6c2b1a0f11")
+
+
+def failed(env: Envelope, reason, message: str, stage: str = STAGE, exc: BaseException | None = None):
+    event = env.event
+    return Outbound("images.failed", env.key, ImageFailed(
+        tenant_id=getattr(event, "tenant_id", None), image_id=getattr(event, "image_id", None),
+        event=event.model_dump(mode="json"), reason=reason, message=message, stage=stage,
+        error_class=type(exc).__name__ if exc else "", origin_topic=env.topic,
+        origin_partition=env.partition, origin_offset=env.offset,
+    ))
+
+
+def usage(upload: ImageUploaded) -> list[Outbound]:
+    def one(metric, quantity: float) -> Outbound:
+        event_id = uuid.uuid5(_USAGE_NS, f"{upload.image_id}/{metric}")
+        return Outbound("tenant.usage", upload.tenant_id, TenantUsage(
+            event_id=event_id, tenant_id=upload.tenant_id, metric=metric, quantity=quantity,
+            image_id=upload.image_id, occurred_at=upload.uploaded_at))
+    return [one("uploads", 1), one("upload_bytes", upload.file_size)]
+
+
+def validate_one(env: Envelope, storage: Storage, settings: Settings) -> list[Outbound]:
+    upload = env.event
+    assert isinstance(upload, ImageUploaded)
+    out = usage(upload)
+    try:
+        data = storage.get(upload.storage_path)
+    except ObjectMissing as exc:
+        return [*out, failed(env, "missing_object", str(exc), exc=exc)]
+    try:
+        verdict = validate_image(data, settings.ingestion)
+    except Exception as exc:  # noqa: BLE001 - a bad image never stops its batch
+        log.exception("validation of %s crashed", upload.image_id)
+        return [*out, failed(env, "internal_error", f"{type(exc).__name__}: {exc}", exc=exc)]
+    if isinstance(verdict, Invalid):
+        log.info("image %s/%s failed validation: %s", upload.tenant_id, upload.image_id,
+                 verdict.reason)
+        return [*out, failed(env, verdict.reason, verdict.message)]
+    validated = ImageValidated(
+        **upload.model_dump(exclude={"event_id", "schema_version"}),
+        width=verdict.width, height=verdict.height, format=verdict.format,
+        validated_at=utcnow(),
+    )
+    return [*out, Outbound("images.validated", upload.image_id, validated)]
+
+
+def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
+    """The batch handler the consumer loop runs for this stage."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = settings.ingestion.max_image_pixels
+    storage = make_storage(settings)
+
+    def handle(batch: Sequence[Envelope]) -> list[Outbound]:
+        # Storage errors other than a missing object are transient: they propagate,
+        # and the loop rewinds and retries the batch.
+        return [out for env in batch for out in validate_one(env, storage, settings)]
+
+    return handle

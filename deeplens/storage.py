@@ -1,0 +1,130 @@
+"""Where uploaded bytes live: a ``Storage`` protocol and its providers.
+
+It sits in the shared core, not in ``ingestion/``, because the validator, the
+embedding feeders and the search app read the same bytes and may import only
+``deeplens``. Paths are built from tenant and image id only; a client's file
+name never touches a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from deeplens.settings import Settings
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ObjectMissing(FileNotFoundError):
+    """The stored object an event points at is not there."""
+
+
+class Storage(Protocol):
+    provider: str
+
+    def put(self, path: str, data: bytes) -> None: ...
+    def get(self, path: str) -> bytes: ...
+    def delete(self, path: str) -> None: ...
+    def exists(self, path: str) -> bool: ...
+
+
+def object_path(tenant_id: str, image_id: str, extension: str) -> str:
+    """``tenant/ab/image_id.ext``: from ids only, never from a client's file name."""
+    for value in (tenant_id, image_id):
+        if not _SAFE_ID.match(value):
+            raise ValueError(f"unsafe id for a storage path: {value!r}")
+    if not extension.isalnum():
+        raise ValueError(f"unsafe extension {extension!r}")
+    return f"{tenant_id}/{image_id[:2]}/{image_id}.{extension}"
+
+
+class LocalStorage:
+    """Files under one root folder; writes are atomic (temp file + rename)."""
+
+    provider = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _full(self, path: str) -> Path:
+        full = (self.root / path).resolve()
+        if not full.is_relative_to(self.root):
+            raise ValueError(f"path escapes the storage root: {path!r}")
+        return full
+
+    def put(self, path: str, data: bytes) -> None:
+        full = self._full(path)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=full.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, full)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, path: str) -> bytes:
+        try:
+            return self._full(path).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(f"no stored object at {path!r}") from None
+
+    def delete(self, path: str) -> None:
+        self._full(path).unlink(missing_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return self._full(path).is_file()
+
+
+class S3Storage:
+    """An S3-compatible bucket through boto3 (``pip install 'deeplens[s3]'``)."""
+
+    provider = "s3"
+
+    def __init__(self, settings: Settings) -> None:
+        import boto3  # optional dependency, imported only when S3 is configured
+
+        cfg = settings.storage
+        if not cfg.s3_bucket:
+            raise ValueError("DEEPLENS_STORAGE__S3_BUCKET is required for the s3 provider")
+        self.bucket = cfg.s3_bucket
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=cfg.s3_endpoint_url or None,
+            region_name=cfg.s3_region or None,
+            aws_access_key_id=cfg.s3_access_key_id or None,
+            aws_secret_access_key=cfg.s3_secret_access_key.get_secret_value() or None,
+        )
+
+    def put(self, path: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=path, Body=data)
+
+    def get(self, path: str) -> bytes:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=path)["Body"].read()
+        except self._s3.exceptions.NoSuchKey:
+            raise ObjectMissing(f"no stored object at s3://{self.bucket}/{path}") from None
+
+    def delete(self, path: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=path)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=path)
+            return True
+        except self._s3.exceptions.ClientError:
+            return False
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The provider the settings name."""
+    if settings.storage.provider == "s3":
+        return S3Storage(settings)
+    return LocalStorage(settings.storage_root)

@@ -1,0 +1,1 @@
+"""The upload edge: HTTP API, image catalog and its projection."""

@@ -1,0 +1,177 @@
+"""The image catalog: one row per image, its status through the pipeline.
+
+SQLite in the data dir by default, any SQLAlchemy URL through
+``DEEPLENS_CATALOG_URL``. Rows are written by the upload API and advanced by the
+projection that consumes the lifecycle topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+
+metadata = sa.MetaData()
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("original_file_name", sa.String(512), nullable=False),
+    sa.Column("storage_provider", sa.String(16), nullable=False),
+    sa.Column("storage_path", sa.String(512), nullable=False),
+    sa.Column("file_size", sa.BigInteger, nullable=False),
+    sa.Column("mime_type", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("stage", sa.String(16)),
+    sa.Column("failure_reason", sa.String(32)),
+    sa.Column("failure_message", sa.Text),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("format", sa.String(8)),
+    sa.Column("feature_model", sa.String(128)),
+    sa.Column("uploaded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("validated_at", sa.DateTime(timezone=True)),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Column("indexed_at", sa.DateTime(timezone=True)),
+    sa.Column("failed_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
+    sa.Index("ix_images_tenant", "tenant_id"),
+)
+
+# How far along each status is; the projection never moves an image backwards.
+STATUS_RANK = {"uploaded": 0, "validated": 1, "processed": 2, "indexed": 3}
+STAGE_OF_STATUS = {"uploaded": "ingestion", "validated": "validation",
+                   "processed": "embedding", "indexed": "indexing"}
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    image_id: str
+    tenant_id: str
+    sha256: str
+    original_file_name: str
+    storage_provider: str
+    storage_path: str
+    file_size: int
+    mime_type: str
+    status: str
+    stage: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    feature_model: str | None
+    uploaded_at: datetime
+    validated_at: datetime | None
+    processed_at: datetime | None
+    indexed_at: datetime | None
+    failed_at: datetime | None
+
+
+def _aware(value: Any) -> Any:
+    """SQLite hands datetimes back naive; they were stored as UTC."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        is_sqlite = url.startswith("sqlite")
+        self.engine = sa.create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {},
+            pool_pre_ping=True,
+        )
+        if is_sqlite:
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def _row(self, row: Any) -> ImageRow:
+        return ImageRow(**{k: _aware(v) for k, v in row._mapping.items()})
+
+    def insert(self, values: dict[str, Any]) -> ImageRow | None:
+        """Insert a new image; on the same (tenant, sha256) return the existing row instead."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(images.insert().values(**values))
+            return None
+        except IntegrityError:
+            existing = self.find_by_sha256(values["tenant_id"], values["sha256"])
+            if existing is None:  # the unique clash was on image_id: a real error
+                raise
+            return existing
+
+    def find_by_sha256(self, tenant_id: str, sha256: str) -> ImageRow | None:
+        query = images.select().where(images.c.tenant_id == tenant_id, images.c.sha256 == sha256)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return self._row(row) if row else None
+
+    def get(self, tenant_id: str, image_id: str) -> ImageRow | None:
+        """The row if it belongs to the tenant; another tenant's image reads as missing."""
+        query = images.select().where(images.c.image_id == image_id,
+                                      images.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return self._row(row) if row else None
+
+    def delete(self, tenant_id: str, image_id: str) -> bool:
+        query = images.delete().where(images.c.image_id == image_id,
+                                      images.c.tenant_id == tenant_id)
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount > 0
+
+    def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> bool:
+        """Move an image forward to ``status`` (never backwards); False if not moved."""
+        rank = STATUS_RANK[status]
+        column = images.c[f"{status}_at"]
+        with self.engine.begin() as conn:
+            row = conn.execute(images.select().where(images.c.image_id == image_id)).first()
+            if row is None:
+                return False  # deleted meanwhile, or never catalogued
+            current = row._mapping
+            failed_later = current["failed_at"] is not None and _aware(current["failed_at"]) > at
+            values = {column.name: at, **fields}
+            if current["status"] == "failed":
+                moves = not failed_later  # a later success (a replay) clears the failure
+            else:
+                moves = STATUS_RANK.get(current["status"], 0) < rank
+            if moves:
+                values |= {"status": status, "stage": STAGE_OF_STATUS[status],
+                           "failure_reason": None, "failure_message": None}
+            conn.execute(images.update().where(images.c.image_id == image_id).values(**values))
+            return moves
+
+    def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                images.update()
+                .where(images.c.image_id == image_id)
+                .where(sa.or_(images.c.indexed_at.is_(None), images.c.indexed_at < at))
+                .values(status="failed", stage=stage, failure_reason=reason,
+                        failure_message=message[:2000], failed_at=at)
+            )
+            return done.rowcount > 0
+
+    def counts(self, tenant_id: str | None = None) -> dict[str, int]:
+        query = sa.select(images.c.status, sa.func.count()).group_by(images.c.status)
+        if tenant_id is not None:
+            query = query.where(images.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return {status: n for status, n in conn.execute(query)}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the API read while the projection writes from another process.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

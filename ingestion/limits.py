@@ -1,0 +1,99 @@
+"""Protections at the edge: a request-body size cap and a per-tenant rate limit."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Multipart framing around the file part: boundaries and part headers.
+MULTIPART_SLACK = 64 * 1024
+
+
+class BodyLimitMiddleware:
+    """Answer 413 once a request body passes the limit, whether or not it sent
+    Content-Length, counting bytes as they arrive (nothing larger is buffered)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes + MULTIPART_SLACK
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_413(send, self.max_bytes)
+            return
+        seen = 0
+        too_large = False
+        replaced = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, too_large
+            if too_large:  # the app keeps reading: the body is over
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # End the body here; whatever the app answers becomes a 413.
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if too_large:
+                if message["type"] == "http.response.start" and not replaced:
+                    replaced = True
+                    await _send_413(send, self.max_bytes)
+                return
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body exceeds the upload limit ({limit} bytes)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per tenant: ``per_minute`` sustained, ``burst`` at once."""
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, tenant: str, now: float | None = None) -> float:
+        """0.0 if allowed, else the seconds until a request would be."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            bucket = self._buckets.setdefault(tenant, _Bucket(self.burst, now))
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return 0.0
+            return (1.0 - bucket.tokens) / self.rate
+
+
+def retry_after_header(wait_s: float) -> str:
+    return str(max(1, math.ceil(wait_s)))

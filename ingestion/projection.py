@@ -1,0 +1,45 @@
+"""The catalog projection: lifecycle events -> image status in the catalog.
+
+Idempotent (an event applied twice changes nothing more) and order-tolerant (a
+late ``validated`` never moves an ``indexed`` image back), so at-least-once
+delivery from several partitions is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from deeplens.consumer_loop import Envelope
+from deeplens.events import ImageFailed, ImageIndexed, ImageProcessed, ImageValidated
+from deeplens.kafka import Outbound
+from deeplens.settings import Settings
+from ingestion.catalog import Catalog
+
+STAGE = "projection"
+TOPICS = ("images.validated", "images.processed", "images.indexed", "images.failed")
+
+
+def apply(catalog: Catalog, envelope: Envelope) -> None:
+    event = envelope.event
+    # Subclasses first: ImageProcessed is an ImageValidated.
+    if isinstance(event, ImageProcessed):
+        catalog.advance(event.image_id, "processed", event.processed_at,
+                        feature_model=event.feature_model)
+    elif isinstance(event, ImageValidated):
+        catalog.advance(event.image_id, "validated", event.validated_at,
+                        width=event.width, height=event.height, format=event.format)
+    elif isinstance(event, ImageIndexed):
+        catalog.advance(event.image_id, "indexed", event.indexed_at)
+    elif isinstance(event, ImageFailed) and event.image_id:
+        catalog.fail(event.image_id, event.stage, event.reason, event.message, event.failed_at)
+
+
+def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
+    catalog = Catalog(settings.effective_catalog_url)
+
+    def handle(batch: Sequence[Envelope]) -> list[Outbound]:
+        for envelope in batch:
+            apply(catalog, envelope)
+        return []
+
+    return handle

@@ -1,0 +1,46 @@
+"""Request and response models of the upload API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from deeplens.events import ImageStatus
+
+
+class UploadOut(BaseModel):
+    image_id: str
+    tenant_id: str
+    status: ImageStatus
+    sha256: str
+    duplicate_of: str | None = None
+
+
+class StageTimes(BaseModel):
+    uploaded_at: datetime
+    validated_at: datetime | None = None
+    processed_at: datetime | None = None
+    indexed_at: datetime | None = None
+    failed_at: datetime | None = None
+
+
+class ImageOut(BaseModel):
+    image_id: str
+    tenant_id: str
+    status: ImageStatus
+    stage: str | None
+    failure_reason: str | None
+    failure_message: str | None
+    original_file_name: str
+    mime_type: str
+    file_size: int
+    sha256: str
+    width: int | None
+    height: int | None
+    feature_model: str | None
+    timestamps: StageTimes
+
+
+class Problem(BaseModel):
+    detail: str

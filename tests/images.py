@@ -1,0 +1,81 @@
+"""Images made on the fly for tests: real encodings, plus every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def photo(width: int = 96, height: int = 72, seed: int = 0) -> Image.Image:
+    """A smooth random picture: gradients plus blobs, so every seed differs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(0.02, 0.2, 2).tolist() + [rng.uniform(0, 6.28)]
+        channels.append(127 + 100 * np.sin(fx * x + fy * y + phase))
+    arr = np.stack(channels, axis=-1) + rng.normal(0, 8, (height, width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def jpeg(seed: int = 0, width: int = 96, height: int = 72) -> bytes:
+    return encode(photo(width, height, seed), "JPEG", quality=90)
+
+
+def png(seed: int = 0, width: int = 96, height: int = 72) -> bytes:
+    return encode(photo(width, height, seed), "PNG")
+
+
+def webp(seed: int = 0) -> bytes:
+    return encode(photo(seed=seed), "WEBP")
+
+
+def truncated_jpeg(seed: int = 0) -> bytes:
+    data = jpeg(seed, 256, 256)
+    return data[: len(data) // 2]
+
+
+def zip_polyglot(seed: int = 0) -> bytes:
+    archive = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("payload.php", "<?php system($_GET['c']); ?>")
+    return jpeg(seed) + archive.getvalue()
+
+
+def bomb_png(side: int = 20_000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels, all black, compressed to a few KB."""
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def corrupt_png(seed: int = 0) -> bytes:
+    """A PNG whose pixel data is damaged (CRC mismatch in IDAT)."""
+    data = bytearray(png(seed))
+    idat = data.find(b"IDAT")
+    data[idat + 20 : idat + 40] = b"\x00" * 20
+    return bytes(data)
+
+
+HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+PHP = b"<?php echo shell_exec($_GET['cmd']); ?>"
