@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from deeplens.events import ImageDeleted, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import httpx
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -17,8 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deeplens.broker import LocalBroker, start_local_broker  # noqa: E402
 from deeplens.kafka import admin_client  # noqa: E402
-from deeplens.settings import KafkaSettings  # noqa: E402
+from deeplens.settings import (
+    KafkaSettings,  # noqa: E402
+    Settings,  # noqa: E402
+)
 from deeplens.topics import TopicNames, ensure_topics  # noqa: E402
+from ingestion.api import create_app  # noqa: E402
+from tests.http_server import serve_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +74,40 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    key_a: str
+    key_b: str
+    tenant_a: str
+    tenant_b: str
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.key_a}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def make_settings(tmp_path, kafka_settings, tenant_a: str, tenant_b: str, **extra) -> Settings:
+    from deeplens.settings import IngestionSettings
+
+    # Tests poll status often: a generous rate limit unless a test sets its own.
+    extra.setdefault("ingestion", IngestionSettings(rate_limit_per_minute=100_000,
+                                                    rate_limit_burst=10_000))
+    return Settings(
+        data_dir=tmp_path / "data",
+        api_keys=f"{tenant_a}:key-{tenant_a},{tenant_b}:key-{tenant_b}",
+        kafka=kafka_settings,
+        **extra,
+    )
+
+
+@pytest.fixture
+def api(tmp_path, kafka_settings, tenant) -> Iterator[Api]:
+    tenant_b = tenant + "-b"
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant_b)
+    with serve_app(create_app(settings)) as url:
+        yield Api(url, settings, f"key-{tenant}", f"key-{tenant_b}", tenant, tenant_b)

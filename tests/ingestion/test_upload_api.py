@@ -11,8 +11,8 @@ from deeplens.events import ImageUploaded
 from deeplens.settings import IngestionSettings
 from ingestion.api import create_app
 from tests import images
+from tests.conftest import make_settings
 from tests.http_server import serve_app
-from tests.ingestion.conftest import make_settings
 from tests.kafka_helpers import read_topic
 
 
