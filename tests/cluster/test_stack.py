@@ -1,0 +1,39 @@
+"""`deeplens up`'s stack: the upload API served by Ray Serve, stages as Ray actors."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from cluster.stack import LocalStack, ensure_demo_key
+from deeplens.broker import free_port
+from deeplens.settings import ServeSettings, Settings
+from tests import images
+
+
+def test_stack_serves_uploads_through_ray_serve(tmp_path, kafka_settings, ray_session) -> None:
+    settings = Settings(data_dir=tmp_path, kafka=kafka_settings,
+                        serve=ServeSettings(port=free_port()))
+    with LocalStack(settings) as stack:
+        assert stack.demo_key, "with no keys configured a demo tenant is created"
+        headers = {"Authorization": f"Bearer {stack.demo_key}"}
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
+            body = client.post("/v1/images", files={"file": ("a.jpg", images.jpeg(11))}).json()
+            assert body["tenant_id"] == "demo"
+            deadline = time.monotonic() + 60
+            status = ""
+            while status != "validated" and time.monotonic() < deadline:
+                status = client.get(f"/v1/images/{body['image_id']}").json()["status"]
+                time.sleep(0.3)
+            assert status == "validated"
+            assert client.get("/docs").status_code == 200
+    assert stack.actors == []
+
+
+def test_demo_key_is_kept_across_restarts_and_only_without_keys(tmp_path) -> None:
+    first, key = ensure_demo_key(Settings(data_dir=tmp_path))
+    again, same = ensure_demo_key(Settings(data_dir=tmp_path))
+    assert key and key == same and first.tenant_keys() == {key: "demo"}
+    configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1"))
+    assert none is None and configured.tenant_keys() == {"k1": "acme"}
