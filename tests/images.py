@@ -6,20 +6,9 @@ import io
 import struct
 import zlib
 
-import numpy as np
 from PIL import Image
 
-
-def photo(width: int = 96, height: int = 72, seed: int = 0) -> Image.Image:
-    """A smooth random picture: gradients plus blobs, so every seed differs."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    channels = []
-    for _ in range(3):
-        fx, fy, phase = rng.uniform(0.02, 0.2, 2).tolist() + [rng.uniform(0, 6.28)]
-        channels.append(127 + 100 * np.sin(fx * x + fy * y + phase))
-    arr = np.stack(channels, axis=-1) + rng.normal(0, 8, (height, width, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+from cluster.samples import photo
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
