@@ -81,7 +81,8 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="Embedder replicas (the minimum when autoscaling)")
+    autoscale_max_replicas: int = Field(0, ge=0, description="> replicas turns autoscaling on")
     num_gpus: float = Field(0.0, ge=0)
     num_cpus: float = Field(0.5, gt=0)
     max_batch_size: int = Field(32, ge=1, le=4096)

@@ -98,7 +98,7 @@ def test_poison_messages_become_failures_and_loop_goes_on(kafka_settings) -> Non
     assert loop.stats.decode_failures == 2
 
 
-def test_handler_error_rewinds_and_retries_without_loss(kafka_settings) -> None:
+def test_handler_error_is_retried_with_backoff_without_loss(kafka_settings) -> None:
     publish(kafka_settings, [upload(i) for i in range(6)])
     calls = {"n": 0}
 
@@ -117,3 +117,33 @@ def test_handler_error_rewinds_and_retries_without_loss(kafka_settings) -> None:
     assert {e.image_id for e in outputs} == {f"img-{i}" for i in range(6)}
     assert loop.stats.batch_retries == 1
     assert "vector store unavailable" in loop.stats.last_error
+
+
+def test_slow_handler_pauses_partitions_instead_of_buffering(kafka_settings) -> None:
+    publish(kafka_settings, [upload(i) for i in range(40)])
+    release = __import__("threading").Event()
+    seen: list[int] = []
+
+    def slow(envelopes):
+        seen.append(len(envelopes))
+        release.wait(30)
+        return to_validated(envelopes)
+
+    loop = ConsumerLoop(settings=kafka_settings, stage="validation", topics=["images.uploaded"],
+                        handler=slow, batch_size=4, max_in_flight=2).start()
+    try:
+        deadline = time.monotonic() + 30
+        while loop.stats.pauses == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the loop keeps polling while paused
+        assert loop.stats.pauses >= 1
+        held = loop.stats.consumed
+        assert held <= 4 * 2 + 40 // 3 + 4, "consumption stopped near the in-flight bound"
+        assert loop.stats.in_flight == 2
+        release.set()
+        outputs = read_topic(kafka_settings, "images.validated", expect=40)
+    finally:
+        release.set()
+        loop.stop()
+    assert {e.image_id for e in outputs} == {f"img-{i}" for i in range(40)}
+    assert loop.stats.consumed == 40

@@ -1,0 +1,1 @@
+"""Ray Serve applications: the Embedder deployment and the search app."""

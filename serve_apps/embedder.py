@@ -1,0 +1,178 @@
+"""The Embedder: a Ray Serve deployment that batches images across requests.
+
+Requests (one image or a list) are gathered by ``@serve.batch`` into batches of
+up to ``max_batch_size`` (tunable at run time through ``user_config``), decoded
+with DALI, encoded by open_clip, and answered item by item: a bad item gets an
+error result, never an exception that would fail its whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deeplens.settings import ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One item's answer: a vector, or why there is none."""
+
+    vector: np.ndarray | None
+    model_id: str
+    error: str | None = None
+    error_kind: str | None = None  # "decode" (permanent) or "device" (transient)
+
+    @property
+    def ok(self) -> bool:
+        return self.vector is not None
+
+
+@dataclass(frozen=True)
+class EmbedderArgs:
+    model: ModelSettings
+    decoder: str = "dali"  # or "pillow"
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    device: str | None = None  # None: CUDA when there is one
+
+
+def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
+    """Decode and encode a batch; one result per item, failures isolated per item."""
+    from serve_apps.model import encode_with_split
+
+    decoded = decoder.decode(items)
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+    results: list[Embedding] = [
+        Embedding(None, clip.model_id, error=str(d), error_kind="decode")
+        for d in decoded
+    ]
+    if good:
+        import torch
+
+        pixels = torch.stack([decoded[i] for i in good])  # type: ignore[misc]
+        for index, vector in zip(good, encode_with_split(clip, pixels), strict=True):
+            if isinstance(vector, Exception):
+                results[index] = Embedding(None, clip.model_id, error=str(vector),
+                                           error_kind="device")
+            else:
+                results[index] = Embedding(vector.numpy().astype(np.float32), clip.model_id)
+    return results
+
+
+class Embedder:
+    """The deployment body; ``build_embedder`` wraps it with Serve options."""
+
+    def __init__(self, args: EmbedderArgs) -> None:
+        from serve_apps.decode import make_decoder
+        from serve_apps.model import load_clip
+
+        self.args = args
+        self.clip = load_clip(args.model, device=args.device)
+        self.decoder = make_decoder(args.decoder, clip=self.clip,
+                                    max_batch_size=args.max_batch_size)
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)
+        self.items = 0
+        self.busy_s = 0.0
+        self._broken: str | None = None
+        log.info("Embedder ready: %s on %s (%s), decoder %s", self.clip.model_id,
+                 self.clip.device, self.clip.dtype, self.decoder.name)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching knobs change at run time (serve deploy with a new user_config)."""
+        if "max_batch_size" in user_config:
+            self._batch.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self._batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    async def embed(self, image: bytes | list[bytes]) -> Embedding | list[Embedding]:
+        if isinstance(image, list):
+            return list(await asyncio.gather(*(self._batch(item) for item in image)))
+        return await self._batch(image)  # type: ignore[no-any-return]
+
+    async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
+        from serve_apps.model import encode_texts
+
+        vectors = await asyncio.to_thread(encode_texts, self.clip, texts)
+        return [v.numpy().astype(np.float32) for v in vectors]
+
+    def model_id(self) -> str:
+        return self.clip.model_id
+
+    def stats(self) -> dict[str, Any]:
+        sizes = list(self.batch_sizes)
+        return {
+            "model_id": self.clip.model_id, "decoder": self.decoder.name,
+            "device": str(self.clip.device), "batches": len(sizes), "items": self.items,
+            "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
+            "max_batch_size_seen": max(sizes, default=0), "busy_s": round(self.busy_s, 3),
+            "dali_fallbacks": getattr(self.decoder, "fallbacks", 0),
+        }
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica for replacement."""
+        if self._broken:
+            raise RuntimeError(f"Embedder replica broken: {self._broken}")
+
+    async def _batch(self, items: list[bytes]) -> list[Embedding]:
+        raise NotImplementedError  # replaced by the @serve.batch method in build_embedder
+
+    def _run_batch(self, items: list[bytes]) -> list[Embedding]:
+        start = time.perf_counter()
+        try:
+            results = embed_items(self.clip, self.decoder, items)
+        except RuntimeError as exc:
+            if "CUDA" in str(exc) or "cuda" in str(exc):
+                self._broken = str(exc)[:300]  # a device fault: let Serve replace us
+            raise
+        self.busy_s += time.perf_counter() - start
+        self.batch_sizes.append(len(items))
+        self.items += len(items)
+        return results
+
+
+def embedder_class() -> type:
+    """The Embedder with its ``@serve.batch`` method attached (Ray imported lazily)."""
+    from ray import serve
+
+    class ServeEmbedder(Embedder):
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+        async def _batch(self, items: list[bytes]) -> list[Embedding]:
+            return await asyncio.to_thread(self._run_batch, items)
+
+    ServeEmbedder.__name__ = ServeEmbedder.__qualname__ = "Embedder"
+    return ServeEmbedder
+
+
+def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
+    """The Embedder application, its replicas, resources and batching from settings."""
+    from ray import serve
+
+    cfg = settings.serve
+    args = args or EmbedderArgs(model=settings.model, max_batch_size=cfg.max_batch_size,
+                                batch_wait_timeout_s=cfg.batch_wait_timeout_s)
+    options: dict[str, Any] = {
+        "name": "Embedder",
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "user_config": {"max_batch_size": args.max_batch_size,
+                        "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+    }
+    if cfg.autoscale_max_replicas > cfg.replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": cfg.replicas, "max_replicas": cfg.autoscale_max_replicas,
+            "target_ongoing_requests": cfg.max_batch_size * 2,
+        }
+    else:
+        options["num_replicas"] = cfg.replicas
+    return serve.deployment(embedder_class()).options(**options).bind(args)

@@ -1,0 +1,107 @@
+"""The Embedder's pure parts: model loading, DALI vs open_clip preprocessing, isolation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deeplens.settings import ModelSettings
+from serve_apps.decode import DaliDecoder, DecodeError, PillowDecoder, make_decoder
+from serve_apps.embedder import embed_items
+from serve_apps.model import ModelLoadError, encode_images, encode_texts, load_clip
+from tests import images
+
+TINY = ModelSettings(name="deeplens-tiny", pretrained="random")
+
+# DALI's and Pillow's bicubic antialiased resizes differ in rounding. Measured on
+# this machine: max abs difference 0.015 (64 px, tiny model) to 0.030 (224 px,
+# ViT-B-32) in normalised units, i.e. one to two 8-bit levels; mean 0.003.
+PIXEL_TOLERANCE = 0.05
+MEAN_TOLERANCE = 0.006
+# Embeddings of the two inputs (unit vectors) must agree to this cosine.
+COSINE_TOLERANCE = 0.995
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip(TINY, device="cpu")
+
+
+def test_random_weights_are_labelled(clip) -> None:
+    assert clip.model_id == "deeplens-tiny/random-init" and clip.random_init
+    assert clip.image_size == 64 and clip.embed_dim == 64
+
+
+def test_missing_weights_fail_loudly_unless_random_is_asked_for() -> None:
+    with pytest.raises(ModelLoadError, match="DEEPLENS_MODEL__PRETRAINED=random"):
+        load_clip(ModelSettings(name="deeplens-tiny", pretrained="laion2b_s34b_b79k"), "cpu")
+    with pytest.raises(ModelLoadError, match="unknown open_clip architecture"):
+        load_clip(ModelSettings(name="no-such-arch", pretrained="random"), "cpu")
+
+
+def test_weights_file_loads_and_is_identified(clip, tmp_path) -> None:
+    path = tmp_path / "tiny-weights.pt"
+    torch.save(clip.model.state_dict(), path)
+    loaded = load_clip(ModelSettings(name="deeplens-tiny", pretrained=str(path)), "cpu")
+    assert loaded.model_id.startswith("deeplens-tiny/file-tiny-weights-")
+    pixels = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(encode_images(loaded, pixels), encode_images(clip, pixels), atol=1e-5)
+
+
+@pytest.mark.parametrize("maker", [images.jpeg, images.png, images.webp])
+def test_dali_matches_open_clip_preprocess(clip, maker) -> None:
+    photos = [maker(seed) for seed in range(4)]
+    reference = torch.stack(PillowDecoder(clip.preprocess).decode(photos))  # type: ignore[arg-type]
+    dali = make_decoder("dali", clip=clip, max_batch_size=8)
+    assert isinstance(dali, DaliDecoder) and dali.name == "dali-cpu"
+    ours = torch.stack(dali.decode(photos))  # type: ignore[arg-type]
+    assert ours.shape == reference.shape == (4, 3, 64, 64)
+    assert (ours - reference).abs().max().item() < PIXEL_TOLERANCE
+    assert (ours - reference).abs().mean().item() < MEAN_TOLERANCE
+    cosine = (encode_images(clip, ours) * encode_images(clip, reference)).sum(-1)
+    assert cosine.min().item() > COSINE_TOLERANCE
+
+
+def test_corrupt_item_fails_alone_in_a_dali_batch(clip) -> None:
+    dali = make_decoder("dali", clip=clip, max_batch_size=8)
+    batch = [images.jpeg(1), b"\xff\xd8\xff\xe0" + b"garbage" * 40, images.png(2),
+             images.truncated_jpeg(3), images.jpeg(4)]
+    results = embed_items(clip, dali, batch)
+    assert [r.ok for r in results] == [True, False, True, results[3].ok, True]
+    assert results[1].error_kind == "decode" and results[1].error
+    # The good items equal what they get in a clean batch of their own.
+    clean = embed_items(clip, dali, [batch[0], batch[2], batch[4]])
+    for got, want in zip([results[0], results[2], results[4]], clean, strict=True):
+        np.testing.assert_allclose(got.vector, want.vector, atol=1e-5)
+    assert all(r.model_id == "deeplens-tiny/random-init" for r in results)
+
+
+def test_pillow_decoder_reports_garbage(clip) -> None:
+    [bad] = PillowDecoder(clip.preprocess).decode([b"not an image"])
+    assert isinstance(bad, DecodeError)
+
+
+def test_text_encoding_is_normalised(clip) -> None:
+    vectors = encode_texts(clip, ["a red car", "a dog on a beach"])
+    assert vectors.shape == (2, 64)
+    np.testing.assert_allclose(vectors.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_out_of_memory_splits_the_batch(clip, monkeypatch) -> None:
+    from serve_apps import model as model_mod
+
+    real = model_mod.encode_images
+    calls: list[int] = []
+
+    def tight_memory(c, pixels):
+        calls.append(len(pixels))
+        if len(pixels) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(c, pixels)
+
+    monkeypatch.setattr(model_mod, "encode_images", tight_memory)
+    out = model_mod.encode_with_split(clip, torch.randn(7, 3, 64, 64))
+    assert len(out) == 7 and all(isinstance(v, torch.Tensor) for v in out)
+    assert calls[0] == 7
+    assert sum(c for c in calls if c <= 2) == 7, "every row was encoded once, in halves"
