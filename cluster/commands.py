@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from deeplens.settings import Settings
@@ -16,9 +17,15 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if args.port:
         settings = settings.model_copy(
             update={"serve": settings.serve.model_copy(update={"port": args.port})})
-    with LocalStack(settings) as stack:
-        stack.print_banner()
-        stack.wait()
+    from cluster.stack import StackError
+
+    try:
+        with LocalStack(settings) as stack:
+            stack.print_banner()
+            stack.wait()
+    except StackError as exc:
+        print(f"deeplens up: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,14 +24,39 @@ log = logging.getLogger(__name__)
 DEMO_TENANT = "demo"
 
 
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message says which and why."""
+
+
+def _deployment_error(exc: BaseException) -> str:
+    """The replica's own start-up error (Serve keeps it in the deployment status)."""
+    from ray import serve
+
+    text = str(exc)
+    try:
+        for app in serve.status().applications.values():
+            for deployment in app.deployments.values():
+                text += "\n" + (deployment.message or "")
+    except Exception:  # noqa: BLE001 - fall back to the exception text
+        pass
+    marker = "ModelLoadError: "
+    if marker in text:
+        return text[text.index(marker) + len(marker):].split("\n")[0]
+    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+
+
 def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
     """Every consumer stage the stack runs, with its actor count from settings."""
-    from actors import validator
+    from actors import embedding_feeder, validator
     from ingestion import projection
 
     return [
         (StageSpec(validator.STAGE, validator.TOPICS, "actors.validator:build_handler"),
          settings.actors.validators),
+        (StageSpec(embedding_feeder.STAGE, embedding_feeder.TOPICS,
+                   "actors.embedding_feeder:build_handler",
+                   max_in_flight=settings.actors.feeder_batches_in_flight),
+         settings.actors.feeders),
         (StageSpec(projection.STAGE, projection.TOPICS, "ingestion.projection:build_handler"),
          settings.actors.projectors),
     ]
@@ -88,9 +113,9 @@ class LocalStack:
             return
         self.settings, self.demo_key = ensure_demo_key(self.settings)
         self._start_ray()
+        self._start_serve()
         for spec, count in stage_specs(self.settings):
             self.actors += launch_stage(self.settings, spec, count)
-        self._start_serve()
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
@@ -109,19 +134,26 @@ class LocalStack:
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
+            offline = "0" if self.settings.model.allow_download else "1"
             ray.init(include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
-                                               "HF_HUB_OFFLINE": "1"}})
+                                               "HF_HUB_OFFLINE": offline}})
             self._ray_started = True
 
     def _start_serve(self) -> None:
         from ray import serve
 
+        from actors.embedding_feeder import EMBEDDER_APP
         from cluster.gateway import build_gateway
+        from serve_apps.embedder import build_embedder
 
         serve.start(http_options={"host": self.settings.serve.host,
                                   "port": self.settings.serve.port})
         self._serve_started = True
+        try:
+            serve.run(build_embedder(self.settings), name=EMBEDDER_APP, route_prefix=None)
+        except Exception as exc:  # the replica's start-up error, e.g. weights missing
+            raise StackError(f"the Embedder did not start: {_deployment_error(exc)}") from exc
         serve.run(build_gateway(self.settings), name="gateway", route_prefix="/")
 
     def print_banner(self) -> None:

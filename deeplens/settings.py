@@ -74,6 +74,8 @@ class ModelSettings(BaseModel):
         "laion2b_s34b_b79k", description="open_clip tag, a weights file path, or 'random'"
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    allow_download: bool = Field(
+        False, description="Let open_clip fetch weights from the hub (off: cache and files only)")
 
 
 class ServeSettings(BaseModel):
@@ -95,6 +97,9 @@ class ActorSettings(BaseModel):
 
     validators: int = Field(1, ge=1)
     projectors: int = Field(1, ge=1)
+    feeders: int = Field(1, ge=1, description="Embedding feeders (at most 3: the partitions)")
+    feeder_batches_in_flight: int = Field(
+        2, ge=1, description="Batches each feeder keeps at the Embedder before pausing")
     num_cpus: float = Field(0.25, gt=0, description="CPU request per actor; fractional locally")
 
 

@@ -27,6 +27,10 @@ class StageSpec:
     topics: tuple[str, ...]
     handler_factory: str  # "module:function" taking Settings, returning a BatchHandler
     batch_size: int | None = None
+    max_in_flight: int = 1
+    # "module:function" taking Settings and returning a before-commit hook: fault
+    # injection for tests (a hook that kills the process between produce and commit).
+    before_commit: str | None = None
 
 
 def load_factory(path: str) -> Any:
@@ -42,9 +46,11 @@ class StageWorker:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.spec = spec
         handler = load_factory(spec.handler_factory)(settings)
+        hook = load_factory(spec.before_commit)(settings) if spec.before_commit else None
         self.loop = ConsumerLoop(
             settings=settings.kafka, stage=spec.stage, topics=spec.topics,  # type: ignore[arg-type]
-            handler=handler, batch_size=spec.batch_size,
+            handler=handler, batch_size=spec.batch_size, max_in_flight=spec.max_in_flight,
+            before_commit=hook,
         ).start()
 
     def ready(self) -> bool:

@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.events import ImageDeleted, ImageUploaded, utcnow
+from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound
 from deeplens.settings import Settings
@@ -27,7 +27,7 @@ from deeplens.storage import Storage, make_storage, object_path
 from ingestion import metrics
 from ingestion.catalog import Catalog, ImageRow
 from ingestion.limits import BodyLimitMiddleware, RateLimiter, retry_after_header
-from ingestion.schemas import ImageOut, Problem, StageTimes, UploadOut
+from ingestion.schemas import ImageOut, ImagePage, Problem, StageTimes, UploadOut
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,16 @@ def add_routes(app: FastAPI) -> None:
                      ) -> UploadOut | JSONResponse:
         with metrics.UPLOAD_SECONDS.time():
             return _upload(svc, tenant, file)
+
+    @app.get("/v1/images", response_model=ImagePage, tags=["images"])
+    def list_images(svc: ServicesDep, tenant: TenantDep,
+                    status: Annotated[ImageStatus | None, Query()] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                    after: Annotated[str | None, Query(max_length=64)] = None) -> ImagePage:
+        rows = svc.catalog.list(tenant, status=status, limit=limit, after=after)
+        return ImagePage(items=[image_out(r) for r in rows],
+                         next_after=rows[-1].image_id if len(rows) == limit else None,
+                         counts=svc.catalog.counts(tenant))
 
     @app.get("/v1/images/{image_id}", response_model=ImageOut, tags=["images"],
              responses=_NOT_FOUND)

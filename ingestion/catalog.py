@@ -123,6 +123,23 @@ class Catalog:
             row = conn.execute(query).first()
         return self._row(row) if row else None
 
+    def list(self, tenant_id: str, *, status: str | None = None, limit: int = 100,
+             after: str | None = None) -> list[ImageRow]:
+        """A tenant's images, newest first; ``after`` is the last image_id of the previous page."""
+        query = images.select().where(images.c.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(images.c.status == status)
+        if after is not None:
+            anchor = self.get(tenant_id, after)
+            if anchor is not None:
+                query = query.where(sa.or_(
+                    images.c.uploaded_at < anchor.uploaded_at,
+                    sa.and_(images.c.uploaded_at == anchor.uploaded_at,
+                            images.c.image_id < anchor.image_id)))
+        query = query.order_by(images.c.uploaded_at.desc(), images.c.image_id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [self._row(r) for r in conn.execute(query)]
+
     def delete(self, tenant_id: str, image_id: str) -> bool:
         query = images.delete().where(images.c.image_id == image_id,
                                       images.c.tenant_id == tenant_id)

@@ -44,3 +44,9 @@ class ImageOut(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class ImagePage(BaseModel):
+    items: list[ImageOut]
+    next_after: str | None = None
+    counts: dict[str, int]

@@ -94,6 +94,8 @@ def load_clip(settings: ModelSettings, device: str | None = None) -> ClipModel:
     if settings.name not in open_clip.list_models():
         raise ModelLoadError(f"unknown open_clip architecture {settings.name!r} "
                              "(DEEPLENS_MODEL__NAME); see open_clip.list_models()")
+    if not settings.allow_download:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the cache and local files only
     dev = pick_device(device)
     dtype = pick_dtype(settings.precision, dev)
     pretrained = None if settings.pretrained == RANDOM else settings.pretrained
@@ -105,9 +107,9 @@ def load_clip(settings: ModelSettings, device: str | None = None) -> ClipModel:
     except Exception as exc:  # noqa: BLE001 - every loader failure gets the same advice
         raise ModelLoadError(
             f"could not load weights {settings.pretrained!r} for {settings.name}: {exc}. "
-            "Pre-download them (HF_HUB_OFFLINE=0 once, or DEEPLENS_MODEL__PRETRAINED=/path/to/"
-            "weights.bin), or set DEEPLENS_MODEL__PRETRAINED=random to run with random weights "
-            "(its vectors are labelled random-init and are meaningless for search)."
+            "Fetch them once (DEEPLENS_MODEL__ALLOW_DOWNLOAD=true), point "
+            "DEEPLENS_MODEL__PRETRAINED at a weights file, or set "
+            "DEEPLENS_MODEL__PRETRAINED=random to run with random weights (its vectors are labelled random-init and are meaningless for search)."
         ) from exc
     model = model.to(dtype=dtype).eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -123,6 +125,30 @@ def load_clip(settings: ModelSettings, device: str | None = None) -> ClipModel:
         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),  # type: ignore[arg-type]
         device=dev, dtype=dtype, embed_dim=int(model.visual.output_dim),
     )
+
+
+def weights_available(settings: ModelSettings) -> bool:
+    """Whether ``load_clip`` would find the weights without a download."""
+    import open_clip
+
+    if settings.pretrained == RANDOM or Path(settings.pretrained).is_file():
+        return True
+    register_configs()
+    cfg = open_clip.get_pretrained_cfg(settings.name, settings.pretrained)
+    if not cfg:
+        return False
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        open_clip.download_pretrained(cfg, cache_dir=os.environ.get("DEEPLENS_MODEL_CACHE"))
+        return True
+    except Exception:  # noqa: BLE001 - not in the cache
+        return False
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 @torch.inference_mode()

@@ -184,3 +184,15 @@ def test_broker_down_gives_503_and_leaves_no_orphan(tmp_path, kafka_settings, te
     from ingestion.catalog import Catalog
 
     assert Catalog(settings.effective_catalog_url).counts() == {}
+
+
+def test_list_images_pages_newest_first(api) -> None:
+    with api.client() as client:
+        ids = [upload(client, images.jpeg(100 + i)).json()["image_id"] for i in range(5)]
+        first = client.get("/v1/images", params={"limit": 3}).json()
+        second = client.get("/v1/images", params={"limit": 3, "after": first["next_after"]}).json()
+        theirs = api.client(api.key_b).get("/v1/images").json()
+    listed = [r["image_id"] for r in first["items"] + second["items"]]
+    assert listed == list(reversed(ids))
+    assert second["next_after"] is None and first["counts"] == {"uploaded": 5}
+    assert theirs["items"] == [] and theirs["counts"] == {}

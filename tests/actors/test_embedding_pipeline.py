@@ -1,0 +1,125 @@
+"""validated -> feeders (Ray actors) -> Embedder (Ray Serve, DALI, tiny open_clip) -> processed."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from actors import embedding_feeder
+from deeplens.events import ImageProcessed, ImageValidated, utcnow
+from deeplens.kafka import EventProducer, Outbound
+from deeplens.settings import ModelSettings, ServeSettings
+from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
+from deeplens.storage import make_storage, object_path
+from tests import images
+from tests.kafka_helpers import read_topic
+
+TINY = ModelSettings(name="deeplens-tiny", pretrained="random")
+
+
+@pytest.fixture(scope="module")
+def embedder_app(ray_session):
+    from ray import serve
+
+    from deeplens.settings import Settings
+    from serve_apps.embedder import build_embedder
+
+    settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5, max_batch_size=16))
+    serve.run(build_embedder(settings), name=embedding_feeder.EMBEDDER_APP, route_prefix=None)
+    try:
+        yield
+    finally:
+        serve.delete(embedding_feeder.EMBEDDER_APP)
+
+
+def feeder_spec(**kw) -> StageSpec:
+    return StageSpec(embedding_feeder.STAGE, embedding_feeder.TOPICS,
+                     "actors.embedding_feeder:build_handler", max_in_flight=2, **kw)
+
+
+def put_validated(settings, tenant: str, count: int, payload=None) -> list[ImageValidated]:
+    """Store images and publish images.validated for them, as the validator would."""
+    storage = make_storage(settings)
+    events = []
+    for i in range(count):
+        image_id = f"{i:02d}" + "e" * 30
+        data = payload if payload is not None else images.jpeg(i)
+        path = object_path(tenant, image_id, "jpg")
+        storage.put(path, data)
+        events.append(ImageValidated(
+            tenant_id=tenant, image_id=image_id, original_file_name=f"{i}.jpg",
+            storage_provider="local", storage_path=path, file_size=len(data),
+            mime_type="image/jpeg", sha256=f"{i:064x}", uploaded_at=utcnow(),
+            width=96, height=72, format="JPEG", validated_at=utcnow()))
+    EventProducer(settings.kafka, prefix=settings.kafka.topic_prefix).send(
+        [Outbound(e.topic, e.image_id, e) for e in events])
+    return events
+
+
+def test_feeders_embed_every_validated_image(api, embedder_app) -> None:
+    sent = put_validated(api.settings, api.tenant_a, 24)
+    actors = launch_stage(api.settings, feeder_spec(), 2)
+    try:
+        processed = read_topic(api.settings.kafka, "images.processed", expect=24, timeout_s=120)
+    finally:
+        stop_stage(actors)
+    assert sorted(p.image_id for p in processed) == sorted(e.image_id for e in sent)
+    for event in processed:
+        assert isinstance(event, ImageProcessed)
+        assert event.feature_model == "deeplens-tiny/random-init"
+        assert len(event.features) == 64
+        assert abs(float(np.linalg.norm(event.features)) - 1.0) < 1e-4
+        assert event.storage_path and event.processed_at >= event.validated_at
+    usage = read_topic(api.settings.kafka, "tenant.usage", expect=48, timeout_s=30)
+    assert Counter(u.metric for u in usage) == {"images_embedded": 24, "embedding_ms": 24}
+
+
+def test_image_the_embedder_cannot_decode_fails_alone(api, embedder_app) -> None:
+    put_validated(api.settings, api.tenant_a, 1, payload=b"\xff\xd8\xff" + b"\x01" * 500)
+    actors = launch_stage(api.settings, feeder_spec(), 1)
+    try:
+        [failure] = read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=60)
+    finally:
+        stop_stage(actors)
+    assert (failure.stage, failure.reason) == ("embedding", "embedding_error")
+    assert failure.origin_topic == "images.validated"
+
+
+def test_feeder_killed_before_commit_redelivers_everything(api, embedder_app) -> None:
+    sent = put_validated(api.settings, api.tenant_a, 20)
+    spec = feeder_spec(before_commit="tests.actors.hooks:die_once", batch_size=5)
+    actors = launch_stage(api.settings, spec, 1)
+    try:
+        processed = read_topic(api.settings.kafka, "images.processed", expect=25, timeout_s=120)
+    finally:
+        stop_stage(actors)
+    assert (api.settings.data_dir / "died-once").exists(), "the fault was injected"
+    counts = Counter(p.image_id for p in processed)
+    assert set(counts) == {e.image_id for e in sent}, "every image reached images.processed"
+    assert max(counts.values()) >= 2, "the batch produced before the crash was redelivered"
+
+
+def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> None:
+    """With no Embedder deployed, feeders retry (paused) and fail nothing; they catch up later."""
+    from ray import serve
+
+    from deeplens.settings import Settings
+    from serve_apps.embedder import build_embedder
+
+    put_validated(api.settings, api.tenant_a, 6)
+    actors = launch_stage(api.settings, feeder_spec(), 1)
+    try:
+        time.sleep(8)
+        stats = __import__("ray").get(actors[0].stats.remote())
+        assert stats["in_flight"] >= 1 and stats["produced"] == 0, stats
+        assert read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=2) == []
+        settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5))
+        serve.run(build_embedder(settings), name=embedding_feeder.EMBEDDER_APP, route_prefix=None)
+        processed = read_topic(api.settings.kafka, "images.processed", expect=6, timeout_s=120)
+        assert len({p.image_id for p in processed}) == 6
+    finally:
+        stop_stage(actors)
+        serve.delete(embedding_feeder.EMBEDDER_APP)
