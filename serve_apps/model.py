@@ -109,7 +109,8 @@ def load_clip(settings: ModelSettings, device: str | None = None) -> ClipModel:
             f"could not load weights {settings.pretrained!r} for {settings.name}: {exc}. "
             "Fetch them once (DEEPLENS_MODEL__ALLOW_DOWNLOAD=true), point "
             "DEEPLENS_MODEL__PRETRAINED at a weights file, or set "
-            "DEEPLENS_MODEL__PRETRAINED=random to run with random weights (its vectors are labelled random-init and are meaningless for search)."
+            "DEEPLENS_MODEL__PRETRAINED=random to run with random weights (its vectors are "
+            "labelled random-init and are meaningless for search)."
         ) from exc
     model = model.to(dtype=dtype).eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
