@@ -14,7 +14,7 @@ from deeplens.settings import Settings
 log = logging.getLogger(__name__)
 
 # How far the demo waits for each sample to get; grows as the pipeline grows.
-TARGET_STATUS = "processed"
+TARGET_STATUS = "indexed"
 
 BANNER = """
 ************************************************************************

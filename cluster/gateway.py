@@ -12,9 +12,15 @@ def build_gateway(settings: Settings) -> Any:
     from ray import serve
 
     def build_asgi_app() -> Any:
+        from actors.embedding_feeder import EMBEDDER_APP
+        from deeplens.vector_store import make_vector_store
         from ingestion.api import create_app
+        from serve_apps.search import HandleEncoder, mount_search
 
-        return create_app(settings)
+        app = create_app(settings)
+        handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
+        mount_search(app, make_vector_store(settings), HandleEncoder(handle))
+        return app
 
     deployment = serve.deployment(
         serve.ingress(build_asgi_app)(),

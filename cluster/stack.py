@@ -47,7 +47,7 @@ def _deployment_error(exc: BaseException) -> str:
 
 def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
     """Every consumer stage the stack runs, with its actor count from settings."""
-    from actors import embedding_feeder, validator
+    from actors import dedup, embedding_feeder, indexer, validator
     from ingestion import projection
 
     return [
@@ -57,6 +57,10 @@ def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
                    "actors.embedding_feeder:build_handler",
                    max_in_flight=settings.actors.feeder_batches_in_flight),
          settings.actors.feeders),
+        (StageSpec(indexer.STAGE, indexer.TOPICS, "actors.indexer:build_handler"),
+         settings.actors.indexers),
+        (StageSpec(dedup.STAGE, dedup.TOPICS, "actors.dedup:build_handler"),
+         settings.actors.dedupers),
         (StageSpec(projection.STAGE, projection.TOPICS, "ingestion.projection:build_handler"),
          settings.actors.projectors),
     ]

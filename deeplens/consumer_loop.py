@@ -114,6 +114,7 @@ class ConsumerLoop:
         self._owned: set[tuple[str, int]] = set()
         self._paused = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # a worker finished: the loop has work to do
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> ConsumerLoop:
@@ -156,7 +157,15 @@ class ConsumerLoop:
             self._set_paused(consumer, True)
         elif self._paused and in_flight < max(1, self.max_in_flight // 2 + 1):
             self._set_paused(consumer, False)
-        messages = consumer.consume(self.batch_size, timeout=self.settings.poll_timeout_s)
+        if self._paused:
+            # Serve rebalance callbacks and heartbeats, but wake as soon as a batch is done
+            # rather than sleeping a whole poll timeout with the downstream idle.
+            messages = consumer.consume(self.batch_size, timeout=0)
+            if not messages:
+                self._wake.wait(self.settings.poll_timeout_s)
+                self._wake.clear()
+        else:
+            messages = consumer.consume(self.batch_size, timeout=self.settings.poll_timeout_s)
         batch = [m for m in messages if not self._is_error(m)]
         if not batch:
             return
@@ -177,6 +186,7 @@ class ConsumerLoop:
                 self.producer.send(outputs)
                 self.stats.produced += len(outputs)
                 entry.done = True
+                self._wake.set()
                 return
             except Exception as exc:  # noqa: BLE001 - any fault: back off, retry the batch
                 self.stats.batch_retries += 1

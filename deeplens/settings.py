@@ -64,6 +64,10 @@ class VectorStoreSettings(BaseModel):
     weaviate_url: str = "http://127.0.0.1:8080"
     weaviate_grpc_port: int = 50051
     weaviate_api_key: SecretStr = SecretStr("")
+    weaviate_timeout_s: float = Field(30.0, gt=0)
+    ann_min_rows: int = Field(
+        50_000, ge=1, description="LanceDB: exact search below this many rows, an ANN index above")
+    ann_nprobes: int = Field(32, ge=1, description="LanceDB: IVF partitions probed per query")
 
 
 class ModelSettings(BaseModel):
@@ -90,6 +94,9 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads for torch in a replica; 0 = every core of the node "
+        "(Ray would otherwise pin it to its fractional CPU request, i.e. one thread)")
 
 
 class ActorSettings(BaseModel):
@@ -98,6 +105,8 @@ class ActorSettings(BaseModel):
     validators: int = Field(1, ge=1)
     projectors: int = Field(1, ge=1)
     feeders: int = Field(1, ge=1, description="Embedding feeders (at most 3: the partitions)")
+    indexers: int = Field(1, ge=1)
+    dedupers: int = Field(1, ge=1)
     feeder_batches_in_flight: int = Field(
         2, ge=1, description="Batches each feeder keeps at the Embedder before pausing")
     num_cpus: float = Field(0.25, gt=0, description="CPU request per actor; fractional locally")
@@ -113,6 +122,26 @@ class IngestionSettings(BaseModel):
     min_side: int = Field(16, ge=1)
     max_side: int = Field(16_384, ge=1)
     ack_timeout_s: float = Field(10.0, gt=0, description="Broker ack wait before answering 503")
+
+
+class DedupThresholds(BaseModel):
+    """Where a match counts as a duplicate (defaults measured by benchmarks/dedup_bench.py)."""
+
+    near_max_distance: int = Field(10, ge=0, le=32, description="pHash Hamming distance")
+    similar_min_score: float = Field(0.92, ge=0, le=1, description="cosine similarity")
+    similar_k: int = Field(10, ge=1, le=100)
+
+
+class DedupSettings(DedupThresholds):
+    """Default thresholds, and per-tenant overrides as JSON:
+    DEEPLENS_DEDUP__TENANTS='{"acme": {"near_max_distance": 6}}'."""
+
+    tenants: dict[str, DedupThresholds] = Field(default_factory=dict)
+
+    def for_tenant(self, tenant_id: str) -> DedupThresholds:
+        return self.tenants.get(tenant_id) or DedupThresholds(
+            near_max_distance=self.near_max_distance, similar_min_score=self.similar_min_score,
+            similar_k=self.similar_k)
 
 
 class Settings(BaseSettings):
@@ -140,6 +169,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     actors: ActorSettings = ActorSettings()
     ingestion: IngestionSettings = IngestionSettings()
+    dedup: DedupSettings = DedupSettings()
 
     @field_validator("api_keys")
     @classmethod

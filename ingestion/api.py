@@ -16,9 +16,9 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from deeplens.auth import Authenticator, TenantDep
 from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound
@@ -26,8 +26,16 @@ from deeplens.settings import Settings
 from deeplens.storage import Storage, make_storage, object_path
 from ingestion import metrics
 from ingestion.catalog import Catalog, ImageRow
-from ingestion.limits import BodyLimitMiddleware, RateLimiter, retry_after_header
-from ingestion.schemas import ImageOut, ImagePage, Problem, StageTimes, UploadOut
+from ingestion.limits import BodyLimitMiddleware
+from ingestion.schemas import (
+    DuplicateOut,
+    DuplicatesOut,
+    ImageOut,
+    ImagePage,
+    Problem,
+    StageTimes,
+    UploadOut,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +45,9 @@ class Services:
     """What the routes use; built once per app."""
 
     settings: Settings
-    keys: dict[str, str]  # api key -> tenant
     catalog: Catalog
     storage: Storage
     producer: EventProducer
-    limiter: RateLimiter
 
 
 def services(request: Request) -> Services:
@@ -49,28 +55,6 @@ def services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(services)]
-_bearer = HTTPBearer(auto_error=False)
-
-
-def current_tenant(
-    svc: ServicesDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The tenant comes from the API key only, never from anything else the client sends."""
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise HTTPException(401, "missing API key: send Authorization: Bearer <key>",
-                            headers={"WWW-Authenticate": "Bearer"})
-    tenant = svc.keys.get(creds.credentials)
-    if tenant is None:
-        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    wait_s = svc.limiter.acquire(tenant)
-    if wait_s > 0:
-        raise HTTPException(429, f"rate limit reached for tenant {tenant}",
-                            headers={"Retry-After": retry_after_header(wait_s)})
-    return tenant
-
-
-TenantDep = Annotated[str, Depends(current_tenant)]
 _NOT_FOUND = {404: {"model": Problem, "description": "no such image for this tenant"}}
 
 
@@ -87,14 +71,12 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
     ack_ms = int(settings.ingestion.ack_timeout_s * 1000)
     app.state.services = Services(
         settings=settings,
-        keys=settings.tenant_keys(),
         catalog=Catalog(settings.effective_catalog_url),
         storage=make_storage(settings),
         producer=producer or EventProducer(
             settings.kafka, prefix=settings.kafka.topic_prefix, **{"delivery.timeout.ms": ack_ms}),
-        limiter=RateLimiter(settings.ingestion.rate_limit_per_minute,
-                            settings.ingestion.rate_limit_burst),
     )
+    app.state.auth = Authenticator(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingestion.max_upload_bytes)
     add_routes(app)
     return app
@@ -133,6 +115,15 @@ def add_routes(app: FastAPI) -> None:
              responses=_NOT_FOUND)
     def get_image(image_id: str, svc: ServicesDep, tenant: TenantDep) -> ImageOut:
         return image_out(_owned(svc, tenant, image_id))
+
+    @app.get("/v1/images/{image_id}/duplicates", response_model=DuplicatesOut, tags=["images"],
+             responses=_NOT_FOUND)
+    def get_duplicates(image_id: str, svc: ServicesDep, tenant: TenantDep) -> DuplicatesOut:
+        row = _owned(svc, tenant, image_id)
+        matches = [DuplicateOut(image_id=d.image_id, kind=d.kind, score=d.score)
+                   for d in svc.catalog.duplicates_of(tenant, image_id)]
+        tiers = row.dedup_tiers.split(",") if row.dedup_tiers else []
+        return DuplicatesOut(image_id=image_id, tiers=tiers, matches=matches)
 
     @app.get("/v1/images/{image_id}/content", tags=["images"], responses=_NOT_FOUND)
     def get_content(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:

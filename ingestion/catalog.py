@@ -41,8 +41,19 @@ images = sa.Table(
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("indexed_at", sa.DateTime(timezone=True)),
     sa.Column("failed_at", sa.DateTime(timezone=True)),
+    sa.Column("dedup_tiers", sa.String(32)),  # tiers that ran, comma separated
     sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
     sa.Index("ix_images_tenant", "tenant_id"),
+)
+
+duplicates = sa.Table(
+    "duplicates",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("other_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
 )
 
 # How far along each status is; the projection never moves an image backwards.
@@ -74,6 +85,17 @@ class ImageRow:
     processed_at: datetime | None
     indexed_at: datetime | None
     failed_at: datetime | None
+    dedup_tiers: str | None = None
+
+
+@dataclass(frozen=True)
+class DuplicateRow:
+    image_id: str
+    kind: str
+    score: float
+
+
+_KIND_RANK = {"exact": 0, "near": 1, "similar": 2}
 
 
 def _aware(value: Any) -> Any:
@@ -93,6 +115,16 @@ class Catalog:
         if is_sqlite:
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a catalog was created: ALTER TABLE them in (nullable only)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("images")}
+        with self.engine.begin() as conn:
+            for column in images.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN {column.name} {kind}"))
 
     def _row(self, row: Any) -> ImageRow:
         return ImageRow(**{k: _aware(v) for k, v in row._mapping.items()})
@@ -144,7 +176,38 @@ class Catalog:
         query = images.delete().where(images.c.image_id == image_id,
                                       images.c.tenant_id == tenant_id)
         with self.engine.begin() as conn:
+            conn.execute(duplicates.delete().where(
+                duplicates.c.tenant_id == tenant_id,
+                sa.or_(duplicates.c.image_id == image_id, duplicates.c.other_id == image_id)))
             return conn.execute(query).rowcount > 0
+
+    def link_duplicates(self, tenant_id: str, image_id: str, tiers: list[str],
+                        matches: list[tuple[str, str, float]]) -> None:
+        """Record matches in both directions; a stronger kind replaces a weaker one."""
+        with self.engine.begin() as conn:
+            conn.execute(images.update().where(images.c.image_id == image_id,
+                                               images.c.tenant_id == tenant_id)
+                         .values(dedup_tiers=",".join(tiers)))
+            for other, kind, score in matches:
+                for a, b in ((image_id, other), (other, image_id)):
+                    existing = conn.execute(sa.select(duplicates.c.kind).where(
+                        duplicates.c.image_id == a, duplicates.c.other_id == b)).first()
+                    if existing is None:
+                        conn.execute(duplicates.insert().values(
+                            tenant_id=tenant_id, image_id=a, other_id=b, kind=kind, score=score))
+                    elif _KIND_RANK[kind] < _KIND_RANK.get(existing[0], 9):
+                        conn.execute(duplicates.update().where(
+                            duplicates.c.image_id == a, duplicates.c.other_id == b)
+                            .values(kind=kind, score=score))
+
+    def duplicates_of(self, tenant_id: str, image_id: str) -> list[DuplicateRow]:
+        query = (sa.select(duplicates.c.other_id, duplicates.c.kind, duplicates.c.score)
+                 .where(duplicates.c.tenant_id == tenant_id, duplicates.c.image_id == image_id)
+                 .order_by(duplicates.c.score.desc()))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return sorted((DuplicateRow(r[0], r[1], r[2]) for r in rows),
+                      key=lambda d: (_KIND_RANK.get(d.kind, 9), -d.score))
 
     def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> bool:
         """Move an image forward to ``status`` (never backwards); False if not moved."""

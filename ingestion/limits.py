@@ -1,12 +1,8 @@
-"""Protections at the edge: a request-body size cap and a per-tenant rate limit."""
+"""The request-body size cap at the edge (the rate limit lives in ``deeplens.auth``)."""
 
 from __future__ import annotations
 
 import json
-import math
-import threading
-import time
-from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,35 +61,3 @@ async def _send_413(send: Send, limit: int) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per tenant: ``per_minute`` sustained, ``burst`` at once."""
-
-    def __init__(self, per_minute: int, burst: int) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, tenant: str, now: float | None = None) -> float:
-        """0.0 if allowed, else the seconds until a request would be."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            bucket = self._buckets.setdefault(tenant, _Bucket(self.burst, now))
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return 0.0
-            return (1.0 - bucket.tokens) / self.rate
-
-
-def retry_after_header(wait_s: float) -> str:
-    return str(max(1, math.ceil(wait_s)))

@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from deeplens.consumer_loop import Envelope
-from deeplens.events import ImageFailed, ImageIndexed, ImageProcessed, ImageValidated
+from deeplens.events import (
+    DuplicatesFound,
+    ImageFailed,
+    ImageIndexed,
+    ImageProcessed,
+    ImageValidated,
+)
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
 from ingestion.catalog import Catalog
 
 STAGE = "projection"
-TOPICS = ("images.validated", "images.processed", "images.indexed", "images.failed")
+TOPICS = ("images.validated", "images.processed", "images.indexed", "images.failed",
+          "duplicates.found")
 
 
 def apply(catalog: Catalog, envelope: Envelope) -> None:
@@ -30,6 +37,9 @@ def apply(catalog: Catalog, envelope: Envelope) -> None:
                         width=event.width, height=event.height, format=event.format)
     elif isinstance(event, ImageIndexed):
         catalog.advance(event.image_id, "indexed", event.indexed_at)
+    elif isinstance(event, DuplicatesFound):
+        catalog.link_duplicates(event.tenant_id, event.image_id, list(event.tiers),
+                                [(m.image_id, m.kind, m.score) for m in event.matches])
     elif isinstance(event, ImageFailed) and event.image_id:
         catalog.fail(event.image_id, event.stage, event.reason, event.message, event.failed_at)
 

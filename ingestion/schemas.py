@@ -50,3 +50,15 @@ class ImagePage(BaseModel):
     items: list[ImageOut]
     next_after: str | None = None
     counts: dict[str, int]
+
+
+class DuplicateOut(BaseModel):
+    image_id: str
+    kind: str
+    score: float
+
+
+class DuplicatesOut(BaseModel):
+    image_id: str
+    tiers: list[str]
+    matches: list[DuplicateOut]

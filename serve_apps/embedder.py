@@ -43,6 +43,7 @@ class EmbedderArgs:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     device: str | None = None  # None: CUDA when there is one
+    torch_threads: int = 0  # 0: every core of the node
 
 
 def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
@@ -72,10 +73,17 @@ class Embedder:
     """The deployment body; ``build_embedder`` wraps it with Serve options."""
 
     def __init__(self, args: EmbedderArgs) -> None:
+        import os
+
+        import torch
+
         from serve_apps.decode import make_decoder
         from serve_apps.model import load_clip
 
         self.args = args
+        # Ray sets OMP_NUM_THREADS from the replica's CPU request (1 for 0.5 CPU); on a CPU
+        # replica that halves the model's speed on a 2-core machine, so set it explicitly.
+        torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
         self.clip = load_clip(args.model, device=args.device)
         self.decoder = make_decoder(args.decoder, clip=self.clip,
                                     max_batch_size=args.max_batch_size)
@@ -158,7 +166,8 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
 
     cfg = settings.serve
     args = args or EmbedderArgs(model=settings.model, max_batch_size=cfg.max_batch_size,
-                                batch_wait_timeout_s=cfg.batch_wait_timeout_s)
+                                batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+                                torch_threads=cfg.torch_threads)
     options: dict[str, Any] = {
         "name": "Embedder",
         "max_ongoing_requests": cfg.max_ongoing_requests,

@@ -40,13 +40,14 @@ def feeder_spec(**kw) -> StageSpec:
                      "actors.embedding_feeder:build_handler", max_in_flight=2, **kw)
 
 
-def put_validated(settings, tenant: str, count: int, payload=None) -> list[ImageValidated]:
+def put_validated(settings, tenant: str, count: int, payload=None,
+                  payloads=None) -> list[ImageValidated]:
     """Store images and publish images.validated for them, as the validator would."""
     storage = make_storage(settings)
     events = []
     for i in range(count):
         image_id = f"{i:02d}" + "e" * 30
-        data = payload if payload is not None else images.jpeg(i)
+        data = payloads[i] if payloads else payload if payload is not None else images.jpeg(i)
         path = object_path(tenant, image_id, "jpg")
         storage.put(path, data)
         events.append(ImageValidated(

@@ -1,0 +1,109 @@
+"""The duplicate-detection stage: ``images.processed`` -> ``duplicates.found``.
+
+Three tiers, cheapest first, each within the tenant:
+
+- **exact**: the same bytes (sha256) or the same decoded pixels (a re-save that
+  only changed metadata or PNG compression);
+- **near**: perceptual hash (pHash, 64 bits) within a Hamming distance;
+- **similar**: cosine similarity of the model's vectors above a threshold; off
+  for random-weight models, whose scores mean nothing.
+
+Each image's hashes (and vector) are written *before* the look-up, so of two
+near-identical images processed at the same moment by two actors the later
+look-up always sees the earlier write: they end up linked. One
+``duplicates.found`` event per image says which tiers ran, even with no match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Sequence
+
+import imagehash
+from PIL import Image, ImageOps
+
+from actors.indexer import record_of
+from deeplens.consumer_loop import Envelope
+from deeplens.events import (
+    DuplicateKind,
+    DuplicateMatch,
+    DuplicatesFound,
+    ImageDeleted,
+    ImageProcessed,
+)
+from deeplens.hash_index import HashIndex
+from deeplens.kafka import Outbound
+from deeplens.settings import DedupThresholds, Settings
+from deeplens.storage import ObjectMissing, Storage, make_storage
+from deeplens.vector_store import VectorStore, make_vector_store
+
+log = logging.getLogger(__name__)
+
+STAGE = "dedup"
+TOPICS = ("images.processed", "images.deleted")
+
+
+def content_hashes(data: bytes) -> tuple[str, int]:
+    """(sha256 of the upright RGB pixels, 64-bit pHash)."""
+    with Image.open(io.BytesIO(data)) as img:
+        upright = ImageOps.exif_transpose(img).convert("RGB")
+    pixels = hashlib.sha256(upright.tobytes() + repr(upright.size).encode()).hexdigest()
+    return pixels, int(str(imagehash.phash(upright)), 16)
+
+
+def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
+    if event.feature_model.endswith("/random-init"):
+        return ["exact", "near"]
+    return ["exact", "near", "similar"]
+
+
+def find_duplicates(event: ImageProcessed, data: bytes, index: HashIndex, store: VectorStore,
+                    limits: DedupThresholds) -> DuplicatesFound:
+    pixel_sha, phash = content_hashes(data)
+    tenant, image_id = event.tenant_id, event.image_id
+    index.add(tenant, image_id, event.sha256, pixel_sha, phash)  # write first, then look
+    matches: dict[str, DuplicateMatch] = {}
+    for other in index.exact(tenant, image_id, event.sha256, pixel_sha):
+        matches[other] = DuplicateMatch(image_id=other, kind="exact", score=1.0)
+    for other, distance in index.near(tenant, image_id, phash, limits.near_max_distance):
+        if other not in matches:
+            matches[other] = DuplicateMatch(image_id=other, kind="near",
+                                            score=round(1 - distance / 64, 4))
+    tiers = tiers_for(event)
+    if "similar" in tiers:
+        store.upsert(event.feature_model, [record_of(event)])  # idempotent with the indexer
+        for hit in store.search(event.feature_model, tenant, record_of(event).vector,
+                                k=limits.similar_k, exclude=frozenset({image_id})):
+            if hit.score >= limits.similar_min_score and hit.image_id not in matches:
+                matches[hit.image_id] = DuplicateMatch(image_id=hit.image_id, kind="similar",
+                                                       score=round(hit.score, 4))
+    return DuplicatesFound(tenant_id=tenant, image_id=image_id, tiers=tiers,
+                           matches=sorted(matches.values(), key=lambda m: -m.score))
+
+
+def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: VectorStore,
+                batch: Sequence[Envelope]) -> list[Outbound]:
+    outputs: list[Outbound] = []
+    for env in batch:
+        event = env.event
+        if isinstance(event, ImageDeleted):
+            index.forget(event.tenant_id, event.image_id)
+            continue
+        assert isinstance(event, ImageProcessed)
+        try:
+            data = storage.get(event.storage_path)
+        except ObjectMissing:
+            log.info("skipping %s: deleted before dedup", event.image_id)
+            continue
+        found = find_duplicates(event, data, index, store, settings.dedup.for_tenant(event.tenant_id))
+        outputs.append(Outbound("duplicates.found", event.image_id, found))
+    return outputs
+
+
+def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
+    storage = make_storage(settings)
+    index = HashIndex(settings.effective_catalog_url)
+    store = make_vector_store(settings)
+    return lambda batch: dedup_batch(settings, storage, index, store, batch)

@@ -1,0 +1,63 @@
+"""The indexing stage: ``images.processed`` -> vector store -> ``images.indexed``.
+
+One upsert per model per consumer batch (the batch is bounded by size and by the
+poll timeout). Only after the store took every record are ``images.indexed``
+events produced, and only after those are acknowledged is the batch committed.
+``images.deleted`` removes the image's vector from every collection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from deeplens.consumer_loop import Envelope
+from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
+from deeplens.kafka import Outbound
+from deeplens.settings import Settings
+from deeplens.storage import make_storage
+from deeplens.vector_store import VectorRecord, VectorStore, collection_name, make_vector_store
+
+log = logging.getLogger(__name__)
+
+STAGE = "indexing"
+TOPICS = ("images.processed", "images.deleted")
+
+
+def record_of(event: ImageProcessed) -> VectorRecord:
+    return VectorRecord(event.tenant_id, event.image_id,
+                        np.asarray(event.features, dtype=np.float32),
+                        event.original_file_name, event.uploaded_at)
+
+
+def index_batch(store: VectorStore, storage, batch: Sequence[Envelope]) -> list[Outbound]:
+    by_model: dict[str, list[ImageProcessed]] = defaultdict(list)
+    for env in batch:
+        event = env.event
+        if isinstance(event, ImageDeleted):
+            store.delete(event.tenant_id, event.image_id)
+        elif isinstance(event, ImageProcessed):
+            # An image deleted before its vector arrived stays deleted (the two topics
+            # are not ordered with each other; the stored bytes are the tie-breaker).
+            if storage.exists(event.storage_path):
+                by_model[event.feature_model].append(event)
+            else:
+                log.info("skipping %s: deleted before it was indexed", event.image_id)
+    outputs: list[Outbound] = []
+    for model_id, events in by_model.items():
+        store.upsert(model_id, [record_of(e) for e in events])  # raises unless all taken
+        outputs.extend(
+            Outbound("images.indexed", e.image_id, ImageIndexed(
+                tenant_id=e.tenant_id, image_id=e.image_id, collection=collection_name(model_id),
+                feature_model=model_id, uploaded_at=e.uploaded_at))
+            for e in events)
+    return outputs
+
+
+def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
+    store = make_vector_store(settings)
+    storage = make_storage(settings)
+    return lambda batch: index_batch(store, storage, batch)

@@ -1,0 +1,163 @@
+"""The embedded vector store: LanceDB tables in the data dir, one per model id.
+
+Exact (brute-force) search while a table is small; an ``IVF_HNSW_SQ`` cosine
+index once it passes ``ann_min_rows``, refreshed by ``optimize()`` as rows
+accumulate outside it. Tenants share a table and are isolated by a prefilter
+on ``tenant_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from deeplens.settings import VectorStoreSettings
+from deeplens.vector_store import (
+    Hit,
+    VectorRecord,
+    VectorStoreUnavailable,
+    collection_name,
+    object_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class LanceStore:
+    backend = "lancedb"
+
+    def __init__(self, path: Path, settings: VectorStoreSettings) -> None:
+        import lancedb
+
+        path.mkdir(parents=True, exist_ok=True)
+        # Always read the latest version: writers are other processes (indexer actors).
+        self.db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
+        self.settings = settings
+        self._tables: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _schema(self, dim: int) -> pa.Schema:
+        return pa.schema([
+            pa.field("id", pa.string()),
+            pa.field("tenant_id", pa.string()),
+            pa.field("image_id", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("original_file_name", pa.string()),
+            pa.field("uploaded_at", pa.timestamp("us", tz="UTC")),
+        ])
+
+    def _table(self, model_id: str, dim: int | None = None) -> Any:
+        name = collection_name(model_id)
+        with self._lock:
+            if name in self._tables:
+                return self._tables[name]
+            try:
+                table = self.db.open_table(name)
+            except (FileNotFoundError, ValueError):
+                if dim is None:
+                    return None
+                try:
+                    table = self.db.create_table(name, schema=self._schema(dim))
+                except (OSError, ValueError):  # created concurrently by another writer
+                    table = self.db.open_table(name)
+            self._tables[name] = table
+            return table
+
+    def upsert(self, model_id: str, records: list[VectorRecord]) -> None:
+        if not records:
+            return
+        dim = int(records[0].vector.shape[0])
+        table = self._table(model_id, dim)
+        batch = pa.Table.from_pylist([
+            {"id": object_id(r.tenant_id, r.image_id), "tenant_id": r.tenant_id,
+             "image_id": r.image_id, "vector": np.asarray(r.vector, dtype=np.float32),
+             "original_file_name": r.original_file_name,
+             "uploaded_at": r.uploaded_at.astimezone(UTC)}
+            for r in _last_per_id(records)
+        ], schema=self._schema(dim))
+        for attempt in range(5):
+            try:
+                (table.merge_insert("id").when_matched_update_all()
+                 .when_not_matched_insert_all().execute(batch))
+                break
+            except Exception as exc:  # noqa: BLE001 - commit conflicts between writers
+                if attempt == 4:
+                    raise VectorStoreUnavailable(f"LanceDB upsert failed: {exc}") from exc
+                time.sleep(0.05 * 2**attempt)
+        self._maybe_index(table)
+
+    def _maybe_index(self, table: Any) -> None:
+        rows = table.count_rows()
+        if rows < self.settings.ann_min_rows:
+            return
+        indices = table.list_indices()
+        if not indices:
+            log.info("%s: %d rows, building IVF_HNSW_SQ cosine index", table.name, rows)
+            table.create_index(metric="cosine", index_type="IVF_HNSW_SQ",
+                               vector_column_name="vector")
+            return
+        stats = table.index_stats(indices[0].name)
+        if stats is not None and stats.num_unindexed_rows > max(1000, rows // 5):
+            table.optimize()
+
+    def search(self, model_id: str, tenant_id: str, vector: np.ndarray, k: int,
+               exclude: frozenset[str] = frozenset()) -> list[Hit]:
+        table = self._table(model_id)
+        if table is None:
+            return []
+        where = f"tenant_id = {_quote(tenant_id)}"
+        if exclude:
+            where += f" AND image_id NOT IN ({', '.join(_quote(e) for e in exclude)})"
+        query = (table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+                 .distance_type("cosine").where(where, prefilter=True).limit(k)
+                 .select(["image_id", "original_file_name", "uploaded_at", "_distance"]))
+        if table.list_indices():
+            query = query.nprobes(self.settings.ann_nprobes).refine_factor(2)
+        rows = query.to_arrow().to_pylist()
+        return [Hit(r["image_id"], 1.0 - float(r["_distance"]), r["original_file_name"],
+                    r["uploaded_at"]) for r in rows]
+
+    def get_vector(self, model_id: str, tenant_id: str, image_id: str) -> np.ndarray | None:
+        table = self._table(model_id)
+        if table is None:
+            return None
+        rows = (table.search().where(f"id = {_quote(object_id(tenant_id, image_id))}")
+                .select(["vector"]).limit(1).to_arrow().to_pylist())
+        return np.asarray(rows[0]["vector"], dtype=np.float32) if rows else None
+
+    def delete(self, tenant_id: str, image_id: str) -> int:
+        removed = 0
+        for name in self.db.list_tables().tables:
+            if not name.startswith("DeepLens_"):
+                continue
+            table = self.db.open_table(name)
+            where = f"id = {_quote(object_id(tenant_id, image_id))}"
+            before = table.count_rows(where)
+            if before:
+                table.delete(where)
+                removed += before
+        return removed
+
+    def count(self, model_id: str, tenant_id: str) -> int:
+        table = self._table(model_id)
+        return 0 if table is None else int(table.count_rows(f"tenant_id = {_quote(tenant_id)}"))
+
+    def close(self) -> None:
+        self._tables.clear()
+
+
+def _last_per_id(records: list[VectorRecord]) -> list[VectorRecord]:
+    """merge_insert rejects two source rows for one key: keep the last of each."""
+    by_id = {(r.tenant_id, r.image_id): r for r in records}
+    return list(by_id.values())

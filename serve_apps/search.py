@@ -1,0 +1,144 @@
+"""The search routes: text -> images, image -> images, similar to an image.
+
+Mounted on the same FastAPI app (and port) as the upload routes, with the same
+auth. Queries are encoded by the Embedder deployment and answered from the
+caller's tenant only, in the active model's collection.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from pydantic import BaseModel, Field, field_validator
+
+from deeplens.auth import TenantDep
+from deeplens.vector_store import Hit, VectorStore
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024
+
+
+class QueryEncoder(Protocol):
+    """What search needs of the Embedder (a Serve handle adapter in production)."""
+
+    async def model_id(self) -> str: ...
+    async def text(self, text: str) -> np.ndarray: ...
+    async def image(self, data: bytes) -> np.ndarray: ...
+
+
+class QueryError(ValueError):
+    """The query cannot be encoded (an undecodable image)."""
+
+
+class HandleEncoder:
+    """A QueryEncoder over the Embedder's Serve handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._model_id: str | None = None
+
+    async def model_id(self) -> str:
+        if self._model_id is None:
+            self._model_id = await self.handle.model_id.remote()
+        return self._model_id
+
+    async def text(self, text: str) -> np.ndarray:
+        [vector] = await self.handle.embed_text.remote([text])
+        return vector  # type: ignore[no-any-return]
+
+    async def image(self, data: bytes) -> np.ndarray:
+        result = await self.handle.embed.remote(data)
+        if not result.ok:
+            raise QueryError(result.error or "undecodable image")
+        return result.vector  # type: ignore[no-any-return]
+
+
+class TextQuery(BaseModel):
+    text: str = Field(min_length=1, max_length=1000)
+    k: int = Field(10, ge=1, le=100)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text must not be blank")
+        return value.strip()
+
+
+class SearchHit(BaseModel):
+    image_id: str
+    score: float
+    original_file_name: str
+    uploaded_at: datetime | None
+
+
+class SearchResult(BaseModel):
+    model: str
+    hits: list[SearchHit]
+
+
+class SearchContext:
+    def __init__(self, store: VectorStore, encoder: QueryEncoder) -> None:
+        self.store = store
+        self.encoder = encoder
+
+
+def search_context(request: Request) -> SearchContext:
+    return request.app.state.search  # type: ignore[no-any-return]
+
+
+SearchDep = Annotated[SearchContext, Depends(search_context)]
+
+
+def _result(model: str, hits: list[Hit]) -> SearchResult:
+    return SearchResult(model=model, hits=[
+        SearchHit(image_id=h.image_id, score=round(h.score, 6),
+                  original_file_name=h.original_file_name, uploaded_at=h.uploaded_at)
+        for h in hits])
+
+
+def build_search_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["search"])
+
+    @router.post("/search", response_model=SearchResult)
+    async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep) -> SearchResult:
+        model = await ctx.encoder.model_id()
+        vector = await ctx.encoder.text(query.text)
+        return _result(model, ctx.store.search(model, tenant, vector, query.k))
+
+    @router.post("/search/image", response_model=SearchResult)
+    async def search_image(tenant: TenantDep, ctx: SearchDep,
+                           file: Annotated[UploadFile, File(description="the query image")],
+                           k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
+        data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
+        if not data or len(data) > MAX_QUERY_IMAGE_BYTES:
+            raise HTTPException(422, "query image is empty or larger than 10 MB")
+        model = await ctx.encoder.model_id()
+        try:
+            vector = await ctx.encoder.image(data)
+        except QueryError as exc:
+            raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
+        return _result(model, ctx.store.search(model, tenant, vector, k))
+
+    @router.get("/images/{image_id}/similar", response_model=SearchResult)
+    async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
+                      k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
+        model = await ctx.encoder.model_id()
+        vector = ctx.store.get_vector(model, tenant, image_id)
+        if vector is None:  # missing, another tenant's, or not indexed yet: all read alike
+            raise HTTPException(404, "image not found in the search index")
+        return _result(model, ctx.store.search(model, tenant, vector, k,
+                                               exclude=frozenset({image_id})))
+
+    return router
+
+
+def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder) -> None:
+    """Add the search routes to an app whose ``state.auth`` is set (the upload app)."""
+    app.state.search = SearchContext(store, encoder)
+    app.include_router(build_search_router())
