@@ -8,13 +8,14 @@ import httpx
 
 from cluster.stack import LocalStack, ensure_demo_key
 from deeplens.broker import free_port
-from deeplens.settings import ServeSettings, Settings
+from deeplens.settings import ModelSettings, ServeSettings, Settings
 from tests import images
 
 
 def test_stack_serves_uploads_through_ray_serve(tmp_path, kafka_settings, ray_session) -> None:
     settings = Settings(data_dir=tmp_path, kafka=kafka_settings,
-                        serve=ServeSettings(port=free_port()))
+                        model=ModelSettings(name="deeplens-tiny", pretrained="random"),
+                        serve=ServeSettings(port=free_port(), num_cpus=0.25))
     with LocalStack(settings) as stack:
         assert stack.demo_key, "with no keys configured a demo tenant is created"
         headers = {"Authorization": f"Bearer {stack.demo_key}"}

@@ -1,0 +1,100 @@
+"""Duplicate tiers on real images and transformed copies; the hash index's concurrency rule."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import numpy as np
+from PIL import Image
+
+from actors.dedup import content_hashes, find_duplicates
+from cluster.samples import jpeg_bytes, scene
+from deeplens.events import ImageProcessed
+from deeplens.hash_index import HashIndex, hamming
+from deeplens.settings import DedupThresholds, VectorStoreSettings
+from deeplens.vector_lancedb import LanceStore
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def processed(image_id: str, data: bytes, vector, model: str = "m/random-init",
+              tenant: str = "alpha") -> ImageProcessed:
+    import hashlib
+
+    return ImageProcessed(
+        tenant_id=tenant, image_id=image_id, original_file_name=f"{image_id}.jpg",
+        storage_provider="local", storage_path=f"{tenant}/{image_id}.jpg", file_size=len(data),
+        mime_type="image/jpeg", sha256=hashlib.sha256(data).hexdigest(), uploaded_at=NOW,
+        width=256, height=256, format="JPEG", validated_at=NOW,
+        features=[float(x) for x in vector], feature_model=model, processed_at=NOW)
+
+
+def resave_without_metadata(data: bytes) -> bytes:
+    """Same pixels, different bytes: a PNG of a decoded JPEG."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_pixel_identical_copies_share_the_pixel_hash() -> None:
+    original = jpeg_bytes(scene(1))
+    assert content_hashes(original)[0] == content_hashes(resave_without_metadata(original))[0]
+    assert content_hashes(original)[0] != content_hashes(jpeg_bytes(scene(2)))[0]
+
+
+def test_phash_is_close_for_a_reencoded_copy_and_far_for_another_picture() -> None:
+    original = jpeg_bytes(scene(3))
+    _, a = content_hashes(original)
+    _, b = content_hashes(jpeg_bytes(Image.open(io.BytesIO(original)), quality=40))
+    _, c = content_hashes(jpeg_bytes(scene(4)))
+    assert int(hamming(np.array([a], dtype=np.uint64), b)[0]) <= 4
+    assert int(hamming(np.array([a], dtype=np.uint64), c)[0]) > 16
+
+
+def test_tiers_and_random_model_turns_similar_off(tmp_path) -> None:
+    index = HashIndex(f"sqlite:///{tmp_path}/h.db")
+    store = LanceStore(tmp_path / "v", VectorStoreSettings())
+    limits = DedupThresholds()
+    original = jpeg_bytes(scene(5))
+    copy = resave_without_metadata(original)
+    near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=35)
+    vec = np.ones(8) / np.sqrt(8)
+    first = find_duplicates(processed("a", original, vec), original, index, store, limits)
+    assert first.matches == [] and first.tiers == ["exact", "near"]
+    second = find_duplicates(processed("b", copy, vec), copy, index, store, limits)
+    assert [(m.image_id, m.kind) for m in second.matches] == [("a", "exact")]
+    third = find_duplicates(processed("c", near, vec), near, index, store, limits)
+    assert {(m.image_id, m.kind) for m in third.matches} == {("a", "near"), ("b", "near")}
+    other_tenant = find_duplicates(processed("z", original, vec, tenant="beta"), original,
+                                   index, store, limits)
+    assert other_tenant.matches == []
+
+
+def test_similar_tier_runs_for_a_real_model(tmp_path) -> None:
+    index = HashIndex(f"sqlite:///{tmp_path}/h.db")
+    store = LanceStore(tmp_path / "v", VectorStoreSettings())
+    limits = DedupThresholds(similar_min_score=0.9)
+    v1 = np.array([1.0, 0, 0, 0])
+    v2 = np.array([0.97, 0.24, 0, 0])
+    a, b = jpeg_bytes(scene(6)), jpeg_bytes(scene(7))
+    find_duplicates(processed("a", a, v1, model="m/real"), a, index, store, limits)
+    found = find_duplicates(processed("b", b, v2, model="m/real"), b, index, store, limits)
+    assert found.tiers == ["exact", "near", "similar"]
+    assert [(m.image_id, m.kind) for m in found.matches] == [("a", "similar")]
+
+
+def test_two_actors_at_the_same_moment_still_link(tmp_path) -> None:
+    """Write-then-look: whichever looks second sees the other, in any interleaving."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    actor_1, actor_2 = HashIndex(url), HashIndex(url)
+    original = jpeg_bytes(scene(8))
+    near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=50)
+    (p1, h1), (p2, h2) = content_hashes(original), content_hashes(near)
+    actor_1.near("alpha", "x", h1, 10)  # both caches warm and empty
+    actor_2.near("alpha", "y", h2, 10)
+    actor_1.add("alpha", "a", "s1", p1, h1)
+    actor_2.add("alpha", "b", "s2", p2, h2)
+    seen_by_1 = actor_1.near("alpha", "a", h1, 10)
+    seen_by_2 = actor_2.near("alpha", "b", h2, 10)
+    assert [i for i, _ in seen_by_1] == ["b"] and [i for i, _ in seen_by_2] == ["a"]

@@ -1,0 +1,140 @@
+"""The whole pipeline over HTTP: upload -> indexed -> search and duplicates, two tenants."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from cluster.samples import jpeg_bytes, scene
+from cluster.stack import LocalStack
+from deeplens.broker import free_port
+from deeplens.settings import IngestionSettings, ModelSettings, ServeSettings, Settings
+
+TINY = ModelSettings(name="deeplens-tiny", pretrained="random")
+
+
+def wait_indexed(client: httpx.Client, ids: list[str], timeout_s: float = 180) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout_s
+    rows: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        rows = {i: client.get(f"/v1/images/{i}").json() for i in ids}
+        if all(r["status"] in ("indexed", "failed") for r in rows.values()):
+            break
+        time.sleep(0.5)
+    return rows
+
+
+def wait_duplicates(client: httpx.Client, image_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/images/{image_id}/duplicates").json()
+        if body.get("tiers"):
+            return body
+        time.sleep(0.5)
+    return body
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, broker, ray_session):
+    import uuid
+
+    from deeplens.kafka import admin_client
+    from deeplens.settings import KafkaSettings
+    from deeplens.topics import TopicNames, ensure_topics
+
+    prefix = f"e2e{uuid.uuid4().hex[:6]}."
+    kafka = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix, poll_timeout_s=0.2,
+                          session_timeout_ms=6000, batch_size=16)
+    ensure_topics(admin_client(kafka), TopicNames(prefix))
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("e2e"), kafka=kafka, model=TINY,
+        api_keys="acme:key-acme,globex:key-globex",
+        serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
+        ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
+    with LocalStack(settings) as running:
+        yield running
+
+
+def client(stack, key: str) -> httpx.Client:
+    return httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=60)
+
+
+def test_upload_index_search_and_duplicates(stack) -> None:
+    acme, globex = client(stack, "key-acme"), client(stack, "key-globex")
+    photos = [jpeg_bytes(scene(100 + i)) for i in range(6)]
+    ids = [acme.post("/v1/images", files={"file": (f"p{i}.jpg", p)}).json()["image_id"]
+           for i, p in enumerate(photos)]
+    exact_copy = io.BytesIO()
+    Image.open(io.BytesIO(photos[0])).save(exact_copy, "PNG")  # same pixels, other bytes
+    near_copy = jpeg_bytes(Image.open(io.BytesIO(photos[1])), quality=35)
+    exact_id = acme.post("/v1/images", files={"file": ("copy.png", exact_copy.getvalue())}
+                         ).json()["image_id"]
+    near_id = acme.post("/v1/images", files={"file": ("near.jpg", near_copy)}).json()["image_id"]
+    globex_id = globex.post("/v1/images", files={"file": ("g.jpg", photos[2])}).json()["image_id"]
+
+    rows = wait_indexed(acme, [*ids, exact_id, near_id])
+    assert {r["status"] for r in rows.values()} == {"indexed"}, rows
+    assert wait_indexed(globex, [globex_id])[globex_id]["status"] == "indexed"
+
+    # Image -> image: the uploaded picture comes back first, with (about) full similarity.
+    found = acme.post("/v1/search/image", files={"file": ("q.jpg", photos[3])},
+                      data={"k": "5"}).json()
+    assert found["model"] == "deeplens-tiny/random-init"
+    assert found["hits"][0]["image_id"] == ids[3] and found["hits"][0]["score"] > 0.999
+    assert found["hits"][0]["original_file_name"] == "p3.jpg"
+    assert len(found["hits"]) == 5
+
+    text = acme.post("/v1/search", json={"text": "a sunset over the sea", "k": 3}).json()
+    assert len(text["hits"]) == 3 and {h["image_id"] for h in text["hits"]} <= set(rows)
+
+    similar = acme.get(f"/v1/images/{ids[4]}/similar", params={"k": 20}).json()
+    assert ids[4] not in {h["image_id"] for h in similar["hits"]}
+    assert len(similar["hits"]) == len(rows) - 1
+
+    exact = wait_duplicates(acme, exact_id)
+    assert {"image_id": ids[0], "kind": "exact", "score": 1.0} in exact["matches"]
+    assert exact["tiers"] == ["exact", "near"]  # random weights: the similar tier is off
+    near = wait_duplicates(acme, near_id)
+    assert any(m["image_id"] == ids[1] and m["kind"] == "near" for m in near["matches"])
+    assert any(m["image_id"] == near_id for m in wait_duplicates(acme, ids[1])["matches"])
+
+    # The other tenant sees none of it, on any route.
+    for path in (f"/v1/images/{ids[0]}", f"/v1/images/{ids[0]}/duplicates",
+                 f"/v1/images/{ids[0]}/similar", f"/v1/images/{ids[0]}/content"):
+        assert globex.get(path).status_code == 404, path
+    theirs = globex.post("/v1/search/image", files={"file": ("q.jpg", photos[2])}).json()
+    assert [h["image_id"] for h in theirs["hits"]] == [globex_id]
+    assert globex.post("/v1/search", json={"text": "anything"}).json()["hits"][0]["image_id"] \
+        == globex_id
+    assert [m for m in wait_duplicates(globex, globex_id)["matches"]] == []
+
+
+def test_bad_queries_are_422(stack) -> None:
+    acme = client(stack, "key-acme")
+    assert acme.post("/v1/search", json={"text": "   "}).status_code == 422
+    assert acme.post("/v1/search", json={"text": "cat", "k": 0}).status_code == 422
+    assert acme.post("/v1/search", json={"text": "cat", "k": 1000}).status_code == 422
+    bad = acme.post("/v1/search/image", files={"file": ("x.jpg", b"\xff\xd8\xffjunk" * 20)})
+    assert bad.status_code == 422 and "decoded" in bad.json()["detail"]
+    assert httpx.post(stack.url + "/v1/search", json={"text": "cat"}).status_code == 401
+
+
+def test_delete_drops_the_vector(stack) -> None:
+    acme = client(stack, "key-acme")
+    image_id = acme.post("/v1/images", files={"file": ("d.jpg", jpeg_bytes(scene(300)))}
+                         ).json()["image_id"]
+    assert wait_indexed(acme, [image_id])[image_id]["status"] == "indexed"
+    assert acme.get(f"/v1/images/{image_id}/similar").status_code == 200
+    assert acme.delete(f"/v1/images/{image_id}").status_code == 204
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if acme.get(f"/v1/images/{image_id}/similar").status_code == 404:
+            break
+        time.sleep(0.5)
+    assert acme.get(f"/v1/images/{image_id}/similar").status_code == 404
