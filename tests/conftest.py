@@ -67,13 +67,34 @@ def tenant() -> str:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray
+    from ray import serve
+
+    from deeplens.broker import free_port
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    # Serve's HTTP proxy on a free port, never the default 8000 of the machine.
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
         yield
     finally:
+        serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture
+def no_serve(ray_session) -> Iterator[None]:
+    """Serve shut down, so a stack under test starts it with its own HTTP port."""
+    from ray import serve
+
+    from deeplens.broker import free_port
+
+    serve.shutdown()
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
 
 
 

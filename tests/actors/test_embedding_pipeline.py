@@ -110,6 +110,7 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
     from deeplens.settings import Settings
     from serve_apps.embedder import build_embedder
 
+    serve.delete(embedding_feeder.EMBEDDER_APP)  # the module's Embedder, if still up
     put_validated(api.settings, api.tenant_a, 6)
     actors = launch_stage(api.settings, feeder_spec(), 1)
     try:

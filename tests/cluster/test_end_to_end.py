@@ -43,6 +43,9 @@ def wait_duplicates(client: httpx.Client, image_id: str, timeout_s: float = 60) 
 def stack(tmp_path_factory, broker, ray_session):
     import uuid
 
+    from ray import serve
+
+    from deeplens.broker import free_port as port
     from deeplens.kafka import admin_client
     from deeplens.settings import KafkaSettings
     from deeplens.topics import TopicNames, ensure_topics
@@ -56,8 +59,12 @@ def stack(tmp_path_factory, broker, ray_session):
         api_keys="acme:key-acme,globex:key-globex",
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
-    with LocalStack(settings) as running:
-        yield running
+    serve.shutdown()  # the stack starts Serve with its own HTTP port
+    try:
+        with LocalStack(settings) as running:
+            yield running
+    finally:
+        serve.start(http_options={"host": "127.0.0.1", "port": port()})
 
 
 def client(stack, key: str) -> httpx.Client:
