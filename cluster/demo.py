@@ -48,6 +48,8 @@ def run_demo(settings: Settings, smoke: bool = False, samples: int = 24,
         stack.print_banner()
         key = stack.demo_key or next(iter(stack.settings.tenant_keys()))
         ok = push_samples(stack.url, key, samples, timeout_s)
+        if ok:
+            show_searches(stack.url, key)
         if smoke:
             return 0 if ok else 1
         print("The stack keeps running; Ctrl-C stops it.", flush=True)
@@ -81,3 +83,19 @@ def push_samples(url: str, key: str, count: int, timeout_s: float) -> bool:
     print()
     print(f"demo: {by_status}", flush=True)
     return by_status.get(TARGET_STATUS, 0) == len(ids)
+
+
+def show_searches(url: str, key: str) -> None:
+    """A few searches, printed as a user would see them."""
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    for text in ("a sunset over the hills", "a city skyline"):
+        body = client.post("/v1/search", json={"text": text, "k": 3}).json()
+        print(f"search {text!r} ({body['model']}):")
+        for hit in body["hits"]:
+            print(f"   {hit['score']:+.3f}  {hit['original_file_name']}  {hit['image_id']}")
+    name, data = sample_set(1)[0]
+    body = client.post("/v1/search/image", files={"file": (name, data)}, data={"k": "3"}).json()
+    print(f"search by image {name}:")
+    for hit in body["hits"]:
+        print(f"   {hit['score']:+.3f}  {hit['original_file_name']}  {hit['image_id']}")
+    print(f"API docs: {url}/docs", flush=True)
