@@ -23,6 +23,7 @@ from actors.validator import failed
 from deeplens.consumer_loop import Envelope
 from deeplens.events import ImageProcessed, ImageValidated, TenantUsage, utcnow
 from deeplens.kafka import Outbound
+from deeplens.retry import Retry
 from deeplens.settings import Settings
 from deeplens.storage import ObjectMissing, make_storage
 
@@ -57,7 +58,8 @@ def usage_event(event: ImageValidated, metric: str, quantity: float) -> Outbound
         quantity=quantity, image_id=event.image_id))
 
 
-def build_handler(settings: Settings, embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound]]:
+def build_handler(settings: Settings,
+                  embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound | Retry]]:
     """The batch handler; ``embedder`` is a Serve handle (looked up by name if not given)."""
     storage = make_storage(settings)
     handles: list[Any] = [embedder] if embedder is not None else []
@@ -73,9 +75,9 @@ def build_handler(settings: Settings, embedder: Any = None) -> Callable[[Sequenc
                 raise EmbedderUnavailable(f"no Embedder deployment: {exc}") from exc
         return handles[0]
 
-    def handle_batch(batch: Sequence[Envelope]) -> list[Outbound]:
+    def handle_batch(batch: Sequence[Envelope]) -> list[Outbound | Retry]:
         handle = embedder_handle()
-        outputs: list[Outbound] = []
+        outputs: list[Outbound | Retry] = []
         pending: list[tuple[Envelope, Any]] = []
         started = time.perf_counter()
         for env in batch:
@@ -102,8 +104,9 @@ def build_handler(settings: Settings, embedder: Any = None) -> Callable[[Sequenc
                 outputs.append(usage_event(event, "embedding_ms", round(per_image_ms, 3)))
             elif result.error_kind == "decode":
                 outputs.append(failed(env, "embedding_error", result.error or "", stage=STAGE))
-            else:
-                raise EmbedderUnavailable(f"Embedder device error: {result.error}")
+            else:  # a device error on this item (e.g. out of memory even alone): later
+                outputs.append(Retry(env, f"Embedder device error: {result.error}",
+                                     "EmbedderDeviceError"))
         return outputs
 
     return handle_batch

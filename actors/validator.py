@@ -13,8 +13,16 @@ from collections.abc import Callable, Sequence
 
 from actors.validation import Invalid, validate_image
 from deeplens.consumer_loop import Envelope
-from deeplens.events import ImageFailed, ImageUploaded, ImageValidated, TenantUsage, utcnow
+from deeplens.events import (
+    FailureReason,
+    ImageUploaded,
+    ImageValidated,
+    Stage,
+    TenantUsage,
+    utcnow,
+)
 from deeplens.kafka import Outbound
+from deeplens.retry import failure
 from deeplens.settings import Settings
 from deeplens.storage import ObjectMissing, Storage, make_storage
 
@@ -25,14 +33,9 @@ TOPICS = ("images.uploaded",)
 _USAGE_NS = uuid.UUID("6f1c1f3e-3a0f-4d8e-9d7e-4d6c2b1a0f11")
 
 
-def failed(env: Envelope, reason, message: str, stage: str = STAGE, exc: BaseException | None = None):
-    event = env.event
-    return Outbound("images.failed", env.key, ImageFailed(
-        tenant_id=getattr(event, "tenant_id", None), image_id=getattr(event, "image_id", None),
-        event=event.model_dump(mode="json"), reason=reason, message=message, stage=stage,
-        error_class=type(exc).__name__ if exc else "", origin_topic=env.topic,
-        origin_partition=env.partition, origin_offset=env.offset,
-    ))
+def failed(env: Envelope, reason: FailureReason, message: str, stage: Stage = STAGE,
+           exc: BaseException | None = None) -> Outbound:
+    return failure(env, reason, message, stage, type(exc).__name__ if exc else "")
 
 
 def usage(upload: ImageUploaded) -> list[Outbound]:

@@ -78,6 +78,22 @@ def ensure_demo_key(settings: Settings) -> tuple[Settings, str | None]:
     return settings.model_copy(update={"api_keys": SecretStr(f"{DEMO_TENANT}:{key}")}), key
 
 
+def runtime_file(settings: Settings) -> Path:
+    return settings.data_dir / "stack.json"
+
+
+def read_runtime(settings: Settings) -> Settings:
+    """Settings completed with the broker of a running `deeplens up`, if one recorded it."""
+    import json
+
+    path = runtime_file(settings)
+    if settings.kafka.bootstrap_servers or not path.exists():
+        return settings
+    recorded = json.loads(path.read_text())
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": recorded["bootstrap_servers"]})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 class LocalStack:
     """Everything DeepLens runs, on one machine; a context manager that cleans up."""
 
@@ -120,6 +136,14 @@ class LocalStack:
         self._start_serve()
         for spec, count in stage_specs(self.settings):
             self.actors += launch_stage(self.settings, spec, count)
+        self._write_runtime()
+
+    def _write_runtime(self) -> None:
+        import json
+
+        runtime_file(self.settings).write_text(json.dumps({
+            "bootstrap_servers": self.settings.kafka.bootstrap_servers, "url": self.url,
+            "local_broker": self.broker is not None, "pid": os.getpid()}))
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
@@ -183,6 +207,7 @@ class LocalStack:
         self._done.wait()
 
     def close(self) -> None:
+        runtime_file(self.settings).unlink(missing_ok=True)
         if self.actors:
             stop_stage(self.actors)
             self.actors = []

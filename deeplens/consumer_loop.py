@@ -30,8 +30,18 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from deeplens.events import EVENT_TYPES, Event, EventDecodeError, ImageFailed, Stage, decode_event
 from deeplens.kafka import EventProducer, Outbound, make_consumer
+from deeplens.retry import (
+    H_ATTEMPT,
+    H_EVENT_TYPE,
+    H_NOT_BEFORE,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    Retry,
+    retry_or_dead_letter,
+)
 from deeplens.settings import KafkaSettings
-from deeplens.topics import TopicNames
+from deeplens.topics import TopicNames, retry_ladder
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +57,13 @@ class Envelope:
     timestamp: datetime | None
     event: Event
     headers: dict[str, str] = field(default_factory=dict)
+    attempt: int = 1  # 1 on first delivery; n on the (n-1)th retry rung
+    origin_topic: str = ""  # where the event first arrived (a retry keeps it)
+    origin_partition: int = -1
+    origin_offset: int = -1
 
 
-BatchHandler = Callable[[Sequence[Envelope]], Sequence[Outbound]]
+BatchHandler = Callable[[Sequence[Envelope]], Sequence["Outbound | Retry"]]
 
 
 @dataclass
@@ -62,6 +76,9 @@ class LoopStats:
     batch_retries: int = 0
     pauses: int = 0
     in_flight: int = 0
+    retried: int = 0  # events sent to a retry rung
+    dead_lettered: int = 0
+    held: int = 0  # retry partitions held until their next message is due
     last_error: str = ""
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
@@ -70,6 +87,7 @@ class LoopStats:
 class _Batch:
     messages: list[Message]
     envelopes: list[Envelope] = field(default_factory=list)
+    undecodable: list[Outbound] = field(default_factory=list)
     done: bool = False
     future: Future[None] | None = None
 
@@ -96,12 +114,17 @@ class ConsumerLoop:
         batch_size: int | None = None,
         max_in_flight: int = 1,
         before_commit: Callable[[Sequence[Envelope]], None] | None = None,
+        inplace_attempts: int | None = None,
     ) -> None:
         self.names = TopicNames(settings.topic_prefix)
         self.settings = settings
         self.stage: Stage = stage
-        self.topics = list(topics)
+        self.ladder = [spec.name for spec in retry_ladder(stage)]
+        self.topics = list(topics) + [t for t in self.ladder if t not in topics]
         self.handler = handler
+        # A failing batch is retried in place (partitions paused) this many times; then
+        # its events climb the stage's retry ladder. Stages without a ladder never give up.
+        self.inplace_attempts = inplace_attempts or settings.retry_inplace_attempts
         self.group = self.names.group(group or stage)
         self.batch_size = batch_size or settings.batch_size
         self.max_in_flight = max(1, max_in_flight)
@@ -113,6 +136,8 @@ class ConsumerLoop:
         self._batches: deque[_Batch] = deque()  # in consumption order
         self._owned: set[tuple[str, int]] = set()
         self._paused = False
+        self._paused_tps: set[tuple[str, int]] = set()
+        self._held: dict[tuple[str, int], int] = {}  # retry partition -> due time (ms)
         self._lock = threading.Lock()
         self._wake = threading.Event()  # a worker finished: the loop has work to do
 
@@ -154,9 +179,13 @@ class ConsumerLoop:
         in_flight = sum(1 for b in self._batches if not b.done)
         self.stats.in_flight = in_flight
         if in_flight >= self.max_in_flight:
-            self._set_paused(consumer, True)
+            if not self._paused:
+                self.stats.pauses += 1
+                log.info("%s: %d batches in flight, partitions paused", self.stage, in_flight)
+            self._paused = True
         elif self._paused and in_flight < max(1, self.max_in_flight // 2 + 1):
-            self._set_paused(consumer, False)
+            self._paused = False
+        self._apply_pauses(consumer)
         if self._paused:
             # Serve rebalance callbacks and heartbeats, but wake as soon as a batch is done
             # rather than sleeping a whole poll timeout with the downstream idle.
@@ -166,7 +195,7 @@ class ConsumerLoop:
                 self._wake.clear()
         else:
             messages = consumer.consume(self.batch_size, timeout=self.settings.poll_timeout_s)
-        batch = [m for m in messages if not self._is_error(m)]
+        batch = self._hold_not_due(consumer, [m for m in messages if not self._is_error(m)])
         if not batch:
             return
         # Messages fetched before a pause still arrive: they join the pipeline anyway,
@@ -178,35 +207,85 @@ class ConsumerLoop:
         entry.future = executor.submit(self._work, entry)
 
     def _work(self, entry: _Batch) -> None:
-        """Handle one batch until it succeeds (or the loop stops); runs in a worker thread."""
+        """Handle one batch until its outputs are acknowledged; runs in a worker thread.
+
+        A failing batch is retried in place with growing backoff (the loop keeps its
+        partitions paused meanwhile); after ``inplace_attempts`` its events go to the
+        stage's retry ladder, so one bad dependency does not hold a partition forever.
+        """
         backoff = 0.0
+        attempts = 0
         while True:
             try:
                 outputs = self._process(entry)
-                self.producer.send(outputs)
-                self.stats.produced += len(outputs)
-                entry.done = True
-                self._wake.set()
+                self._send(outputs)
+                self._finish(entry)
                 return
             except Exception as exc:  # noqa: BLE001 - any fault: back off, retry the batch
+                attempts += 1
                 self.stats.batch_retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                if self.ladder and attempts >= self.inplace_attempts and entry.envelopes:
+                    if self._climb_ladder(entry, exc):
+                        return
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 log.error("%s: batch of %d failed (%s); retrying in %.1fs", self.stage,
                           len(entry.messages), self.stats.last_error, backoff)
                 if self._stop.wait(backoff):
                     return  # stopping: leave it uncommitted, it will be redelivered
 
-    def _process(self, entry: _Batch) -> list[Outbound]:
+    def _finish(self, entry: _Batch) -> None:
+        entry.done = True
+        self._wake.set()
+
+    def _send(self, outputs: list[Outbound | Retry]) -> None:
+        """Produce outputs, turning per-item Retry verdicts into ladder messages."""
+        ready: list[Outbound] = []
+        for out in outputs:
+            if isinstance(out, Retry):
+                routed = retry_or_dead_letter(out.envelope, self.stage, out.error, out.error_class,
+                                              delay_scale=self.settings.retry_delay_scale)
+                self._count_route(routed)
+                ready.append(routed)
+            else:
+                ready.append(out)
+        self.producer.send(ready)
+        self.stats.produced += len(ready)
+
+    def _climb_ladder(self, entry: _Batch, exc: Exception) -> bool:
+        """Send every event of a failing batch to its next retry rung; True once acknowledged."""
+        routed = [retry_or_dead_letter(env, self.stage, str(exc), type(exc).__name__,
+                                       delay_scale=self.settings.retry_delay_scale)
+                  for env in entry.envelopes]
+        try:
+            self.producer.send(entry.undecodable + routed)
+        except Exception as send_exc:  # noqa: BLE001 - the broker itself is down: keep trying
+            log.error("%s: could not publish retries: %s", self.stage, send_exc)
+            return False
+        for out in routed:
+            self._count_route(out)
+        log.warning("%s: %d events moved to the retry ladder after %s", self.stage,
+                    len(routed), type(exc).__name__)
+        self._finish(entry)
+        return True
+
+    def _count_route(self, out: Outbound) -> None:
+        if out.topic == "images.failed":
+            self.stats.dead_lettered += 1
+        else:
+            self.stats.retried += 1
+
+    def _process(self, entry: _Batch) -> list[Outbound | Retry]:
         envelopes: list[Envelope] = []
-        outputs: list[Outbound] = []
+        undecodable: list[Outbound] = []
         for msg in entry.messages:
             decoded = self._decode(msg)
             if isinstance(decoded, Outbound):
-                outputs.append(decoded)
+                undecodable.append(decoded)
             else:
                 envelopes.append(decoded)
-        entry.envelopes = envelopes
+        entry.envelopes, entry.undecodable = envelopes, undecodable
+        outputs: list[Outbound | Retry] = list(undecodable)
         if envelopes:
             outputs.extend(self.handler(envelopes))
             self.stats.handled += len(envelopes)
@@ -230,11 +309,18 @@ class ConsumerLoop:
             )
             return Outbound("images.failed", key, failed)
         ts_type, ts_ms = msg.timestamp()
+        headers = {k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])}
+        retried = H_ATTEMPT in headers
         return Envelope(
             topic=topic, partition=msg.partition(), offset=msg.offset(), key=key,
             timestamp=datetime.fromtimestamp(ts_ms / 1000).astimezone() if ts_type else None,
-            event=event,
-            headers={k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])},
+            event=event, headers=headers,
+            attempt=int(headers[H_ATTEMPT]) if retried else 1,
+            origin_topic=headers.get(H_ORIGIN_TOPIC, topic) if retried else topic,
+            origin_partition=int(headers.get(H_ORIGIN_PARTITION, msg.partition()))
+            if retried else msg.partition(),
+            origin_offset=int(headers.get(H_ORIGIN_OFFSET, msg.offset()))
+            if retried else msg.offset(),
         )
 
     # -- commits -------------------------------------------------------------------
@@ -264,23 +350,48 @@ class ConsumerLoop:
             time.sleep(0.05)
         self._commit_done(consumer)
 
-    def _set_paused(self, consumer: Consumer, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        assignment = consumer.assignment()
-        if assignment:
-            (consumer.pause if paused else consumer.resume)(assignment)
-        self._paused = paused
-        if paused:
-            self.stats.pauses += 1
-            log.info("%s: %d batches in flight, partitions paused", self.stage, self.max_in_flight)
+    def _hold_not_due(self, consumer: Consumer, batch: list[Message]) -> list[Message]:
+        """Keep retry messages until their not-before time: rewind and hold the partition."""
+        if not self.ladder:
+            return batch
+        now = int(time.time() * 1000)
+        held_now: dict[tuple[str, int], tuple[int, int]] = {}  # tp -> (offset, due)
+        for msg in batch:
+            tp = (msg.topic(), msg.partition())
+            if tp in held_now:
+                continue
+            due = _header_int(msg, H_NOT_BEFORE)
+            if due is not None and due > now:
+                held_now[tp] = (msg.offset(), due)
+        if not held_now:
+            return batch
+        for (topic, partition), (offset, due) in held_now.items():
+            consumer.seek(TopicPartition(topic, partition, offset))
+            self._held[(topic, partition)] = due
+        self.stats.held = len(self._held)
+        return [m for m in batch if (m.topic(), m.partition()) not in held_now
+                or m.offset() < held_now[(m.topic(), m.partition())][0]]
+
+    def _apply_pauses(self, consumer: Consumer) -> None:
+        """Pause what should be paused now: everything under backpressure, plus held retries."""
+        now = int(time.time() * 1000)
+        self._held = {tp: due for tp, due in self._held.items() if due > now}
+        self.stats.held = len(self._held)
+        owned = self._owned
+        wanted = set(owned) if self._paused else {tp for tp in self._held if tp in owned}
+        pause = wanted - self._paused_tps
+        resume = (self._paused_tps - wanted) & owned
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            consumer.resume([TopicPartition(t, p) for t, p in resume])
+        self._paused_tps = wanted
 
     # -- rebalance -----------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned |= {(p.topic, p.partition) for p in partitions}
         self.stats.assigned = sorted(self._owned)
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        self._paused_tps -= {(p.topic, p.partition) for p in partitions}  # fresh: not paused
         log.info("%s: assigned %s", self.stage, [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -291,12 +402,17 @@ class ConsumerLoop:
             time.sleep(0.05)
         self._commit_done(consumer, only=self._owned)
         self._owned -= revoked
+        self._paused_tps -= revoked
+        for tp in revoked:
+            self._held.pop(tp, None)
         self.stats.assigned = sorted(self._owned)
         log.info("%s: revoked %s", self.stage, sorted(revoked))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): another member may own them already; commit nothing.
-        self._owned -= {(p.topic, p.partition) for p in partitions}
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._owned -= lost
+        self._paused_tps -= lost
         self.stats.assigned = sorted(self._owned)
 
     def _is_error(self, msg: Message) -> bool:
@@ -309,9 +425,19 @@ class ConsumerLoop:
         return True
 
 
+def _header_int(msg: Message, name: str) -> int | None:
+    for key, value in msg.headers() or []:
+        if key == name and value:
+            try:
+                return int(value.decode())
+            except ValueError:
+                return None
+    return None
+
+
 def _retry_model(msg: Message) -> type[Event]:
     """Retry topics carry any event type; the header ``event-type`` names it."""
     for key, value in msg.headers() or []:
-        if key == "event-type" and value and value.decode() in EVENT_TYPES:
+        if key == H_EVENT_TYPE and value and value.decode() in EVENT_TYPES:
             return EVENT_TYPES[value.decode()]
     raise EventDecodeError("invalid_event", f"no usable event-type header on {msg.topic()}")

@@ -110,6 +110,7 @@ class ImageFailed(Event):
     tenant_id: str | None = None
     image_id: str | None = None
     event: dict[str, Any] | None = None
+    event_type: str | None = None  # the topic whose model ``event`` is (for replay)
     raw: str | None = None
     reason: FailureReason
     message: str

@@ -42,6 +42,11 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
+    retry_inplace_attempts: int = Field(
+        4, ge=1, description="In-place retries of a failing batch before its events go to the "
+        "stage's retry topics")
+    retry_delay_scale: float = Field(
+        1.0, gt=0, description="Multiplies the retry ladder's delays (tests shorten them)")
     local_broker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
 
 

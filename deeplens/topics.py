@@ -36,24 +36,40 @@ class TopicSpec:
 
 
 def load_topic_table() -> dict[str, TopicSpec]:
-    """Logical topic name -> spec, from the packaged topics.toml."""
+    """Logical topic name -> spec, from the packaged topics.toml (retry ladders expanded)."""
     text = resources.files("deeplens").joinpath("topics.toml").read_text()
-    table = tomllib.loads(text)["topics"]
-    return {
+    data = tomllib.loads(text)
+    specs = {
         name: TopicSpec(
             name=name,
             partitions=int(row["partitions"]),
             retention_ms=duration_ms(row["retention"]),
             groups=tuple(row["groups"]),
             doc=row.get("doc", ""),
-            delay_ms=duration_ms(row["delay"]) if "delay" in row else 0,
         )
-        for name, row in table.items()
+        for name, row in data["topics"].items()
     }
+    retries = data["retries"]
+    for stage in retries["stages"]:
+        for rung, delay in enumerate(retries["delays"], start=1):
+            name = retry_topic(stage, rung)
+            specs[name] = TopicSpec(
+                name=name, partitions=int(retries["partitions"]),
+                retention_ms=duration_ms(retries["retention"]), groups=(stage,),
+                doc=f"{stage}: retry {rung}, after {delay}", delay_ms=duration_ms(delay))
+    return specs
+
+
+def retry_topic(stage: str, rung: int) -> str:
+    return f"{stage}.retry.{rung}"
+
+
+def retry_ladder(stage: str) -> list[TopicSpec]:
+    """The stage's retry topics, first rung first (empty for stages without retries)."""
+    return [spec for rung in range(1, 10) if (spec := TOPICS.get(retry_topic(stage, rung)))]
 
 
 TOPICS = load_topic_table()
-RETRY_TOPICS = tuple(sorted(n for n in TOPICS if n.startswith("retry.")))
 
 
 class TopicNames:
