@@ -75,8 +75,9 @@ def main() -> None:
             exact = measure(store, model, queries, truth)
             table = store._table(model)
             start = time.perf_counter()
-            table.create_index(metric="cosine", index_type="IVF_HNSW_SQ",
-                               vector_column_name="vector")
+            from lancedb.index import IvfHnswSq
+
+            table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
             index_s = time.perf_counter() - start
             ann = measure(store, model, queries, truth)
         for mode, figures in (("exact", exact), ("ivf_hnsw_sq", ann)):

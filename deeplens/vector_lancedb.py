@@ -104,8 +104,9 @@ class LanceStore:
         indices = table.list_indices()
         if not indices:
             log.info("%s: %d rows, building IVF_HNSW_SQ cosine index", table.name, rows)
-            table.create_index(metric="cosine", index_type="IVF_HNSW_SQ",
-                               vector_column_name="vector")
+            from lancedb.index import IvfHnswSq
+
+            table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
             return
         stats = table.index_stats(indices[0].name)
         if stats is not None and stats.num_unindexed_rows > max(1000, rows // 5):
