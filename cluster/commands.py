@@ -14,6 +14,8 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.data:
         settings = settings.model_copy(update={"data_dir": Path(args.data)})
+    if args.ray_address:
+        settings = settings.model_copy(update={"ray_address": args.ray_address})
     if args.port:
         settings = settings.model_copy(
             update={"serve": settings.serve.model_copy(update={"port": args.port})})
@@ -96,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("up", help="start the whole pipeline on this machine")
     p.add_argument("--port", type=int, default=0, help="HTTP port (default 8000)")
     p.add_argument("--data", default="", help="data folder (default ./data)")
+    p.add_argument("--ray-address", default="", help="join a Ray cluster ('auto' on a head)")
     p.set_defaults(func=_cmd_up)
 
     dlq = sub.add_parser("dlq", help="dead letters on images.failed")

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -97,8 +98,10 @@ def read_runtime(settings: Settings) -> Settings:
 class LocalStack:
     """Everything DeepLens runs, on one machine; a context manager that cleans up."""
 
-    def __init__(self, settings: Settings, with_ray: bool = True) -> None:
+    def __init__(self, settings: Settings, with_ray: bool = True,
+                 stage_overrides: dict[str, dict[str, Any]] | None = None) -> None:
         self.settings = settings
+        self.stage_overrides = stage_overrides or {}  # e.g. fault-injection hooks in tests
         self.with_ray = with_ray
         self.broker: LocalBroker | None = None
         self.demo_key: str | None = None
@@ -135,6 +138,7 @@ class LocalStack:
         self._start_ray()
         self._start_serve()
         for spec, count in stage_specs(self.settings):
+            spec = replace(spec, **self.stage_overrides.get(spec.stage, {}))
             self.actors += launch_stage(self.settings, spec, count)
         self._write_runtime()
 
@@ -163,7 +167,9 @@ class LocalStack:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
             offline = "0" if self.settings.model.allow_download else "1"
-            ray.init(include_dashboard=False, log_to_driver=False,
+            ray.init(address=self.settings.ray_address or None,
+                     include_dashboard=False if not self.settings.ray_address else None,
+                     log_to_driver=False,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                "HF_HUB_OFFLINE": offline}})
             self._ray_started = True

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from deeplens.events import EVENT_TYPES, Event, EventDecodeError, ImageFailed, Stage, decode_event
 from deeplens.kafka import EventProducer, Outbound, make_consumer
@@ -115,6 +115,7 @@ class ConsumerLoop:
         max_in_flight: int = 1,
         before_commit: Callable[[Sequence[Envelope]], None] | None = None,
         inplace_attempts: int | None = None,
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         self.names = TopicNames(settings.topic_prefix)
         self.settings = settings
@@ -130,6 +131,7 @@ class ConsumerLoop:
         self.max_in_flight = max(1, max_in_flight)
         self.producer = producer or EventProducer(settings, prefix=settings.topic_prefix)
         self.before_commit = before_commit  # a test hook: runs after acks, before commit
+        self.on_fatal = on_fatal  # e.g. exit the actor process so Ray restarts it
         self.stats = LoopStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,10 +167,25 @@ class ConsumerLoop:
             [self.names.physical(t) for t in self.topics],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
         )
+        failures = 0
         try:
             while not self._stop.is_set():
-                self._step(consumer, executor)
+                try:
+                    self._step(consumer, executor)
+                    failures = 0
+                except KafkaException as exc:  # a broker hiccup: log, keep polling
+                    failures += 1
+                    self.stats.last_error = f"KafkaException: {exc}"
+                    log.warning("%s: %s (%d in a row)", self.stage, exc, failures)
+                    if failures >= 50:
+                        raise
+                    self._stop.wait(min(0.1 * failures, 2.0))
             self._drain(consumer, timeout_s=20.0)
+        except Exception:
+            log.exception("%s: consumer loop failed", self.stage)
+            if self.on_fatal is not None:
+                self.on_fatal()
+            raise
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             consumer.close()
@@ -341,8 +358,16 @@ class ConsumerLoop:
         if self.before_commit is not None:
             self.before_commit([env for e in finished for env in e.envelopes])
         if commit:
-            consumer.commit(offsets=commit, asynchronous=False)
-            self.stats.commits += 1
+            try:
+                consumer.commit(offsets=commit, asynchronous=False)
+                self.stats.commits += 1
+            except KafkaException as exc:
+                # Typically a rebalance (the broker stalled past the session timeout): the
+                # partitions now belong to a new generation and these offsets will be
+                # redelivered there. At-least-once holds; the sinks are idempotent.
+                self.stats.last_error = f"commit failed: {exc}"
+                log.warning("%s: commit of %d partitions failed: %s", self.stage, len(commit),
+                            exc)
 
     def _drain(self, consumer: Consumer, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

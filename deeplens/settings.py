@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="File of tenant:key lines")
     catalog_url: str = Field("", description="SQLAlchemy URL; empty = SQLite in DATA_DIR")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ray_address: str = Field("", description="Ray cluster to join ('auto' on a ray up head); "
+                             "empty starts a local Ray")
 
     kafka: KafkaSettings = KafkaSettings()
     storage: StorageSettings = StorageSettings()

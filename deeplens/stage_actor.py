@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ class StageWorker:
             settings=settings.kafka, stage=spec.stage, topics=spec.topics,  # type: ignore[arg-type]
             handler=handler, batch_size=spec.batch_size, max_in_flight=spec.max_in_flight,
             before_commit=hook,
+            # A loop that cannot go on takes the actor down, so Ray restarts it.
+            on_fatal=lambda: os._exit(1),
         ).start()
 
     def ready(self) -> bool:
@@ -63,7 +66,8 @@ class StageWorker:
         self.loop.stop()
 
 
-def launch_stage(settings: Settings, spec: StageSpec, count: int) -> list[Any]:
+def launch_stage(settings: Settings, spec: StageSpec, count: int,
+                 first_index: int = 0) -> list[Any]:
     """Start ``count`` actors for a stage and wait until each has started its loop."""
     import ray
 
@@ -76,7 +80,7 @@ def launch_stage(settings: Settings, spec: StageSpec, count: int) -> list[Any]:
             name=f"{settings.kafka.topic_prefix}{spec.stage}-{i}",
             get_if_exists=False,
         ).remote(settings, spec)
-        for i in range(count)
+        for i in range(first_index, first_index + count)
     ]
     ray.get([a.ready.remote() for a in actors])
     return actors

@@ -115,6 +115,12 @@ class Embedder:
     def model_id(self) -> str:
         return self.clip.model_id
 
+    def pid(self) -> int:
+        """The replica's process id (fault-injection tests kill it)."""
+        import os
+
+        return os.getpid()
+
     def stats(self) -> dict[str, Any]:
         sizes = list(self.batch_sizes)
         return {

@@ -29,17 +29,22 @@ from tests.http_server import serve_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("DEEPLENS_TEST_BOOTSTRAP")
-    if external:
-        yield external
-        return
+def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """The local tansu process (fault tests pause it); one per session."""
     log_path = str(tmp_path_factory.mktemp("broker") / "tansu.log")
     local: LocalBroker = start_local_broker(log_path=log_path)
     try:
-        yield local.bootstrap
+        yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> str:
+    external = os.environ.get("DEEPLENS_TEST_BOOTSTRAP")
+    if external:
+        return external
+    return request.getfixturevalue("broker_process").bootstrap
 
 
 @pytest.fixture

@@ -20,3 +20,24 @@ def die_once(settings: Settings):
             os._exit(1)
 
     return hook
+
+
+def _armed(stage: str):
+    def factory(settings: Settings):
+        """Kill the actor between produce and commit whenever ``arm-<stage>`` exists."""
+        arm = settings.data_dir / f"arm-{stage}"
+
+        def hook(_envelopes) -> None:
+            try:
+                arm.unlink()
+            except FileNotFoundError:
+                return
+            os._exit(1)
+
+        return hook
+
+    return factory
+
+
+die_when_armed_validation = _armed("validation")
+die_when_armed_indexing = _armed("indexing")

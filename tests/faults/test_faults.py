@@ -1,0 +1,315 @@
+"""Fault injection on the real pipeline: each scenario pushes known images through,
+breaks something, and proves nothing was lost and no vector was duplicated.
+
+    lost = produced - (indexed + failed + dead-lettered) == 0
+    duplicate vectors == 0
+
+Each scenario prints one line of counts (run with -s to see them); the figures
+are recorded in benchmarks/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster.samples import jpeg_bytes, scene
+from cluster.stack import LocalStack
+from deeplens.broker import free_port
+from deeplens.kafka import admin_client
+from deeplens.settings import (
+    ActorSettings,
+    IngestionSettings,
+    KafkaSettings,
+    ModelSettings,
+    ServeSettings,
+    Settings,
+    VectorStoreSettings,
+)
+from deeplens.topics import TopicNames, ensure_topics
+from tests.weaviate_standin import running_standin
+
+TENANTS = [f"s{i}" for i in range(1, 9)]
+REPORT = Path(__file__).parent.parent.parent / "benchmarks" / "results" / "faults.jsonl"
+
+
+@dataclass
+class Counts:
+    scenario: str
+    produced: int
+    validated: int
+    processed: int
+    indexed: int
+    failed: int
+    dead_lettered: int
+    duplicate_vectors: int
+    recovery_s: float
+
+    @property
+    def lost(self) -> int:
+        return self.produced - (self.indexed + self.failed + self.dead_lettered)
+
+    def line(self) -> str:
+        return (f"[{self.scenario}] produced={self.produced} validated={self.validated} "
+                f"processed={self.processed} indexed={self.indexed} failed={self.failed} "
+                f"dead-lettered={self.dead_lettered} lost={self.lost} "
+                f"duplicate-vectors={self.duplicate_vectors} recovery={self.recovery_s:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def fault_stack(broker_process, tmp_path_factory, ray_session):
+    from ray import serve
+
+    prefix = f"faults{uuid.uuid4().hex[:6]}."
+    kafka = KafkaSettings(bootstrap_servers=broker_process.bootstrap, topic_prefix=prefix,
+                          poll_timeout_s=0.2, session_timeout_ms=6000, batch_size=8,
+                          retry_delay_scale=0.1)
+    ensure_topics(admin_client(kafka), TopicNames(prefix))
+    standin = running_standin()
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("faults"), kafka=kafka,
+        model=ModelSettings(name="deeplens-tiny", pretrained="random"),
+        api_keys=",".join(f"{t}:key-{t}" for t in TENANTS),
+        serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=8),
+        actors=ActorSettings(num_cpus=0.2),
+        vector_store=VectorStoreSettings(backend="weaviate", weaviate_url=standin.http_url,
+                                         weaviate_grpc_port=standin.grpc_port),
+        ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000),
+    )
+    hooks = {"validation": {"before_commit": "tests.actors.hooks:die_when_armed_validation"},
+             "indexing": {"before_commit": "tests.actors.hooks:die_when_armed_indexing"}}
+    serve.shutdown()
+    try:
+        with LocalStack(settings, stage_overrides=hooks) as stack:
+            stack.standin = standin
+            stack.broker_process = broker_process
+            yield stack
+    finally:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+
+
+class Scenario:
+    def __init__(self, stack: LocalStack, tenant: str) -> None:
+        self.stack, self.tenant = stack, tenant
+        self.client = httpx.Client(base_url=stack.url, timeout=60,
+                                   headers={"Authorization": f"Bearer key-{tenant}"})
+        self.ids: list[str] = []
+
+    def upload(self, count: int, seed: int) -> list[str]:
+        new = []
+        for i in range(count):
+            data = jpeg_bytes(scene(seed + i, 128))
+            answer = self.client.post("/v1/images", files={"file": (f"{i}.jpg", data)})
+            assert answer.status_code == 202, answer.text
+            new.append(answer.json()["image_id"])
+        self.ids += new
+        return new
+
+    def rows(self) -> list[dict]:
+        return self.client.get("/v1/images", params={"limit": 500}).json()["items"]
+
+    def wait_settled(self, timeout_s: float = 240) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if all(r["status"] in ("indexed", "failed") for r in self.rows()):
+                return time.monotonic() - start
+            time.sleep(0.5)
+        return time.monotonic() - start
+
+    def counts(self, name: str, recovery_s: float) -> Counts:
+        rows = self.rows()
+        status = [r["status"] for r in rows]
+        dead = sum(1 for r in rows if r["failure_reason"] == "transient_exhausted")
+        state = self.stack.standin.state
+        objects = [o for c in state.collections.values()
+                   for o in c.objects.get(self.tenant, {}).values()]
+        image_ids = [o.properties["image_id"] for o in objects]
+        counts = Counts(
+            scenario=name, produced=len(self.ids),
+            validated=sum(1 for r in rows if r["timestamps"]["validated_at"]),
+            processed=sum(1 for r in rows if r["timestamps"]["processed_at"]),
+            indexed=status.count("indexed"), failed=status.count("failed") - dead,
+            dead_lettered=dead, duplicate_vectors=len(image_ids) - len(set(image_ids)),
+            recovery_s=round(recovery_s, 1))
+        print(counts.line())
+        REPORT.parent.mkdir(exist_ok=True)
+        with REPORT.open("a") as handle:
+            handle.write(json.dumps(asdict(counts) | {"lost": counts.lost}) + "\n")
+        assert len(objects) == counts.indexed, "one vector per indexed image"
+        return counts
+
+
+def stage_stats(stack: LocalStack) -> str:
+    import ray
+
+    lines = []
+    for actor in stack.actors:
+        try:
+            st = ray.get(actor.stats.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - a dead actor is itself the diagnosis
+            lines.append(f"  <actor unreachable: {exc}>")
+            continue
+        lines.append(f"  {st['stage']}: alive={st['alive']} consumed={st['consumed']} "
+                     f"handled={st['handled']} produced={st['produced']} commits={st['commits']} "
+                     f"in_flight={st['in_flight']} retries={st['batch_retries']} "
+                     f"assigned={len(st['assigned'])} last_error={st['last_error'][:200]!r}")
+    return "\n".join(lines)
+
+
+def check(counts: Counts, stack: LocalStack | None = None) -> None:
+    if counts.lost and stack is not None:
+        print(stage_stats(stack))
+    assert counts.lost == 0, counts.line()
+    assert counts.duplicate_vectors == 0, counts.line()
+
+
+def test_1_validator_killed_between_produce_and_commit(fault_stack) -> None:
+    run = Scenario(fault_stack, "s1")
+    arm = fault_stack.settings.data_dir / "arm-validation"
+    arm.write_text("x")
+    run.upload(12, seed=1000)
+    recovery = run.wait_settled()
+    assert not arm.exists(), "the validator died once, as armed"
+    counts = run.counts("validator killed", recovery)
+    check(counts)
+    assert counts.indexed == 12
+
+
+def test_2_embedder_replica_killed_mid_batch(fault_stack) -> None:
+    from ray import serve
+
+    run = Scenario(fault_stack, "s2")
+    handle = serve.get_deployment_handle("Embedder", app_name="embedder")
+    run.upload(16, seed=2000)
+    os.kill(handle.pid.remote().result(), signal.SIGKILL)
+    started = time.monotonic()
+    recovery = run.wait_settled()
+    counts = run.counts("embedder replica killed", time.monotonic() - started)
+    check(counts)
+    assert counts.indexed == 16 and recovery < 240
+
+
+def test_3_indexer_killed_mid_write(fault_stack) -> None:
+    run = Scenario(fault_stack, "s3")
+    arm = fault_stack.settings.data_dir / "arm-indexing"
+    arm.write_text("x")
+    run.upload(12, seed=3000)
+    recovery = run.wait_settled()
+    assert not arm.exists()
+    counts = run.counts("indexer killed mid-write", recovery)
+    check(counts)
+    assert counts.indexed == 12
+
+
+def test_4_vector_store_unavailable_for_20s(fault_stack) -> None:
+    run = Scenario(fault_stack, "s4")
+    fault_stack.standin.state.unavailable = True
+    try:
+        run.upload(12, seed=4000)
+        time.sleep(20)
+    finally:
+        fault_stack.standin.state.unavailable = False
+    recovery = run.wait_settled()
+    counts = run.counts("vector store down 20s", recovery)
+    check(counts)
+    assert counts.indexed == 12
+
+
+def test_5_broker_paused_for_15s(fault_stack) -> None:
+    run = Scenario(fault_stack, "s5")
+    run.upload(12, seed=5000)
+    fault_stack.broker_process.pause()
+    try:
+        time.sleep(15)
+    finally:
+        fault_stack.broker_process.resume()
+    recovery = run.wait_settled()
+    counts = run.counts("broker paused 15s", recovery)
+    check(counts, fault_stack)
+    assert counts.indexed == 12
+
+
+def test_6_poison_messages(fault_stack) -> None:
+    from confluent_kafka import Producer
+
+    from deeplens.events import ImageUploaded, utcnow
+    from deeplens.kafka import EventProducer, Outbound
+    from tests.kafka_helpers import read_topic
+
+    run = Scenario(fault_stack, "s6")
+    run.upload(6, seed=6000)
+    kafka = fault_stack.settings.kafka
+    topic = kafka.topic_prefix + "images.uploaded"
+    raw = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    raw.produce(topic, b"{not json", key=b"poison-json")
+    raw.produce(topic, json.dumps({"schema_version": 42, "image_id": "poison-v42"}).encode(),
+                key=b"poison-v42")
+    raw.flush(10)
+    ghost = ImageUploaded(
+        tenant_id="s6", image_id="poison-ghost", original_file_name="ghost.jpg",
+        storage_provider="local", storage_path="s6/po/poison-ghost.jpg", file_size=1,
+        mime_type="image/jpeg", sha256="0" * 64, uploaded_at=utcnow())
+    EventProducer(kafka, prefix=kafka.topic_prefix).send([Outbound(ghost.topic, "poison-ghost",
+                                                                   ghost)])
+    recovery = run.wait_settled()
+    failures = [f for f in read_topic(kafka, "images.failed", expect=50, timeout_s=8)
+                if (f.image_id or "").startswith("poison")]
+    reasons = {f.image_id: f.reason for f in failures}
+    assert reasons == {"poison-json": "malformed_json", "poison-v42": "unknown_schema_version",
+                       "poison-ghost": "missing_object"}
+    counts = run.counts("poison messages", recovery)
+    counts.produced += 3
+    counts.failed += len(reasons)
+    print(f"[poison messages] + 3 poison messages, each failed with its reason: {reasons}")
+    check(counts)
+    assert counts.indexed == 6
+
+
+def test_7_consumer_added_mid_stream(fault_stack) -> None:
+    from actors import embedding_feeder, validator
+    from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
+
+    run = Scenario(fault_stack, "s7")
+    run.upload(10, seed=7000)
+    extra = launch_stage(fault_stack.settings, StageSpec(
+        validator.STAGE, validator.TOPICS, "actors.validator:build_handler"), 1, first_index=10)
+    extra += launch_stage(fault_stack.settings, StageSpec(
+        embedding_feeder.STAGE, embedding_feeder.TOPICS, "actors.embedding_feeder:build_handler",
+        max_in_flight=2), 1, first_index=10)
+    try:
+        run.upload(10, seed=7100)
+        recovery = run.wait_settled()
+    finally:
+        stop_stage(extra)  # and a member leaves: another rebalance
+    counts = run.counts("consumers added and removed mid-stream", recovery)
+    check(counts)
+    assert counts.indexed == 20
+
+
+def test_8_indexed_event_delivered_again(fault_stack) -> None:
+    from deeplens.events import ImageProcessed
+    from deeplens.kafka import EventProducer, Outbound
+    from tests.kafka_helpers import read_topic
+
+    run = Scenario(fault_stack, "s8")
+    run.upload(6, seed=8000)
+    run.wait_settled()
+    kafka = fault_stack.settings.kafka
+    processed = [e for e in read_topic(kafka, "images.processed", expect=10_000, timeout_s=8)
+                 if isinstance(e, ImageProcessed) and e.tenant_id == "s8"]
+    assert len({e.image_id for e in processed}) == 6
+    EventProducer(kafka, prefix=kafka.topic_prefix).send(
+        [Outbound(e.topic, e.image_id, e) for e in processed])
+    time.sleep(8)  # let the indexer and dedup take the redelivery
+    recovery = run.wait_settled()
+    counts = run.counts("indexed event delivered again", recovery)
+    check(counts)
+    assert counts.indexed == 6
