@@ -34,6 +34,8 @@ from ingestion.schemas import (
     ImagePage,
     Problem,
     StageTimes,
+    StatusAnswer,
+    StatusQuery,
     UploadOut,
 )
 
@@ -110,6 +112,11 @@ def add_routes(app: FastAPI) -> None:
         return ImagePage(items=[image_out(r) for r in rows],
                          next_after=rows[-1].image_id if len(rows) == limit else None,
                          counts=svc.catalog.counts(tenant))
+
+    @app.post("/v1/images/statuses", response_model=StatusAnswer, tags=["images"])
+    def image_statuses(query: StatusQuery, svc: ServicesDep, tenant: TenantDep) -> StatusAnswer:
+        """Statuses of up to 500 of the caller's images at once (bulk ingest progress)."""
+        return StatusAnswer(statuses=svc.catalog.statuses(tenant, query.image_ids))
 
     @app.get("/v1/images/{image_id}", response_model=ImageOut, tags=["images"],
              responses=_NOT_FOUND)

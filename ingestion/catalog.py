@@ -141,6 +141,12 @@ class Catalog:
                 raise
             return existing
 
+    def statuses(self, tenant_id: str, image_ids: list[str]) -> dict[str, str]:
+        query = sa.select(images.c.image_id, images.c.status).where(
+            images.c.tenant_id == tenant_id, images.c.image_id.in_(image_ids))
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(query)}
+
     def find_by_sha256(self, tenant_id: str, sha256: str) -> ImageRow | None:
         query = images.select().where(images.c.tenant_id == tenant_id, images.c.sha256 == sha256)
         with self.engine.connect() as conn:

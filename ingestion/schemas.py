@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from deeplens.events import ImageStatus
 
@@ -62,3 +62,11 @@ class DuplicatesOut(BaseModel):
     image_id: str
     tiers: list[str]
     matches: list[DuplicateOut]
+
+
+class StatusQuery(BaseModel):
+    image_ids: list[str] = Field(min_length=1, max_length=500)
+
+
+class StatusAnswer(BaseModel):
+    statuses: dict[str, str]  # image_id -> status; ids not found (or not yours) are absent

@@ -145,3 +145,32 @@ def test_delete_drops_the_vector(stack) -> None:
             break
         time.sleep(0.5)
     assert acme.get(f"/v1/images/{image_id}/similar").status_code == 404
+
+
+def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
+    from cluster.client_cli import IngestState, image_files, ingest
+    from deeplens.cli import main
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        (folder / ("sub" if i else "") / f"{i}.jpg").write_bytes(jpeg_bytes(scene(700 + i)))
+    (folder / "notes.jpg").write_bytes(b"this is text, not a picture")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    files = list(image_files([str(folder)]))
+    assert len(files) == 4
+    state = IngestState(tmp_path / "state.json")
+    out = io.StringIO()
+    first = ingest(stack.url, "key-acme", files, state, concurrency=2, wait=True,
+                   timeout_s=120, out=out)
+    assert first["uploaded"] == 3 and first["rejected"] == 1
+    assert first.get("status_indexed") == 3, first
+    assert "notes.jpg: 415" in out.getvalue()
+    again = ingest(stack.url, "key-acme", files, IngestState(tmp_path / "state.json"),
+                   concurrency=2, wait=False, timeout_s=5, out=io.StringIO())
+    assert again["skipped"] == 3 and again["uploaded"] == 0, "resumed: nothing sent twice"
+
+    assert main(["search", "--api", stack.url, "--key", "key-acme", "-k", "2",
+                 "--image", str(files[0])]) == 0
+    printed = capsys.readouterr().out
+    assert "model deeplens-tiny/random-init" in printed and "  1. +1.0000" in printed

@@ -119,7 +119,12 @@ class Scenario:
     def wait_settled(self, timeout_s: float = 240) -> float:
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
-            if all(r["status"] in ("indexed", "failed") for r in self.rows()):
+            rows = self.rows()
+            # Settled: every image at an end state, and the catalog projection caught up
+            # with images.processed too (its topics are read in parallel).
+            if all(r["status"] == "failed" or (r["status"] == "indexed"
+                                               and r["timestamps"]["processed_at"])
+                   for r in rows):
                 return time.monotonic() - start
             time.sleep(0.5)
         return time.monotonic() - start
