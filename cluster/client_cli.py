@@ -171,6 +171,59 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Per stage: lag, handled, failed, error rate, seconds per event; per tenant: counts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = args.api or os.environ.get("DEEPLENS_API_URL")
+    runtime = settings.data_dir / "stack.json"
+    if not url and runtime.exists():
+        url = json.loads(runtime.read_text())["url"]
+    url = url or f"http://127.0.0.1:{settings.serve.port}"
+    try:
+        text = httpx.get(url + "/metrics", timeout=30).text
+    except httpx.HTTPError as exc:
+        print(f"no DeepLens answering at {url}: {exc}", file=sys.stderr)
+        return 1
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage") or sample.labels.get("group")
+            if stage:
+                key = (sample.name, stage)
+                values[key] = values.get(key, 0.0) + sample.value
+    stages = sorted({stage for (_, stage) in values})
+    print(f"{'stage':12} {'lag':>8} {'handled':>9} {'failed':>7} {'error %':>8} "
+          f"{'ms/event':>9} {'actors':>6}")
+    for stage in stages:
+        handled = values.get(("deeplens_stage_handled_total", stage), 0.0)
+        failed = values.get(("deeplens_stage_failed_total", stage), 0.0)
+        busy = values.get(("deeplens_stage_processing_seconds_total", stage), 0.0)
+        print(f"{stage:12} {values.get(('deeplens_consumer_lag', stage), 0):>8.0f} "
+              f"{handled:>9.0f} {failed:>7.0f} {100 * failed / max(handled, 1):>7.1f}% "
+              f"{1000 * busy / max(handled, 1):>9.1f} "
+              f"{values.get(('deeplens_stage_actors', stage), 0):>6.0f}")
+    print("(throughput: the rate of deeplens_stage_handled_total; see the Grafana dashboard)")
+    if settings.catalog_url or (settings.data_dir / "catalog.db").exists():
+        import sqlalchemy as sa
+
+        from ingestion.catalog import Catalog, images
+
+        catalog = Catalog(settings.effective_catalog_url)
+        query = (sa.select(images.c.tenant_id, images.c.status, sa.func.count())
+                 .group_by(images.c.tenant_id, images.c.status))
+        per_tenant: dict[str, dict[str, int]] = {}
+        with catalog.engine.connect() as conn:
+            for tenant, status, n in conn.execute(query):
+                per_tenant.setdefault(tenant, {})[status] = n
+        print(f"\n{'tenant':16} " + " ".join(f"{s:>9}" for s in
+              ("uploaded", "validated", "processed", "indexed", "failed")))
+        for tenant, counts in sorted(per_tenant.items()):
+            print(f"{tenant:16} " + " ".join(f"{counts.get(s, 0):>9}" for s in
+                  ("uploaded", "validated", "processed", "indexed", "failed")))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("ingest", help="bulk upload files and folders, with progress")
     p.add_argument("paths", nargs="+")
@@ -182,6 +235,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-wait", action="store_true", help="do not wait for indexing")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for indexing")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("status", help="per-stage lag, error rate; per-tenant counts")
+    p.add_argument("--api", help="API URL (default: the running local stack)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("search", help="search by text or by image")
     p.add_argument("text", nargs="?")

@@ -76,6 +76,8 @@ class LoopStats:
     batch_retries: int = 0
     pauses: int = 0
     in_flight: int = 0
+    failed_out: int = 0  # images.failed events produced (permanent failures, poison, DLQ)
+    busy_s: float = 0.0  # time spent in the handler
     retried: int = 0  # events sent to a retry rung
     dead_lettered: int = 0
     held: int = 0  # retry partitions held until their next message is due
@@ -268,6 +270,7 @@ class ConsumerLoop:
                 ready.append(out)
         self.producer.send(ready)
         self.stats.produced += len(ready)
+        self.stats.failed_out += sum(1 for out in ready if out.topic == "images.failed")
 
     def _climb_ladder(self, entry: _Batch, exc: Exception) -> bool:
         """Send every event of a failing batch to its next retry rung; True once acknowledged."""
@@ -304,7 +307,9 @@ class ConsumerLoop:
         entry.envelopes, entry.undecodable = envelopes, undecodable
         outputs: list[Outbound | Retry] = list(undecodable)
         if envelopes:
+            started = time.perf_counter()
             outputs.extend(self.handler(envelopes))
+            self.stats.busy_s += time.perf_counter() - started
             self.stats.handled += len(envelopes)
         return outputs
 

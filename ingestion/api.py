@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
@@ -84,7 +85,16 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
     return app
 
 
+WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+
+
 def add_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    def web_page() -> Response:
+        """The search page: static HTML + JS calling this same API with the user's key."""
+        return Response(WEB_PAGE.read_bytes(), media_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
+
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

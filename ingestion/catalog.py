@@ -42,6 +42,7 @@ images = sa.Table(
     sa.Column("indexed_at", sa.DateTime(timezone=True)),
     sa.Column("failed_at", sa.DateTime(timezone=True)),
     sa.Column("dedup_tiers", sa.String(32)),  # tiers that ran, comma separated
+    sa.Column("pipeline_seconds", sa.Float),  # upload -> indexed, set when indexed
     sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
     sa.Index("ix_images_tenant", "tenant_id"),
 )
@@ -86,6 +87,7 @@ class ImageRow:
     indexed_at: datetime | None
     failed_at: datetime | None
     dedup_tiers: str | None = None
+    pipeline_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,15 @@ class Catalog:
                         failure_message=message[:2000], failed_at=at)
             )
             return done.rowcount > 0
+
+    def latency_buckets(self, bounds: list[float]) -> tuple[list[int], int, float]:
+        """Cumulative counts of upload->indexed seconds <= each bound, total, and sum."""
+        col = images.c.pipeline_seconds
+        columns = [sa.func.sum(sa.case((col <= b, 1), else_=0)) for b in bounds]
+        query = sa.select(*columns, sa.func.count(col), sa.func.sum(col)).where(col.is_not(None))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one()
+        return [int(v or 0) for v in row[:-2]], int(row[-2] or 0), float(row[-1] or 0.0)
 
     def counts(self, tenant_id: str | None = None) -> dict[str, int]:
         query = sa.select(images.c.status, sa.func.count()).group_by(images.c.status)

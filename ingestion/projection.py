@@ -36,7 +36,9 @@ def apply(catalog: Catalog, envelope: Envelope) -> None:
         catalog.advance(event.image_id, "validated", event.validated_at,
                         width=event.width, height=event.height, format=event.format)
     elif isinstance(event, ImageIndexed):
-        catalog.advance(event.image_id, "indexed", event.indexed_at)
+        seconds = ((event.indexed_at - event.uploaded_at).total_seconds()
+                   if event.uploaded_at else None)
+        catalog.advance(event.image_id, "indexed", event.indexed_at, pipeline_seconds=seconds)
     elif isinstance(event, DuplicatesFound):
         catalog.link_duplicates(event.tenant_id, event.image_id, list(event.tiers),
                                 [(m.image_id, m.kind, m.score) for m in event.matches])

@@ -129,6 +129,7 @@ class Embedder:
             "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
             "max_batch_size_seen": max(sizes, default=0), "busy_s": round(self.busy_s, 3),
             "dali_fallbacks": getattr(self.decoder, "fallbacks", 0),
+            "gpu_utilization": _gpu_utilization(self.clip.device),
         }
 
     def check_health(self) -> None:
@@ -151,6 +152,18 @@ class Embedder:
         self.batch_sizes.append(len(items))
         self.items += len(items)
         return results
+
+
+def _gpu_utilization(device: Any) -> float | None:
+    """The card's busy share (0..1) as NVML reports it; None without a GPU."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    try:
+        import torch
+
+        return float(torch.cuda.utilization(device)) / 100.0
+    except Exception:  # noqa: BLE001 - NVML missing: no figure rather than a crash
+        return None
 
 
 def embedder_class() -> type:

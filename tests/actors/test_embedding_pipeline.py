@@ -104,7 +104,8 @@ def test_feeder_killed_before_commit_redelivers_everything(api, embedder_app) ->
 
 
 def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> None:
-    """With no Embedder deployed, feeders retry (paused) and fail nothing; they catch up later."""
+    """With no Embedder deployed, feeders retry (in place, then on the retry ladder) and fail
+    nothing; once it is deployed, everything is embedded."""
     from ray import serve
 
     from deeplens.settings import Settings
@@ -116,7 +117,8 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
     try:
         time.sleep(8)
         stats = __import__("ray").get(actors[0].stats.remote())
-        assert stats["in_flight"] >= 1 and stats["produced"] == 0, stats
+        assert stats["batch_retries"] >= 1 and stats["dead_lettered"] == 0, stats
+        assert "Embedder" in stats["last_error"]
         assert read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=2) == []
         settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5))
         serve.run(build_embedder(settings), name=embedding_feeder.EMBEDDER_APP, route_prefix=None)

@@ -174,3 +174,47 @@ def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
                  "--image", str(files[0])]) == 0
     printed = capsys.readouterr().out
     assert "model deeplens-tiny/random-init" in printed and "  1. +1.0000" in printed
+
+
+def test_metrics_after_a_run(stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    acme = client(stack, "key-acme")
+    ids = [acme.post("/v1/images", files={"file": (f"m{i}.jpg", jpeg_bytes(scene(900 + i)))}
+                     ).json()["image_id"] for i in range(2)]
+    assert {r["status"] for r in wait_indexed(acme, ids).values()} == {"indexed"}
+    text = httpx.get(stack.url + "/metrics", timeout=30).text
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+
+    def value(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples.get(name, [])
+                   if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value("deeplens_topic_messages_total", topic="images.uploaded") > 0
+    assert value("deeplens_topic_messages_total", topic="images.indexed") > 0
+    assert "deeplens_consumer_lag" in samples  # zero is fine once caught up
+    assert {s.labels["group"] for s in samples["deeplens_consumer_lag"]} >= {
+        "validation", "embedding", "indexing", "dedup", "projection"}
+    for stage in ("validation", "embedding", "indexing", "dedup", "projection"):
+        assert value("deeplens_stage_handled_total", stage=stage) > 0, stage
+        assert value("deeplens_stage_processing_seconds_total", stage=stage) > 0, stage
+        assert value("deeplens_stage_actors", stage=stage) >= 1, stage
+    assert "deeplens_stage_failed_total" in samples
+    assert value("deeplens_embedder_items_total") > 0 and value("deeplens_embedder_batches_total") > 0
+    assert value("deeplens_upload_to_indexed_seconds_count") >= len(ids)
+    assert value("deeplens_upload_to_indexed_seconds_sum") > 0
+    assert value("deeplens_uploads_total", outcome="accepted") > 0
+
+
+def test_status_command(stack, capsys, monkeypatch) -> None:
+    from deeplens.cli import main
+
+    monkeypatch.setenv("DEEPLENS_DATA_DIR", str(stack.settings.data_dir))
+    assert main(["status", "--api", stack.url]) == 0
+    out = capsys.readouterr().out
+    assert "validation" in out and "indexing" in out and "error %" in out
+    acme = next(line for line in out.splitlines() if line.startswith("acme"))
+    assert int(acme.split()[4]) > 0, "acme has indexed images"

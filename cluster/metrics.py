@@ -1,0 +1,188 @@
+"""Pipeline metrics for Prometheus, gathered when ``/metrics`` is scraped.
+
+A collector, registered in the gateway process, that reads the truth where it
+lives instead of mirroring it: end offsets and committed offsets from the broker
+(throughput per topic, lag per group and partition), counters from every stage
+actor and Embedder replica through Ray, and the upload-to-indexed latency from
+the catalog. Every gateway replica answers the same numbers, so it does not matter
+which replica the scrape reaches.
+
+Broker disk usage is not exported here: a Kafka broker's disk is measured on its
+host (node_exporter), and the local tansu broker keeps no disk at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+from deeplens.settings import Settings
+from deeplens.topics import TOPICS, TopicNames
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]
+
+# Every metric name this module exports (the alert rules are checked against it).
+EXPORTED = {
+    "deeplens_topic_messages_total", "deeplens_consumer_lag", "deeplens_stage_consumed_total",
+    "deeplens_stage_handled_total", "deeplens_stage_failed_total",
+    "deeplens_stage_retried_total", "deeplens_stage_dead_lettered_total",
+    "deeplens_stage_batch_retries_total", "deeplens_stage_processing_seconds_total",
+    "deeplens_stage_in_flight", "deeplens_stage_actors", "deeplens_embedder_batches_total",
+    "deeplens_embedder_items_total", "deeplens_embedder_busy_seconds_total",
+    "deeplens_gpu_utilization_ratio", "deeplens_upload_to_indexed_seconds",
+}
+
+_STAGE_COUNTERS = {
+    "consumed": ("deeplens_stage_consumed_total", "Messages consumed"),
+    "handled": ("deeplens_stage_handled_total", "Events handled"),
+    "failed_out": ("deeplens_stage_failed_total", "Events sent to images.failed"),
+    "retried": ("deeplens_stage_retried_total", "Events sent to a retry topic"),
+    "dead_lettered": ("deeplens_stage_dead_lettered_total", "Events dead-lettered"),
+    "batch_retries": ("deeplens_stage_batch_retries_total", "Failed batch attempts"),
+    "busy_s": ("deeplens_stage_processing_seconds_total", "Seconds spent in the handler"),
+}
+
+
+class PipelineCollector:
+    def __init__(self, settings: Settings, catalog: Any, stage_names: dict[str, int]) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.stage_names = stage_names  # stage -> actor count
+        self.names = TopicNames(settings.kafka.topic_prefix)
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def describe(self) -> list[Any]:
+        return []  # collected on scrape only; nothing to pre-register
+
+    def collect(self) -> Iterator[Any]:
+        for part in (self._kafka, self._stages, self._embedder, self._latency):
+            try:
+                yield from part()
+            except Exception as exc:  # noqa: BLE001 - one source down must not hide the rest
+                log.warning("metrics: %s failed: %s", part.__name__, exc)
+
+    # -- broker ---------------------------------------------------------------------
+    def _kafka(self) -> Iterator[Any]:
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        from deeplens.kafka import admin_client, make_consumer
+
+        if self._admin is None:
+            self._admin = admin_client(self.settings.kafka)
+            self._consumer = make_consumer(self.settings.kafka, "deeplens-metrics-reader")
+        present = self._admin.list_topics(timeout=5).topics
+        ends: dict[tuple[str, int], int] = {}
+        messages = CounterMetricFamily("deeplens_topic_messages",
+                                       "Messages ever written to the topic (rate = msgs/s)",
+                                       labels=["topic"])
+        for logical in TOPICS:
+            topic = self.names.physical(logical)
+            if topic not in present:
+                continue
+            total = 0
+            for pid in present[topic].partitions:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=5)
+                ends[(topic, pid)] = high
+                total += max(high, 0)
+            messages.add_metric([logical], total)
+        yield messages
+
+        lag = GaugeMetricFamily("deeplens_consumer_lag", "Messages not yet committed by the group",
+                                labels=["group", "topic", "partition"])
+        groups = {stage for spec in TOPICS.values() for stage in spec.groups}
+        for stage in sorted(groups & set(self.stage_names)):
+            group = self.names.group(stage)
+            request = [ConsumerGroupTopicPartitions(group)]
+            answer = self._admin.list_consumer_group_offsets(request, request_timeout=5)
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in answer[group].result().topic_partitions}
+            for logical, spec in TOPICS.items():
+                if stage not in spec.groups:
+                    continue
+                topic = self.names.physical(logical)
+                for pid in range(spec.partitions):
+                    end = ends.get((topic, pid), 0)
+                    done = committed.get((topic, pid), -1)
+                    lag.add_metric([stage, logical, str(pid)], max(end - max(done, 0), 0))
+        yield lag
+
+    # -- stage actors ---------------------------------------------------------------
+    def _stages(self) -> Iterator[Any]:
+        import ray
+
+        families = {key: CounterMetricFamily(name.removesuffix("_total"), text, labels=["stage"])
+                    for key, (name, text) in _STAGE_COUNTERS.items()}
+        in_flight = GaugeMetricFamily("deeplens_stage_in_flight", "Batches in flight",
+                                      labels=["stage"])
+        actors = GaugeMetricFamily("deeplens_stage_actors", "Live actors of the stage",
+                                   labels=["stage"])
+        prefix = self.settings.kafka.topic_prefix
+        for stage, count in sorted(self.stage_names.items()):
+            handles = []
+            for i in range(count):
+                try:
+                    handles.append(ray.get_actor(f"{prefix}{stage}-{i}"))
+                except ValueError:
+                    continue
+            stats = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
+            for key, family in families.items():
+                family.add_metric([stage], sum(float(s.get(key, 0)) for s in stats))
+            in_flight.add_metric([stage], sum(s.get("in_flight", 0) for s in stats))
+            actors.add_metric([stage], sum(1 for s in stats if s.get("alive")))
+        yield from families.values()
+        yield in_flight
+        yield actors
+
+    # -- Embedder -------------------------------------------------------------------
+    def _embedder(self) -> Iterator[Any]:
+        from ray import serve
+
+        from actors.embedding_feeder import EMBEDDER_APP
+
+        handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
+        stats = handle.stats.remote().result(timeout_s=5)  # one replica answers per scrape
+        batches = CounterMetricFamily("deeplens_embedder_batches", "Batches formed by @serve.batch",
+                                      labels=["model"])
+        items = CounterMetricFamily("deeplens_embedder_items", "Images embedded (items / batches "
+                                    "= mean formed batch)", labels=["model"])
+        busy = CounterMetricFamily("deeplens_embedder_busy_seconds", "Seconds decoding + encoding",
+                                   labels=["model"])
+        model = stats["model_id"]
+        batches.add_metric([model], stats["batches"])
+        items.add_metric([model], stats["items"])
+        busy.add_metric([model], stats["busy_s"])
+        yield from (batches, items, busy)
+        if stats.get("gpu_utilization") is not None:
+            gpu = GaugeMetricFamily("deeplens_gpu_utilization_ratio", "GPU busy share (NVML)",
+                                    labels=["model"])
+            gpu.add_metric([model], stats["gpu_utilization"])
+            yield gpu
+
+    # -- catalog --------------------------------------------------------------------
+    def _latency(self) -> Iterator[Any]:
+        counts, total, seconds = self.catalog.latency_buckets(LATENCY_BUCKETS)
+        buckets = [(str(b), c) for b, c in zip(LATENCY_BUCKETS, counts, strict=True)]
+        buckets.append(("+Inf", total))
+        family = HistogramMetricFamily("deeplens_upload_to_indexed_seconds",
+                                       "Time from upload to indexed", labels=[])
+        family.add_metric([], buckets=buckets, sum_value=seconds)
+        yield family
+
+
+def register_pipeline_metrics(settings: Settings, catalog: Any,
+                              stage_names: dict[str, int]) -> PipelineCollector:
+    from prometheus_client import REGISTRY
+
+    collector = PipelineCollector(settings, catalog, stage_names)
+    REGISTRY.register(collector)  # type: ignore[arg-type]
+    return collector
