@@ -21,7 +21,8 @@ def build_gateway(settings: Settings) -> Any:
 
         app = create_app(settings)
         handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
-        mount_search(app, make_vector_store(settings), HandleEncoder(handle))
+        mount_search(app, make_vector_store(settings), HandleEncoder(handle),
+                     producer=app.state.services.producer)
         register_pipeline_metrics(settings, app.state.services.catalog,
                                   {spec.stage: count for spec, count in stage_specs(settings)})
         return app

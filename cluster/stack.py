@@ -49,7 +49,7 @@ def _deployment_error(exc: BaseException) -> str:
 def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
     """Every consumer stage the stack runs, with its actor count from settings."""
     from actors import dedup, embedding_feeder, indexer, validator
-    from ingestion import projection
+    from ingestion import projection, usage
 
     return [
         (StageSpec(validator.STAGE, validator.TOPICS, "actors.validator:build_handler"),
@@ -64,6 +64,7 @@ def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
          settings.actors.dedupers),
         (StageSpec(projection.STAGE, projection.TOPICS, "ingestion.projection:build_handler"),
          settings.actors.projectors),
+        (StageSpec(usage.STAGE, usage.TOPICS, "ingestion.usage:build_handler"), 1),
     ]
 
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 SCHEMA_VERSION = 1
 
 Stage = Literal[
-    "ingestion", "validation", "embedding", "indexing", "dedup", "projection", "usage", "replay"
+    "ingestion", "validation", "embedding", "indexing", "dedup", "projection", "usage", "replay",
+    "search",
 ]
 ImageStatus = Literal["uploaded", "validated", "processed", "indexed", "failed"]
 

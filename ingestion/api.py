@@ -38,6 +38,8 @@ from ingestion.schemas import (
     StatusAnswer,
     StatusQuery,
     UploadOut,
+    UsageHour,
+    UsageOut,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,19 @@ def add_routes(app: FastAPI) -> None:
     def image_statuses(query: StatusQuery, svc: ServicesDep, tenant: TenantDep) -> StatusAnswer:
         """Statuses of up to 500 of the caller's images at once (bulk ingest progress)."""
         return StatusAnswer(statuses=svc.catalog.statuses(tenant, query.image_ids))
+
+    @app.get("/v1/usage", response_model=UsageOut, tags=["usage"])
+    def usage(svc: ServicesDep, tenant: TenantDep,
+              hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> UsageOut:
+        """The caller's usage per hour (uploads, bytes, images embedded, embedding time,
+        searches), from the tenant.usage aggregation."""
+        from datetime import timedelta
+
+        since = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+        rows = [UsageHour(hour=h, **m) for h, m in svc.catalog.usage(tenant, since).items()]
+        totals = UsageHour(hour=since, **{
+            f: sum(getattr(r, f) for r in rows) for f in UsageHour.model_fields if f != "hour"})
+        return UsageOut(tenant_id=tenant, hours=rows, totals=totals)
 
     @app.get("/v1/images/{image_id}", response_model=ImageOut, tags=["images"],
              responses=_NOT_FOUND)

@@ -57,6 +57,22 @@ duplicates = sa.Table(
     sa.Column("score", sa.Float, nullable=False),
 )
 
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("hour", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("quantity", sa.Float, nullable=False),
+)
+
+# Usage events already counted: a redelivered event is not billed twice.
+usage_seen = sa.Table(
+    "usage_seen",
+    metadata,
+    sa.Column("event_id", sa.String(36), primary_key=True),
+)
+
 # How far along each status is; the projection never moves an image backwards.
 STATUS_RANK = {"uploaded": 0, "validated": 1, "processed": 2, "indexed": 3}
 STAGE_OF_STATUS = {"uploaded": "ingestion", "validated": "validation",
@@ -257,6 +273,34 @@ class Catalog:
         with self.engine.connect() as conn:
             row = conn.execute(query).one()
         return [int(v or 0) for v in row[:-2]], int(row[-2] or 0), float(row[-1] or 0.0)
+
+    def add_usage(self, event_id: str, tenant_id: str, at: datetime, metric: str,
+                  quantity: float) -> bool:
+        """Add to the tenant's hourly total, once per event id; False if already counted."""
+        hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        key = (usage_hourly.c.tenant_id == tenant_id, usage_hourly.c.hour == hour,
+               usage_hourly.c.metric == metric)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(usage_seen.insert().values(event_id=event_id))
+                updated = conn.execute(usage_hourly.update().where(*key).values(
+                    quantity=usage_hourly.c.quantity + quantity)).rowcount
+                if not updated:
+                    conn.execute(usage_hourly.insert().values(
+                        tenant_id=tenant_id, hour=hour, metric=metric, quantity=quantity))
+            return True
+        except IntegrityError:
+            return False
+
+    def usage(self, tenant_id: str, since: datetime) -> dict[datetime, dict[str, float]]:
+        query = (sa.select(usage_hourly.c.hour, usage_hourly.c.metric, usage_hourly.c.quantity)
+                 .where(usage_hourly.c.tenant_id == tenant_id, usage_hourly.c.hour >= since)
+                 .order_by(usage_hourly.c.hour))
+        out: dict[datetime, dict[str, float]] = {}
+        with self.engine.connect() as conn:
+            for hour, metric, quantity in conn.execute(query):
+                out.setdefault(_aware(hour), {})[metric] = quantity
+        return out
 
     def counts(self, tenant_id: str | None = None) -> dict[str, int]:
         query = sa.select(images.c.status, sa.func.count()).group_by(images.c.status)

@@ -70,3 +70,18 @@ class StatusQuery(BaseModel):
 
 class StatusAnswer(BaseModel):
     statuses: dict[str, str]  # image_id -> status; ids not found (or not yours) are absent
+
+
+class UsageHour(BaseModel):
+    hour: datetime
+    uploads: float = 0
+    upload_bytes: float = 0
+    images_embedded: float = 0
+    embedding_ms: float = 0
+    searches: float = 0
+
+
+class UsageOut(BaseModel):
+    tenant_id: str
+    hours: list[UsageHour]
+    totals: UsageHour

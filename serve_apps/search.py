@@ -83,9 +83,16 @@ class SearchResult(BaseModel):
 
 
 class SearchContext:
-    def __init__(self, store: VectorStore, encoder: QueryEncoder) -> None:
+    def __init__(self, store: VectorStore, encoder: QueryEncoder,
+                 meter: Any = None) -> None:
         self.store = store
         self.encoder = encoder
+        self.meter = meter  # async (tenant) -> None: meters one search; optional
+
+    async def metered(self, tenant: str, result: SearchResult) -> SearchResult:
+        if self.meter is not None:
+            await self.meter(tenant)
+        return result
 
 
 def search_context(request: Request) -> SearchContext:
@@ -109,7 +116,8 @@ def build_search_router() -> APIRouter:
     async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep) -> SearchResult:
         model = await ctx.encoder.model_id()
         vector = await ctx.encoder.text(query.text)
-        return _result(model, ctx.store.search(model, tenant, vector, query.k))
+        return await ctx.metered(tenant, _result(model, ctx.store.search(model, tenant, vector,
+                                                                         query.k)))
 
     @router.post("/search/image", response_model=SearchResult)
     async def search_image(tenant: TenantDep, ctx: SearchDep,
@@ -123,7 +131,7 @@ def build_search_router() -> APIRouter:
             vector = await ctx.encoder.image(data)
         except QueryError as exc:
             raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
-        return _result(model, ctx.store.search(model, tenant, vector, k))
+        return await ctx.metered(tenant, _result(model, ctx.store.search(model, tenant, vector, k)))
 
     @router.get("/images/{image_id}/similar", response_model=SearchResult)
     async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
@@ -132,13 +140,32 @@ def build_search_router() -> APIRouter:
         vector = ctx.store.get_vector(model, tenant, image_id)
         if vector is None:  # missing, another tenant's, or not indexed yet: all read alike
             raise HTTPException(404, "image not found in the search index")
-        return _result(model, ctx.store.search(model, tenant, vector, k,
-                                               exclude=frozenset({image_id})))
+        return await ctx.metered(tenant, _result(model, ctx.store.search(
+            model, tenant, vector, k, exclude=frozenset({image_id}))))
 
     return router
 
 
-def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder) -> None:
+def search_meter(producer: Any) -> Any:
+    """Meters each search as a ``tenant.usage`` event (acknowledged before answering)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from deeplens.events import TenantUsage
+    from deeplens.kafka import Outbound
+
+    async def meter(tenant: str) -> None:
+        event = TenantUsage(tenant_id=tenant, metric="searches", quantity=1)
+        try:
+            await run_in_threadpool(producer.send, [Outbound(event.topic, tenant, event)])
+        except Exception as exc:  # noqa: BLE001 - a metering hiccup must not fail the search
+            log.warning("search not metered: %s", exc)
+
+    return meter
+
+
+def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
+                 producer: Any = None) -> None:
     """Add the search routes to an app whose ``state.auth`` is set (the upload app)."""
-    app.state.search = SearchContext(store, encoder)
+    app.state.search = SearchContext(store, encoder,
+                                     search_meter(producer) if producer is not None else None)
     app.include_router(build_search_router())

@@ -218,3 +218,23 @@ def test_status_command(stack, capsys, monkeypatch) -> None:
     assert "validation" in out and "indexing" in out and "error %" in out
     acme = next(line for line in out.splitlines() if line.startswith("acme"))
     assert int(acme.split()[4]) > 0, "acme has indexed images"
+
+
+def test_usage_per_tenant_and_hour(stack) -> None:
+    acme = client(stack, "key-acme")
+    acme.post("/v1/search", json={"text": "metered", "k": 1})
+    deadline = time.monotonic() + 60
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = acme.get("/v1/usage", params={"hours": 2}).json()
+        if body["totals"]["searches"] >= 1 and body["totals"]["images_embedded"] >= 8:
+            break
+        time.sleep(0.5)
+    totals = body["totals"]
+    assert body["tenant_id"] == "acme" and body["hours"]
+    indexed = client(stack, "key-acme").get("/v1/images", params={"limit": 500}).json()
+    assert totals["uploads"] >= len(indexed["items"]) > 0, "every upload billed"
+    assert totals["upload_bytes"] > 0 and totals["embedding_ms"] > 0
+    assert totals["images_embedded"] >= 8 and totals["searches"] >= 1
+    globex = client(stack, "key-globex").get("/v1/usage").json()["totals"]
+    assert globex["uploads"] == 1
