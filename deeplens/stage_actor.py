@@ -67,7 +67,7 @@ class StageWorker:
 
 
 def launch_stage(settings: Settings, spec: StageSpec, count: int,
-                 first_index: int = 0) -> list[Any]:
+                 first_index: int = 0, start_timeout_s: float = 180.0) -> list[Any]:
     """Start ``count`` actors for a stage and wait until each has started its loop."""
     import ray
 
@@ -82,7 +82,15 @@ def launch_stage(settings: Settings, spec: StageSpec, count: int,
         ).remote(settings, spec)
         for i in range(first_index, first_index + count)
     ]
-    ray.get([a.ready.remote() for a in actors])
+    try:
+        ray.get([a.ready.remote() for a in actors], timeout=start_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        raise RuntimeError(
+            f"{spec.stage}: {count} actor(s) did not start within {start_timeout_s:.0f}s; most "
+            f"likely Ray has no CPU left for them (each asks DEEPLENS_ACTORS__NUM_CPUS="
+            f"{settings.actors.num_cpus}; see `ray status`)") from None
     return actors
 
 

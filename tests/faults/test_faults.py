@@ -79,7 +79,7 @@ def fault_stack(broker_process, tmp_path_factory, ray_session):
         model=ModelSettings(name="deeplens-tiny", pretrained="random"),
         api_keys=",".join(f"{t}:key-{t}" for t in TENANTS),
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=8),
-        actors=ActorSettings(num_cpus=0.2),
+        actors=ActorSettings(num_cpus=0.1),  # room for the actors scenario 7 adds
         vector_store=VectorStoreSettings(backend="weaviate", weaviate_url=standin.http_url,
                                          weaviate_grpc_port=standin.grpc_port),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000),
