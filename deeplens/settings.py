@@ -114,7 +114,9 @@ class ActorSettings(BaseModel):
     dedupers: int = Field(1, ge=1)
     feeder_batches_in_flight: int = Field(
         2, ge=1, description="Batches each feeder keeps at the Embedder before pausing")
-    num_cpus: float = Field(0.25, gt=0, description="CPU request per actor; fractional locally")
+    num_cpus: float = Field(
+        0.1, gt=0, description="Ray CPU request per consumer actor (a scheduling share, not a "
+        "limit). Six stages plus the Embedder must fit a 2-core laptop; raise it on a cluster")
 
 
 class IngestionSettings(BaseModel):
