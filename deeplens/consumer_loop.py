@@ -421,7 +421,12 @@ class ConsumerLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._owned |= {(p.topic, p.partition) for p in partitions}
         self.stats.assigned = sorted(self._owned)
-        self._paused_tps -= {(p.topic, p.partition) for p in partitions}  # fresh: not paused
+        # librdkafka keeps an application pause across rebalances: a partition paused
+        # before a session loss comes back paused. Resume on assignment and let
+        # _apply_pauses pause again only what should be.
+        if partitions:
+            consumer.resume(partitions)
+        self._paused_tps -= {(p.topic, p.partition) for p in partitions}
         log.info("%s: assigned %s", self.stage, [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -10,7 +10,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from deeplens.events import Event
@@ -101,7 +101,10 @@ class EventProducer:
     """
 
     def __init__(self, settings: KafkaSettings, prefix: str = "", **overrides: Any) -> None:
-        self._producer = Producer(producer_config(settings, **overrides))
+        self._config = producer_config(settings, **overrides) | {"error_cb": self._on_error}
+        self._producer = Producer(self._config)
+        self._fatal: KafkaError | None = None
+        self._rebuild_lock = threading.Lock()
         self._prefix = prefix
         self._wait_s = settings.delivery_timeout_ms / 1000 + 5
         self._closed = threading.Event()
@@ -113,12 +116,31 @@ class EventProducer:
         while not self._closed.is_set():
             self._producer.poll(0.1)
 
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():  # e.g. an idempotence sequence error after a broker stall
+            log.error("producer fatal error, it will be rebuilt: %s", err.str())
+            self._fatal = err
+
+    def _rebuild_if_fatal(self) -> None:
+        """An idempotent producer that hit a fatal error refuses every later message:
+        replace it (what it had queued has already failed and will be retried)."""
+        with self._rebuild_lock:
+            if self._fatal is None:
+                return
+            old, self._producer = self._producer, Producer(self._config)
+            self._fatal = None
+            try:
+                old.purge()
+            except Exception:  # noqa: BLE001 - a fatal producer may refuse even that
+                pass
+
     def send(self, messages: Iterable[Outbound], timeout_s: float | None = None) -> list[Message]:
         """Produce and wait for every delivery report; raise DeliveryError on any failure.
 
         ``delivery.timeout.ms`` bounds how long librdkafka tries, so by the time this
         returns or raises the outcome of every message is final.
         """
+        self._rebuild_if_fatal()
         futures: list[Future[Message]] = []
         for out in messages:
             future: Future[Message] = Future()
@@ -137,6 +159,8 @@ class EventProducer:
     def _produce(self, out: Outbound, future: Future[Message]) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
+                if err.fatal():
+                    self._fatal = err
                 future.set_exception(DeliveryError(err.str()))
             else:
                 future.set_result(msg)
@@ -151,6 +175,13 @@ class EventProducer:
                 return
             except BufferError:  # local queue full: deliveries drain it
                 time.sleep(0.05)
+            except KafkaException as exc:  # the producer is in a fatal state: rebuild once
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.fatal():
+                    self._fatal = error
+                    self._rebuild_if_fatal()
+                    continue
+                raise
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)

@@ -147,3 +147,35 @@ def test_slow_handler_pauses_partitions_instead_of_buffering(kafka_settings) -> 
         loop.stop()
     assert {e.image_id for e in outputs} == {f"img-{i}" for i in range(40)}
     assert loop.stats.consumed == 40
+
+
+def test_partitions_paused_before_a_rebalance_are_consumed_after_it(kafka_settings) -> None:
+    """librdkafka keeps a pause across rebalances; the loop must resume what comes back."""
+    import threading
+
+    publish(kafka_settings, [upload(i) for i in range(30)])
+    release = threading.Event()
+
+    def slow(envelopes):
+        release.wait(30)
+        return to_validated(envelopes)
+
+    first = ConsumerLoop(settings=kafka_settings, stage="validation",
+                         topics=["images.uploaded"], handler=slow, batch_size=4,
+                         max_in_flight=1).start()
+    try:
+        deadline = time.monotonic() + 30
+        while first.stats.pauses == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.stats.pauses >= 1, "backpressure paused the partitions"
+        # A second member joins (partitions move) and leaves (they come back) while paused.
+        second = ConsumerLoop(settings=kafka_settings, stage="validation",
+                              topics=["images.uploaded"], handler=slow, batch_size=4).start()
+        time.sleep(8)
+        release.set()
+        second.stop()
+        outputs = read_topic(kafka_settings, "images.validated", expect=30, timeout_s=90)
+    finally:
+        release.set()
+        first.stop()
+    assert {e.image_id for e in outputs} == {f"img-{i}" for i in range(30)}
