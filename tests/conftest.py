@@ -36,6 +36,10 @@ def broker_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBr
     try:
         yield local
     finally:
+        # Producers left open by tests would log every failed reconnect until exit.
+        import logging
+
+        logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
         local.stop()
 
 
