@@ -20,19 +20,25 @@ from deeplens.settings import Settings
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
-def api_target(settings: Settings, api: str | None, key: str | None) -> tuple[str, str]:
-    """The API URL and key: flags, then DEEPLENS_API_URL/KEY, then a running local stack."""
+def api_url(settings: Settings, api: str | None) -> str:
+    """The API URL: flag, then DEEPLENS_API_URL, then a running local stack, then the default."""
     url = api or os.environ.get("DEEPLENS_API_URL")
     runtime = settings.data_dir / "stack.json"
     if not url and runtime.exists():
         url = json.loads(runtime.read_text())["url"]
+    return url or f"http://127.0.0.1:{settings.serve.port}"
+
+
+def api_target(settings: Settings, api: str | None, key: str | None) -> tuple[str, str]:
+    """The API URL and key: flags, then DEEPLENS_API_URL/KEY, then a running local stack."""
+    url = api_url(settings, api)
     key = key or os.environ.get("DEEPLENS_API_KEY")
     demo_key = settings.data_dir / "demo-api-key"
     if not key and demo_key.exists():
         key = demo_key.read_text().strip()
     if not key:
         raise SystemExit("no API key: pass --key or set DEEPLENS_API_KEY")
-    return url or f"http://127.0.0.1:{settings.serve.port}", key
+    return url, key
 
 
 def image_files(paths: list[str]) -> Iterator[Path]:
@@ -175,11 +181,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Per stage: lag, handled, failed, error rate, seconds per event; per tenant: counts."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = args.api or os.environ.get("DEEPLENS_API_URL")
-    runtime = settings.data_dir / "stack.json"
-    if not url and runtime.exists():
-        url = json.loads(runtime.read_text())["url"]
-    url = url or f"http://127.0.0.1:{settings.serve.port}"
+    url = api_url(settings, args.api)
     try:
         text = httpx.get(url + "/metrics", timeout=30).text
     except httpx.HTTPError as exc:

@@ -45,6 +45,7 @@ class LanceStore:
         self.db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
         self.settings = settings
         self._tables: dict[str, Any] = {}
+        self._indexed: set[str] = set()  # tables known to have their ANN index
         self._lock = threading.Lock()
 
     def _schema(self, dim: int) -> pa.Schema:
@@ -97,6 +98,12 @@ class LanceStore:
                 time.sleep(0.05 * 2**attempt)
         self._maybe_index(table)
 
+    def _has_index(self, table: Any) -> bool:
+        """Whether the table has its ANN index; remembered once seen (it is never dropped)."""
+        if table.name not in self._indexed and table.list_indices():
+            self._indexed.add(table.name)
+        return table.name in self._indexed
+
     def _maybe_index(self, table: Any) -> None:
         rows = table.count_rows()
         if rows < self.settings.ann_min_rows:
@@ -123,7 +130,7 @@ class LanceStore:
         query = (table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
                  .distance_type("cosine").where(where, prefilter=True).limit(k)
                  .select(["image_id", "original_file_name", "uploaded_at", "_distance"]))
-        if table.list_indices():
+        if self._has_index(table):
             query = query.nprobes(self.settings.ann_nprobes).refine_factor(2)
         rows = query.to_arrow().to_pylist()
         return [Hit(r["image_id"], 1.0 - float(r["_distance"]), r["original_file_name"],

@@ -18,7 +18,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -395,7 +394,3 @@ def running_standin() -> Standin:
     if _SHARED is None:
         _SHARED = start_standin()
     return _SHARED
-
-
-def parse_date(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
