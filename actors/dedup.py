@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import imagehash
 from PIL import Image, ImageOps
+from sqlalchemy.exc import OperationalError
 
 from actors.indexer import record_of
 from deeplens.consumer_loop import Envelope
@@ -36,8 +37,10 @@ from deeplens.events import (
 from deeplens.hash_index import HashIndex
 from deeplens.kafka import Outbound
 from deeplens.settings import DedupThresholds, Settings
+from deeplens.retry import failure
 from deeplens.storage import ObjectMissing, Storage, make_storage
-from deeplens.vector_store import VectorStore, make_vector_store
+from deeplens.tombstones import Tombstones
+from deeplens.vector_store import VectorStore, VectorStoreUnavailable, make_vector_store
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +86,59 @@ def find_duplicates(event: ImageProcessed, data: bytes, index: HashIndex, store:
                            matches=sorted(matches.values(), key=lambda m: -m.score))
 
 
+# Failures that are the infrastructure's, not the image's: the batch is retried.
+TRANSIENT = (OperationalError, VectorStoreUnavailable)
+
+
 def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: VectorStore,
-                batch: Sequence[Envelope]) -> list[Outbound]:
-    outputs: list[Outbound] = []
+                tombstones: Tombstones, batch: Sequence[Envelope]) -> list[Outbound]:
+    """Each image alone: one that cannot be deduplicated fails by itself (as a dedup
+    failure, which never demotes it), and an image deleted at any moment leaves
+    neither hashes nor a vector behind."""
+    pending: list[Envelope] = []
     for env in batch:
         event = env.event
         if isinstance(event, ImageDeleted):
             index.forget(event.tenant_id, event.image_id)
-            continue
+            store.delete(event.tenant_id, event.image_id)  # the similar tier's vector
+        elif isinstance(event, ImageProcessed):
+            pending.append(env)
+    dead = tombstones.dead((e.event.tenant_id, e.event.image_id) for e in pending)
+    outputs: dict[tuple[str, str], Outbound] = {}
+    for env in pending:
+        event = env.event
         assert isinstance(event, ImageProcessed)
-        try:
+        key = (event.tenant_id, event.image_id)
+        if key in dead:
+            log.info("skipping %s: deleted before dedup", event.image_id)
+            continue
+        try:  # other storage errors are transient: they propagate and the batch is retried
             data = storage.get(event.storage_path)
         except ObjectMissing:
             log.info("skipping %s: deleted before dedup", event.image_id)
             continue
-        found = find_duplicates(event, data, index, store, settings.dedup.for_tenant(event.tenant_id))
-        outputs.append(Outbound("duplicates.found", event.image_id, found))
-    return outputs
+        try:
+            found = find_duplicates(event, data, index, store,
+                                    settings.dedup.for_tenant(event.tenant_id))
+        except TRANSIENT:
+            raise  # the store or database is down: retry the batch (every sink is idempotent)
+        except Exception as exc:  # noqa: BLE001 - this image's fault: it alone fails
+            log.warning("dedup of %s/%s failed: %s", event.tenant_id, event.image_id, exc)
+            outputs[key] = failure(env, "dedup_error", f"{type(exc).__name__}: {exc}", STAGE,
+                                   type(exc).__name__)
+            continue
+        outputs[key] = Outbound("duplicates.found", event.image_id, found)
+    # A delete published while we wrote: undo our hashes and vector, say nothing.
+    for tenant_id, image_id in tombstones.dead(outputs):
+        index.forget(tenant_id, image_id)
+        store.delete(tenant_id, image_id)
+        del outputs[(tenant_id, image_id)]
+    return list(outputs.values())
 
 
 def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
     storage = make_storage(settings)
     index = HashIndex(settings.effective_catalog_url)
     store = make_vector_store(settings)
-    return lambda batch: dedup_batch(settings, storage, index, store, batch)
+    tombstones = Tombstones(settings.effective_catalog_url)
+    return lambda batch: dedup_batch(settings, storage, index, store, tombstones, batch)

@@ -3,7 +3,9 @@
 One upsert per model per consumer batch (the batch is bounded by size and by the
 poll timeout). Only after the store took every record are ``images.indexed``
 events produced, and only after those are acknowledged is the batch committed.
-``images.deleted`` removes the image's vector from every collection.
+``images.deleted`` removes the image's vector from every collection, and a vector
+of an image already deleted (its tombstone checked before and after the write) is
+never left behind.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from deeplens.consumer_loop import Envelope
 from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
-from deeplens.storage import make_storage
+from deeplens.tombstones import Tombstones
 from deeplens.vector_store import VectorRecord, VectorStore, collection_name, make_vector_store
 
 log = logging.getLogger(__name__)
@@ -33,31 +35,41 @@ def record_of(event: ImageProcessed) -> VectorRecord:
                         event.original_file_name, event.uploaded_at)
 
 
-def index_batch(store: VectorStore, storage, batch: Sequence[Envelope]) -> list[Outbound]:
-    by_model: dict[str, list[ImageProcessed]] = defaultdict(list)
+def index_batch(store: VectorStore, tombstones: Tombstones,
+                batch: Sequence[Envelope]) -> list[Outbound]:
+    processed: list[ImageProcessed] = []
     for env in batch:
         event = env.event
         if isinstance(event, ImageDeleted):
             store.delete(event.tenant_id, event.image_id)
         elif isinstance(event, ImageProcessed):
-            # An image deleted before its vector arrived stays deleted (the two topics
-            # are not ordered with each other; the stored bytes are the tie-breaker).
-            if storage.exists(event.storage_path):
-                by_model[event.feature_model].append(event)
-            else:
-                log.info("skipping %s: deleted before it was indexed", event.image_id)
+            processed.append(event)
+    # An image deleted before its vector arrived stays deleted (the two topics are not
+    # ordered with each other): check its tombstone before the write ...
+    dead = tombstones.dead((e.tenant_id, e.image_id) for e in processed)
+    by_model: dict[str, list[ImageProcessed]] = defaultdict(list)
+    for event in processed:
+        if (event.tenant_id, event.image_id) in dead:
+            log.info("skipping %s: deleted before it was indexed", event.image_id)
+        else:
+            by_model[event.feature_model].append(event)
     outputs: list[Outbound] = []
     for model_id, events in by_model.items():
         store.upsert(model_id, [record_of(e) for e in events])  # raises unless all taken
+        # ... and after it: a delete published while we wrote may have been applied
+        # (by another indexer) before our write landed. Undo ours.
+        late = tombstones.dead((e.tenant_id, e.image_id) for e in events)
+        for tenant_id, image_id in late:
+            store.delete(tenant_id, image_id)
         outputs.extend(
             Outbound("images.indexed", e.image_id, ImageIndexed(
                 tenant_id=e.tenant_id, image_id=e.image_id, collection=collection_name(model_id),
                 feature_model=model_id, uploaded_at=e.uploaded_at))
-            for e in events)
+            for e in events if (e.tenant_id, e.image_id) not in late)
     return outputs
 
 
 def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
     store = make_vector_store(settings)
-    storage = make_storage(settings)
-    return lambda batch: index_batch(store, storage, batch)
+    tombstones = Tombstones(settings.effective_catalog_url)
+    return lambda batch: index_batch(store, tombstones, batch)

@@ -50,11 +50,11 @@ def usage(upload: ImageUploaded) -> list[Outbound]:
 def validate_one(env: Envelope, storage: Storage, settings: Settings) -> list[Outbound]:
     upload = env.event
     assert isinstance(upload, ImageUploaded)
-    out = usage(upload)
     try:
         data = storage.get(upload.storage_path)
-    except ObjectMissing as exc:
-        return [*out, failed(env, "missing_object", str(exc), exc=exc)]
+    except ObjectMissing as exc:  # no upload was kept (the API answered 503): nothing billed
+        return [failed(env, "missing_object", str(exc), exc=exc)]
+    out = usage(upload)
     try:
         verdict = validate_image(data, settings.ingestion)
     except Exception as exc:  # noqa: BLE001 - a bad image never stops its batch

@@ -28,6 +28,7 @@ from deeplens.topics import TOPICS, TopicNames
 
 log = logging.getLogger(__name__)
 
+LATENCY_CACHE_S = 15.0
 LATENCY_BUCKETS = [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]
 
 # Every metric name this module exports (the alert rules are checked against it).
@@ -60,6 +61,7 @@ class PipelineCollector:
         self.names = TopicNames(settings.kafka.topic_prefix)
         self._admin: Any = None
         self._consumer: Any = None
+        self._latency_cache: tuple[float, Any] | None = None
 
     def describe(self) -> list[Any]:
         return []  # collected on scrape only; nothing to pre-register
@@ -170,7 +172,14 @@ class PipelineCollector:
 
     # -- catalog --------------------------------------------------------------------
     def _latency(self) -> Iterator[Any]:
-        counts, total, seconds = self.catalog.latency_buckets(LATENCY_BUCKETS)
+        # A whole-table aggregate: computed at most once per LATENCY_CACHE_S, however
+        # often (or by however many scrapers) /metrics is read.
+        import time
+
+        now = time.monotonic()
+        if self._latency_cache is None or now - self._latency_cache[0] > LATENCY_CACHE_S:
+            self._latency_cache = (now, self.catalog.latency_buckets(LATENCY_BUCKETS))
+        counts, total, seconds = self._latency_cache[1]
         buckets = [(str(b), c) for b, c in zip(LATENCY_BUCKETS, counts, strict=True)]
         buckets.append(("+Inf", total))
         family = HistogramMetricFamily("deeplens_upload_to_indexed_seconds",

@@ -74,8 +74,10 @@ def ensure_demo_key(settings: Settings) -> tuple[Settings, str | None]:
         return settings, None
     key_file: Path = settings.data_dir / "demo-api-key"
     if not key_file.exists():
-        key_file.write_text(f"dl-{secrets.token_urlsafe(18)}\n")
-        key_file.chmod(0o600)
+        # Created 0600 from the first byte: no moment where another user could read it.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"dl-{secrets.token_urlsafe(24)}\n")
     key = key_file.read_text().strip()
     return settings.model_copy(update={"api_keys": SecretStr(f"{DEMO_TENANT}:{key}")}), key
 

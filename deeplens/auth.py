@@ -1,17 +1,27 @@
-"""API keys to tenants, and a per-tenant rate limit: shared by every HTTP route."""
+"""API keys to tenants, and rate limits: shared by every HTTP route.
+
+Authentication happens in an ASGI middleware, from the ``Authorization`` header,
+before the request body is read: an unauthenticated upload costs its sender a
+401, not the server 25 MB of buffering. The middleware also applies the
+tenant's rate limit (separate budgets for writes and reads) and throttles failed
+authentications per client address; routes read the tenant it resolved.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deeplens.settings import Settings
+
+Budget = Literal["read", "write"]
 
 
 @dataclass
@@ -21,7 +31,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A token bucket per tenant: ``per_minute`` sustained, ``burst`` at once."""
+    """A token bucket per key: ``per_minute`` sustained, ``burst`` at once."""
 
     def __init__(self, per_minute: int, burst: int) -> None:
         self.rate = per_minute / 60.0
@@ -29,11 +39,11 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, tenant: str, now: float | None = None) -> float:
+    def acquire(self, key: str, now: float | None = None) -> float:
         """0.0 if allowed, else the seconds until a request would be."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            bucket = self._buckets.setdefault(tenant, _Bucket(self.burst, now))
+            bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens >= 1.0:
@@ -41,39 +51,110 @@ class RateLimiter:
                 return 0.0
             return (1.0 - bucket.tokens) / self.rate
 
+    def peek(self, key: str, now: float | None = None) -> float:
+        """Like :meth:`acquire` without taking a token."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return 0.0
+            tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str]) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def budget_of(method: str, path: str) -> Budget:
+    """Uploads and deletes spend the write budget; everything else, reads included
+    (a search is a POST), the read budget."""
+    if method == "DELETE" or (method == "POST" and path.rstrip("/") == "/v1/images"):
+        return "write"
+    return "read"
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
 
 class Authenticator:
-    """Resolves ``Authorization: Bearer <key>`` to a tenant and applies its rate limit."""
+    """Resolves ``Authorization: Bearer <key>`` to a tenant and applies its rate limits."""
 
     def __init__(self, settings: Settings) -> None:
+        cfg = settings.ingestion
         self.keys = settings.tenant_keys()
-        self.limiter = RateLimiter(settings.ingestion.rate_limit_per_minute,
-                                   settings.ingestion.rate_limit_burst)
+        self.limiters = {
+            "read": RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
+            "write": RateLimiter(cfg.upload_rate_limit_per_minute, cfg.upload_rate_limit_burst),
+        }
+        self.failures = RateLimiter(cfg.failed_auth_per_minute, cfg.failed_auth_burst)
 
-    def tenant(self, creds: HTTPAuthorizationCredentials | None) -> str:
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise HTTPException(401, "missing API key: send Authorization: Bearer <key>",
-                                headers={"WWW-Authenticate": "Bearer"})
-        tenant = self.keys.get(creds.credentials)
+    def authenticate(self, authorization: str | None, client: str,
+                     budget: Budget = "read") -> str:
+        """The tenant of a header value, or AuthError (401, or 429 with Retry-After)."""
+        wait_s = self.failures.peek(client)
+        if wait_s > 0:  # this address failed too often: do not even look at its key
+            raise AuthError(429, "too many failed authentications from this address",
+                            _retry_after(wait_s))
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            self.failures.acquire(client)
+            raise AuthError(401, "missing API key: send Authorization: Bearer <key>",
+                            {"WWW-Authenticate": "Bearer"})
+        tenant = self.keys.get(key.strip())
         if tenant is None:
-            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        wait_s = self.limiter.acquire(tenant)
+            self.failures.acquire(client)
+            raise AuthError(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
+        wait_s = self.limiters[budget].acquire(tenant)
         if wait_s > 0:
-            raise HTTPException(429, f"rate limit reached for tenant {tenant}",
-                                headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+            raise AuthError(429, f"rate limit reached for tenant {tenant} ({budget}s)",
+                            _retry_after(wait_s))
         return tenant
 
 
-_bearer = HTTPBearer(auto_error=False)
+class AuthMiddleware:
+    """Authenticates every ``/v1/`` request from its headers before the body is read."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.auth = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        raw = headers.get(b"authorization")
+        client = (scope.get("client") or ("?", 0))[0]
+        try:
+            tenant = self.auth.authenticate(raw.decode("latin-1") if raw else None, client,
+                                            budget_of(scope["method"], scope["path"]))
+        except AuthError as exc:
+            body = json.dumps({"detail": exc.detail}).encode()
+            await send({"type": "http.response.start", "status": exc.status, "headers": [
+                (b"content-type", b"application/json"), (b"connection", b"close"),
+                *((k.lower().encode(), v.encode()) for k, v in exc.headers.items())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
 
 
-def current_tenant(
-    request: Request,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
+def current_tenant(request: Request) -> str:
     """The tenant comes from the API key only, never from anything else the client sends."""
-    auth: Authenticator = request.app.state.auth
-    return auth.tenant(creds)
+    tenant = getattr(request.state, "tenant", None)
+    if tenant is None:  # an app mounted without the middleware: authenticate here
+        auth: Authenticator = request.app.state.auth
+        client = request.client.host if request.client else "?"
+        try:
+            tenant = auth.authenticate(request.headers.get("authorization"), client,
+                                       budget_of(request.method, request.url.path))
+        except AuthError as exc:
+            raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
+    return tenant  # type: ignore[no-any-return]
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]

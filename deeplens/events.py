@@ -39,6 +39,7 @@ FailureReason = Literal[
     "index_error",
     "transient_exhausted",
     "internal_error",
+    "dedup_error",
 ]
 
 

@@ -5,6 +5,14 @@ Near-duplicate search keeps each tenant's perceptual hashes in memory as a numpy
 array and refreshes it incrementally (rows carry an increasing ``seq``), so a
 tenant's millionth image is compared with a vectorised popcount, not a scan of
 the database, and rows written by other dedup actors are seen too.
+
+Several dedup actors share the table, and each keeps its own cache, so:
+
+- a refresh re-reads a window of ``REFRESH_OVERLAP`` sequence numbers below the
+  highest it has seen: a row that took its ``seq`` early but committed late (two
+  writers on PostgreSQL) is still picked up;
+- matches from the cache are confirmed against the table before they are
+  returned, so an image another actor forgot (deleted) is never reported.
 """
 
 from __future__ import annotations
@@ -30,7 +38,11 @@ image_hashes = sa.Table(
     sa.UniqueConstraint("tenant_id", "image_id", name="uq_hashes_tenant_image"),
     sa.Index("ix_hashes_sha", "tenant_id", "sha256"),
     sa.Index("ix_hashes_pixel_sha", "tenant_id", "pixel_sha256"),
+    sa.Index("ix_hashes_tenant_seq", "tenant_id", "seq"),
+    sqlite_autoincrement=True,  # never reuse a deleted row's seq
 )
+
+REFRESH_OVERLAP = 1000
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -49,6 +61,7 @@ def hamming(a: np.ndarray, b: int) -> np.ndarray:
 class _TenantHashes:
     last_seq: int = 0
     ids: list[str] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)
     hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
 
@@ -89,22 +102,36 @@ class HashIndex:
                 return []
             distances = hamming(cached.hashes, phash)
             close = np.nonzero(distances <= max_distance)[0]
-            return [(cached.ids[i], int(distances[i])) for i in close
-                    if cached.ids[i] != image_id]
+            found = [(cached.ids[i], int(distances[i])) for i in close
+                     if cached.ids[i] != image_id]
+        if not found:
+            return []
+        alive = self._alive(tenant_id, [i for i, _ in found])
+        if len(alive) < len(found):  # another actor forgot some: drop them here too
+            with self._lock:
+                self._cache.pop(tenant_id, None)
+        return [(i, d) for i, d in found if i in alive]
+
+    def _alive(self, tenant_id: str, image_ids: list[str]) -> set[str]:
+        query = sa.select(image_hashes.c.image_id).where(
+            image_hashes.c.tenant_id == tenant_id, image_hashes.c.image_id.in_(image_ids))
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execute(query)}
 
     def _refresh(self, tenant_id: str) -> _TenantHashes:
         cached = self._cache.setdefault(tenant_id, _TenantHashes())
         query = (sa.select(image_hashes.c.seq, image_hashes.c.image_id, image_hashes.c.phash)
                  .where(image_hashes.c.tenant_id == tenant_id,
-                        image_hashes.c.seq > cached.last_seq)
+                        image_hashes.c.seq > cached.last_seq - REFRESH_OVERLAP)
                  .order_by(image_hashes.c.seq))
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = [r for r in conn.execute(query).all() if r[1] not in cached.known]
         if rows:
             cached.ids.extend(r[1] for r in rows)
+            cached.known.update(r[1] for r in rows)
             fresh = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
             cached.hashes = np.concatenate([cached.hashes, fresh])
-            cached.last_seq = rows[-1][0]
+            cached.last_seq = max(cached.last_seq, rows[-1][0])
         return cached
 
     def forget(self, tenant_id: str, image_id: str) -> None:

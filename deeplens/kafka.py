@@ -93,6 +93,20 @@ class DeliveryError(RuntimeError):
     """The broker did not acknowledge every message of a send."""
 
 
+def _settle(future: Future[Message], result: Message | None = None,
+            error: BaseException | None = None) -> None:
+    """Resolve a future once; a second outcome (a late report after a rebuild) is dropped."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
+
+
 class EventProducer:
     """A thread-safe producer whose :meth:`send` returns once every message is acknowledged.
 
@@ -105,6 +119,11 @@ class EventProducer:
         self._producer = Producer(self._config)
         self._fatal: KafkaError | None = None
         self._rebuild_lock = threading.Lock()
+        # Futures not yet resolved, per producer generation: a rebuilt producer's old
+        # futures would never resolve, so they are failed at once instead.
+        self._generation = 0
+        self._unresolved: dict[int, set[Future[Message]]] = {0: set()}
+        self._unresolved_lock = threading.Lock()
         self._prefix = prefix
         self._wait_s = settings.delivery_timeout_ms / 1000 + 5
         self._closed = threading.Event()
@@ -115,6 +134,8 @@ class EventProducer:
     def _serve_reports(self) -> None:
         while not self._closed.is_set():
             self._producer.poll(0.1)
+            if self._fatal is not None:  # fail what it strands now, not at the timeout
+                self._rebuild_if_fatal()
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():  # e.g. an idempotence sequence error after a broker stall
@@ -128,11 +149,19 @@ class EventProducer:
             if self._fatal is None:
                 return
             old, self._producer = self._producer, Producer(self._config)
+            reason = self._fatal.str()
             self._fatal = None
+            with self._unresolved_lock:
+                stranded = self._unresolved.pop(self._generation, set())
+                self._generation += 1
+                self._unresolved[self._generation] = set()
             try:
                 old.purge()
             except Exception:  # noqa: BLE001 - a fatal producer may refuse even that
                 pass
+        for future in stranded:  # their delivery reports will never come
+            _settle(future, error=DeliveryError(
+                f"producer failed fatally and was rebuilt ({reason}); not delivered"))
 
     def send(self, messages: Iterable[Outbound], timeout_s: float | None = None) -> list[Message]:
         """Produce and wait for every delivery report; raise DeliveryError on any failure.
@@ -158,15 +187,21 @@ class EventProducer:
 
     def _produce(self, out: Outbound, future: Future[Message]) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            with self._unresolved_lock:
+                for pending in self._unresolved.values():
+                    pending.discard(future)
             if err is not None:
                 if err.fatal():
                     self._fatal = err
-                future.set_exception(DeliveryError(err.str()))
+                _settle(future, error=DeliveryError(err.str()))
             else:
-                future.set_result(msg)
+                _settle(future, result=msg)
 
         headers = list(out.headers.items()) or None
         while True:
+            with self._unresolved_lock:
+                generation = self._generation
+                self._unresolved[generation].add(future)
             try:
                 self._producer.produce(
                     self._prefix + out.topic, out.event.to_json(), key=out.key,
@@ -174,14 +209,20 @@ class EventProducer:
                 )
                 return
             except BufferError:  # local queue full: deliveries drain it
+                self._forget(generation, future)
                 time.sleep(0.05)
             except KafkaException as exc:  # the producer is in a fatal state: rebuild once
+                self._forget(generation, future)
                 error = exc.args[0] if exc.args else None
                 if isinstance(error, KafkaError) and error.fatal():
                     self._fatal = error
                     self._rebuild_if_fatal()
                     continue
                 raise
+
+    def _forget(self, generation: int, future: Future[Message]) -> None:
+        with self._unresolved_lock:
+            self._unresolved.get(generation, set()).discard(future)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "DEEPLENS_"
+MIN_API_KEY_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -123,12 +124,31 @@ class IngestionSettings(BaseModel):
     """Limits at the HTTP edge and in validation."""
 
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
-    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per tenant per minute")
-    rate_limit_burst: int = Field(60, ge=1)
+    rate_limit_per_minute: int = Field(
+        1200, ge=1, description="Reads per tenant per minute: searches, listings, statuses "
+        "(a bulk statuses call counts once)")
+    rate_limit_burst: int = Field(120, ge=1, description="Reads at once")
+    upload_rate_limit_per_minute: int = Field(
+        6000, ge=1, description="Writes (uploads, deletes) per tenant per minute: 100/s")
+    upload_rate_limit_burst: int = Field(300, ge=1, description="Writes at once")
+    failed_auth_per_minute: int = Field(
+        30, ge=1, description="Failed authentications per client address per minute before "
+        "that address is answered 429")
+    failed_auth_burst: int = Field(10, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1, description="Pillow's bomb threshold")
     min_side: int = Field(16, ge=1)
     max_side: int = Field(16_384, ge=1)
     ack_timeout_s: float = Field(10.0, gt=0, description="Broker ack wait before answering 503")
+
+
+class OpsSettings(BaseModel):
+    """Operator-facing endpoints."""
+
+    metrics_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token /metrics requires; empty: /metrics answers "
+        "loopback clients only")
+    docs: bool = Field(False, description="Serve the Swagger UI at /docs (its assets come "
+                       "from a public CDN); /openapi.json is always served")
 
 
 class DedupThresholds(BaseModel):
@@ -179,6 +199,7 @@ class Settings(BaseSettings):
     actors: ActorSettings = ActorSettings()
     ingestion: IngestionSettings = IngestionSettings()
     dedup: DedupSettings = DedupSettings()
+    ops: OpsSettings = OpsSettings()
 
     @field_validator("api_keys")
     @classmethod
@@ -221,6 +242,9 @@ def parse_api_keys(text: str) -> dict[str, str]:
             raise ValueError(f"expected tenant:key, got {pair.split(':')[0]!r}:<...>")
         if not _TENANT_OK(tenant):
             raise ValueError(f"tenant id {tenant!r} may hold only letters, digits, '-', '_'")
+        if len(key) < MIN_API_KEY_LENGTH:  # never echo the key itself
+            raise ValueError(f"the API key of tenant {tenant!r} is shorter than "
+                             f"{MIN_API_KEY_LENGTH} characters")
         if key in keys and keys[key] != tenant:
             raise ValueError("one API key is given to two tenants")
         keys[key] = tenant

@@ -30,6 +30,9 @@ from deeplens.vector_store import (
 log = logging.getLogger(__name__)
 
 
+OPTIMIZE_EVERY_UPSERTS = 100
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -46,6 +49,8 @@ class LanceStore:
         self.settings = settings
         self._tables: dict[str, Any] = {}
         self._indexed: set[str] = set()  # tables known to have their ANN index
+        self._scalar: set[str] = set()  # tables known to have their id/tenant_id indexes
+        self._upserts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _schema(self, dim: int) -> pa.Schema:
@@ -96,19 +101,40 @@ class LanceStore:
                 if attempt == 4:
                     raise VectorStoreUnavailable(f"LanceDB upsert failed: {exc}") from exc
                 time.sleep(0.05 * 2**attempt)
+        self._ensure_scalar_indexes(table)
         self._maybe_index(table)
+
+    def _ensure_scalar_indexes(self, table: Any) -> None:
+        """BTREE indexes on ``id`` (get-by-id, delete) and ``tenant_id`` (the prefilter),
+        so neither scans the table. Rows written after the index are still found: LanceDB
+        searches its unindexed tail too, and ``optimize()`` folds it in."""
+        if table.name in self._scalar:
+            return
+        present = {tuple(i.columns) for i in table.list_indices()}
+        for column in ("id", "tenant_id"):
+            if (column,) not in present:
+                try:
+                    table.create_scalar_index(column, index_type="BTREE")
+                except Exception as exc:  # noqa: BLE001 - another writer made it first
+                    log.info("%s: scalar index on %s not created: %s", table.name, column, exc)
+        self._scalar.add(table.name)
 
     def _has_index(self, table: Any) -> bool:
         """Whether the table has its ANN index; remembered once seen (it is never dropped)."""
-        if table.name not in self._indexed and table.list_indices():
+        if table.name not in self._indexed and _vector_indices(table):
             self._indexed.add(table.name)
         return table.name in self._indexed
 
     def _maybe_index(self, table: Any) -> None:
         rows = table.count_rows()
         if rows < self.settings.ann_min_rows:
+            # Fold new rows into the scalar indexes and compact small fragments now and
+            # then; each upsert adds a fragment, and a table of thousands reads slowly.
+            self._upserts[table.name] = self._upserts.get(table.name, 0) + 1
+            if self._upserts[table.name] % OPTIMIZE_EVERY_UPSERTS == 0:
+                table.optimize()
             return
-        indices = table.list_indices()
+        indices = _vector_indices(table)
         if not indices:
             log.info("%s: %d rows, building IVF_HNSW_SQ cosine index", table.name, rows)
             from lancedb.index import IvfHnswSq
@@ -163,6 +189,10 @@ class LanceStore:
 
     def close(self) -> None:
         self._tables.clear()
+
+
+def _vector_indices(table: Any) -> list[Any]:
+    return [i for i in table.list_indices() if tuple(i.columns) == ("vector",)]
 
 
 def _last_per_id(records: list[VectorRecord]) -> list[VectorRecord]:

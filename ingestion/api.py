@@ -19,12 +19,13 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Respo
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import Authenticator, TenantDep
+from deeplens.auth import AuthMiddleware, Authenticator, TenantDep
 from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound
 from deeplens.settings import Settings
 from deeplens.storage import Storage, make_storage, object_path
+from deeplens.tombstones import Tombstones
 from ingestion import metrics
 from ingestion.catalog import Catalog, ImageRow
 from ingestion.limits import BodyLimitMiddleware
@@ -53,6 +54,7 @@ class Services:
     catalog: Catalog
     storage: Storage
     producer: EventProducer
+    tombstones: Tombstones
 
 
 def services(request: Request) -> Services:
@@ -71,8 +73,10 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
         yield
         await run_in_threadpool(app.state.services.producer.close)
 
-    app = FastAPI(title="DeepLens", version="0.1.0", lifespan=lifespan,
-                  description="Multi-tenant image ingestion and search")
+    # /docs would load Swagger's assets from a public CDN: off unless asked for.
+    docs = "/docs" if settings.ops.docs else None
+    app = FastAPI(title="DeepLens", version="0.1.0", lifespan=lifespan, docs_url=docs,
+                  redoc_url=None, description="Multi-tenant image ingestion and search")
     ack_ms = int(settings.ingestion.ack_timeout_s * 1000)
     app.state.services = Services(
         settings=settings,
@@ -80,29 +84,52 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
         storage=make_storage(settings),
         producer=producer or EventProducer(
             settings.kafka, prefix=settings.kafka.topic_prefix, **{"delivery.timeout.ms": ack_ms}),
+        tombstones=Tombstones(settings.effective_catalog_url),
     )
     app.state.auth = Authenticator(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingestion.max_upload_bytes)
+    # Added last, so outermost: a request is authenticated before any body is read.
+    app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     add_routes(app)
     return app
 
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+WEB_SCRIPT = Path(__file__).parent / "web" / "app.js"
+# The page runs only its own script, talks only to this origin, is never framed.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def add_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def web_page() -> Response:
         """The search page: static HTML + JS calling this same API with the user's key."""
-        return Response(WEB_PAGE.read_bytes(), media_type="text/html",
-                        headers={"Cache-Control": "no-cache"})
+        return Response(WEB_PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/app.js", include_in_schema=False)
+    def web_script() -> Response:
+        return Response(WEB_SCRIPT.read_bytes(), media_type="text/javascript",
+                        headers=PAGE_HEADERS)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"])
-    def prometheus_metrics() -> Response:
+    @app.get("/metrics", tags=["ops"], responses={403: {"model": Problem}})
+    def prometheus_metrics(request: Request) -> Response:
+        """Fleet-wide figures for operators: with ``DEEPLENS_OPS__METRICS_TOKEN`` set, only
+        for that bearer token; without it, only for clients on this host."""
+        _require_operator(request, request.app.state.services.settings)
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
@@ -168,13 +195,30 @@ def add_routes(app: FastAPI) -> None:
     def delete_image(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
         row = _owned(svc, tenant, image_id)
         deleted = ImageDeleted(tenant_id=tenant, image_id=image_id)
-        try:  # tell the pipeline first: if the broker is down, nothing is removed
+        # The tombstone first: from now on no stage writes anything for this image, and
+        # whatever it wrote before is removed by the delete event or by its own re-check.
+        svc.tombstones.bury(tenant, image_id)
+        try:  # tell the pipeline next: if the broker is down, nothing is removed
             svc.producer.send([Outbound(deleted.topic, image_id, deleted)])
         except DeliveryError as exc:
+            svc.tombstones.unbury(tenant, image_id)
             raise HTTPException(503, f"event broker unavailable, nothing deleted: {exc}") from exc
         svc.storage.delete(row.storage_path)
         svc.catalog.delete(tenant, image_id)
         return Response(status_code=204)
+
+
+def _require_operator(request: Request, settings: Settings) -> None:
+    import hmac
+
+    token = settings.ops.metrics_token.get_secret_value()
+    if token:
+        given = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(403, "metrics need the operator token (Authorization: Bearer)")
+    elif (request.client.host if request.client else "") not in _LOOPBACK:
+        raise HTTPException(403, "metrics are served to this host only; set "
+                                 "DEEPLENS_OPS__METRICS_TOKEN to scrape from elsewhere")
 
 
 def _owned(svc: Services, tenant: str, image_id: str) -> ImageRow:
@@ -202,7 +246,9 @@ def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONRes
         raise HTTPException(415, f"{fmt.name} file carries {trailer} after the image data")
 
     sha256 = hashlib.sha256(data).hexdigest()
-    existing = svc.catalog.find_by_sha256(tenant, sha256)
+    existing = _settled(svc, svc.catalog.find_by_sha256(tenant, sha256))
+    if isinstance(existing, JSONResponse):
+        return existing
     if existing is not None:
         return _duplicate(existing)
     image_id = uuid.uuid4().hex
@@ -213,11 +259,16 @@ def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONRes
         mime_type=fmt.mime_type, sha256=sha256, uploaded_at=utcnow(),
     )
     svc.storage.put(path, data)
-    clash = svc.catalog.insert(
-        event.model_dump(include=set(ImageRow.__dataclass_fields__)) | {"status": "uploaded"})
+    # The row is "pending" until the broker acknowledges the event: a retry of the same
+    # bytes meanwhile is told to wait, never pointed at a row that may yet be removed.
+    clash = svc.catalog.insert(event.model_dump(include=set(ImageRow.__dataclass_fields__))
+                               | {"status": "uploaded", "pending": True})
     if clash is not None:  # the same bytes won a race from a concurrent request
         svc.storage.delete(path)
-        return _duplicate(clash)
+        settled = _settled(svc, clash)
+        if isinstance(settled, ImageRow):
+            return _duplicate(settled)
+        return settled or _retry_soon()
     try:
         svc.producer.send([Outbound(event.topic, image_id, event)])
     except DeliveryError as exc:
@@ -229,9 +280,30 @@ def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONRes
         return JSONResponse({"detail": "event broker unavailable; the upload was not kept, "
                                        "retry later"}, status_code=503,
                             headers={"Retry-After": "5"})
+    svc.catalog.acknowledge(image_id)
     metrics.UPLOADS.labels(outcome="accepted").inc()
     metrics.UPLOAD_BYTES.inc(len(data))
     return UploadOut(image_id=image_id, tenant_id=tenant, status="uploaded", sha256=sha256)
+
+
+def _settled(svc: Services, row: ImageRow | None) -> ImageRow | JSONResponse | None:
+    """An existing row of the same bytes, if its upload is settled; a 503 asking to retry
+    while another request still waits for the broker; None if that request died."""
+    if row is None or not row.pending:
+        return row
+    ack_s = svc.settings.ingestion.ack_timeout_s
+    age_s = (utcnow() - row.uploaded_at).total_seconds()
+    if age_s > 2 * ack_s + 30:  # its request is long gone (a crashed replica): start over
+        svc.catalog.delete(row.tenant_id, row.image_id)
+        return None
+    return _retry_soon(max(1, min(30, int(ack_s - age_s) + 1)))
+
+
+def _retry_soon(seconds: int = 1) -> JSONResponse:
+    metrics.UPLOADS.labels(outcome="in_progress").inc()
+    return JSONResponse({"detail": "the same file is being accepted by another request; "
+                                   "retry shortly"}, status_code=503,
+                        headers={"Retry-After": str(seconds)})
 
 
 def _duplicate(existing: ImageRow) -> UploadOut:

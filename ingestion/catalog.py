@@ -43,6 +43,7 @@ images = sa.Table(
     sa.Column("failed_at", sa.DateTime(timezone=True)),
     sa.Column("dedup_tiers", sa.String(32)),  # tiers that ran, comma separated
     sa.Column("pipeline_seconds", sa.Float),  # upload -> indexed, set when indexed
+    sa.Column("pending", sa.Boolean),  # True until the broker acknowledged the upload event
     sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
     sa.Index("ix_images_tenant", "tenant_id"),
 )
@@ -104,6 +105,7 @@ class ImageRow:
     failed_at: datetime | None
     dedup_tiers: str | None = None
     pipeline_seconds: float | None = None
+    pending: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,12 @@ class Catalog:
                 raise
             return existing
 
+    def acknowledge(self, image_id: str) -> None:
+        """The broker acknowledged the image's upload event: the row is settled."""
+        with self.engine.begin() as conn:
+            conn.execute(images.update().where(images.c.image_id == image_id)
+                         .values(pending=None))
+
     def statuses(self, tenant_id: str, image_ids: list[str]) -> dict[str, str]:
         query = sa.select(images.c.image_id, images.c.status).where(
             images.c.tenant_id == tenant_id, images.c.image_id.in_(image_ids))
@@ -207,12 +215,21 @@ class Catalog:
 
     def link_duplicates(self, tenant_id: str, image_id: str, tiers: list[str],
                         matches: list[tuple[str, str, float]]) -> None:
-        """Record matches in both directions; a stronger kind replaces a weaker one."""
+        """Record matches in both directions; a stronger kind replaces a weaker one.
+
+        Links to or from an image that is no longer catalogued (deleted) are not written."""
         with self.engine.begin() as conn:
+            ids = [image_id, *(other for other, _, _ in matches)]
+            alive = {row[0] for row in conn.execute(sa.select(images.c.image_id).where(
+                images.c.tenant_id == tenant_id, images.c.image_id.in_(ids)))}
+            if image_id not in alive:
+                return
             conn.execute(images.update().where(images.c.image_id == image_id,
                                                images.c.tenant_id == tenant_id)
                          .values(dedup_tiers=",".join(tiers)))
             for other, kind, score in matches:
+                if other not in alive:
+                    continue
                 for a, b in ((image_id, other), (other, image_id)):
                     existing = conn.execute(sa.select(duplicates.c.kind).where(
                         duplicates.c.image_id == a, duplicates.c.other_id == b)).first()
@@ -253,6 +270,13 @@ class Catalog:
                            "failure_reason": None, "failure_message": None}
             conn.execute(images.update().where(images.c.image_id == image_id).values(**values))
             return moves
+
+    def dedup_failed(self, image_id: str) -> bool:
+        """Dedup could not run for this image: say so, and leave its status alone (a dedup
+        failure never demotes an indexed image)."""
+        with self.engine.begin() as conn:
+            return conn.execute(images.update().where(images.c.image_id == image_id)
+                                .values(dedup_tiers="failed")).rowcount > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
         with self.engine.begin() as conn:

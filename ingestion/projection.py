@@ -42,6 +42,8 @@ def apply(catalog: Catalog, envelope: Envelope) -> None:
     elif isinstance(event, DuplicatesFound):
         catalog.link_duplicates(event.tenant_id, event.image_id, list(event.tiers),
                                 [(m.image_id, m.kind, m.score) for m in event.matches])
+    elif isinstance(event, ImageFailed) and event.image_id and event.stage == "dedup":
+        catalog.dedup_failed(event.image_id)  # recorded, never a demotion
     elif isinstance(event, ImageFailed) and event.image_id:
         catalog.fail(event.image_id, event.stage, event.reason, event.message, event.failed_at)
 

@@ -49,8 +49,10 @@ class PillowDecoder:
             with Image.open(io.BytesIO(data)) as img:
                 upright = ImageOps.exif_transpose(img)
                 return self.preprocess(upright.convert("RGB"))  # type: ignore[no-any-return]
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except UnidentifiedImageError as exc:
             raise DecodeError(f"undecodable image: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - bombs, truncation, parser bugs: this item only
+            raise DecodeError(f"undecodable image: {type(exc).__name__}: {exc}") from exc
 
     def decode(self, items: list[bytes]) -> list[torch.Tensor | DecodeError]:
         out: list[torch.Tensor | DecodeError] = []
@@ -167,8 +169,15 @@ def center_crop_geometry(data: bytes, size: int) -> _Geometry:
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
                 width, height = height, width
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
         raise DecodeError(f"undecodable image: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. DecompressionBombError: this item only
+        raise DecodeError(f"undecodable image: {type(exc).__name__}: {exc}") from exc
+    budget = Image.MAX_IMAGE_PIXELS
+    if budget and width * height > budget:  # never hand a bomb to a decoder
+        raise DecodeError(f"{width}x{height} exceeds the pixel limit of {budget}")
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"undecodable image: {width}x{height}")
     if width <= height:
         new_w, new_h = size, int(size * height / width)
     else:

@@ -44,13 +44,14 @@ class EmbedderArgs:
     batch_wait_timeout_s: float = 0.01
     device: str | None = None  # None: CUDA when there is one
     torch_threads: int = 0  # 0: every core of the node
+    max_image_pixels: int = 89_478_485  # the upload limit; decoders refuse larger images
 
 
 def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
     """Decode and encode a batch; one result per item, failures isolated per item."""
     from serve_apps.model import encode_with_split
 
-    decoded = decoder.decode(items)
+    decoded = _decode_isolated(decoder, items)
     good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
     results: list[Embedding] = [
         Embedding(None, clip.model_id, error=str(d), error_kind="decode")
@@ -69,6 +70,48 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
     return results
 
 
+def _decode_isolated(decoder: Any, items: list[bytes]) -> list[Any]:
+    """The decoder's batch answer; should it raise, each item alone, so only the bad fail."""
+    from serve_apps.decode import DecodeError
+
+    try:
+        return decoder.decode(items)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - a decoder defect must not fail the batch-mates
+        log.warning("batch decode raised; decoding %d items one by one", len(items))
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.extend(decoder.decode([item]))
+        except Exception as exc:  # noqa: BLE001
+            out.append(DecodeError(f"undecodable image: {type(exc).__name__}: {exc}"))
+    return out
+
+
+def embed_isolated(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
+    """``embed_items``; should the batch raise for any reason but the device, each item
+    alone: no input can fail a batch-mate (another tenant's, say)."""
+    try:
+        return embed_items(clip, decoder, items)
+    except Exception as exc:  # noqa: BLE001
+        if _is_device_fault(exc) or len(items) == 1:
+            raise
+        log.warning("batch of %d raised (%s); embedding item by item", len(items), exc)
+    results: list[Embedding] = []
+    for item in items:
+        try:
+            results.extend(embed_items(clip, decoder, [item]))
+        except Exception as exc:  # noqa: BLE001
+            if _is_device_fault(exc):
+                raise
+            results.append(Embedding(None, clip.model_id, error=f"{type(exc).__name__}: {exc}",
+                                     error_kind="decode"))
+    return results
+
+
+def _is_device_fault(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "cuda" in str(exc).lower()
+
+
 class Embedder:
     """The deployment body; ``build_embedder`` wraps it with Serve options."""
 
@@ -76,10 +119,14 @@ class Embedder:
         import os
 
         import torch
+        from PIL import Image
 
         from serve_apps.decode import make_decoder
         from serve_apps.model import load_clip
 
+        # Query images reach the Embedder without the validation stage: Pillow and the
+        # header geometry refuse anything past the upload limit before decoding it.
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels
         self.args = args
         # Ray sets OMP_NUM_THREADS from the replica's CPU request (1 for 0.5 CPU); on a CPU
         # replica that halves the model's speed on a 2-core machine, so set it explicitly.
@@ -143,9 +190,9 @@ class Embedder:
     def _run_batch(self, items: list[bytes]) -> list[Embedding]:
         start = time.perf_counter()
         try:
-            results = embed_items(self.clip, self.decoder, items)
+            results = embed_isolated(self.clip, self.decoder, items)
         except RuntimeError as exc:
-            if "CUDA" in str(exc) or "cuda" in str(exc):
+            if _is_device_fault(exc):
                 self._broken = str(exc)[:300]  # a device fault: let Serve replace us
             raise
         self.busy_s += time.perf_counter() - start
@@ -186,7 +233,8 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
     cfg = settings.serve
     args = args or EmbedderArgs(model=settings.model, max_batch_size=cfg.max_batch_size,
                                 batch_wait_timeout_s=cfg.batch_wait_timeout_s,
-                                torch_threads=cfg.torch_threads)
+                                torch_threads=cfg.torch_threads,
+                                max_image_pixels=settings.ingestion.max_image_pixels)
     options: dict[str, Any] = {
         "name": "Embedder",
         "max_ongoing_requests": cfg.max_ongoing_requests,

@@ -14,8 +14,11 @@ from typing import Annotated, Any, Protocol
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from deeplens.auth import TenantDep
+from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
+from deeplens.settings import IngestionSettings
 from deeplens.vector_store import Hit, VectorStore
 
 log = logging.getLogger(__name__)
@@ -84,10 +87,16 @@ class SearchResult(BaseModel):
 
 class SearchContext:
     def __init__(self, store: VectorStore, encoder: QueryEncoder,
-                 meter: Any = None) -> None:
+                 meter: Any = None, limits: IngestionSettings | None = None) -> None:
         self.store = store
         self.encoder = encoder
         self.meter = meter  # async (tenant) -> None: meters one search; optional
+        self.limits = limits or IngestionSettings()  # query images pass the upload checks
+
+    async def search(self, model: str, tenant: str, vector: np.ndarray, k: int,
+                     exclude: frozenset[str] = frozenset()) -> list[Hit]:
+        """The store is synchronous (and may scan): keep it off the event loop."""
+        return await run_in_threadpool(self.store.search, model, tenant, vector, k, exclude)
 
     async def metered(self, tenant: str, result: SearchResult) -> SearchResult:
         if self.meter is not None:
@@ -116,7 +125,7 @@ def build_search_router() -> APIRouter:
     async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep) -> SearchResult:
         model = await ctx.encoder.model_id()
         vector = await ctx.encoder.text(query.text)
-        return await ctx.metered(tenant, _result(model, ctx.store.search(model, tenant, vector,
+        return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector,
                                                                          query.k)))
 
     @router.post("/search/image", response_model=SearchResult)
@@ -124,23 +133,28 @@ def build_search_router() -> APIRouter:
                            file: Annotated[UploadFile, File(description="the query image")],
                            k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
         data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
-        if not data or len(data) > MAX_QUERY_IMAGE_BYTES:
-            raise HTTPException(422, "query image is empty or larger than 10 MB")
+        if len(data) > MAX_QUERY_IMAGE_BYTES:
+            raise HTTPException(413, "query image is larger than 10 MB")
+        # The same refusals as an upload, from the header alone, before any decoder runs.
+        verdict = await run_in_threadpool(check_header, data, ctx.limits)
+        if isinstance(verdict, Invalid):
+            raise HTTPException(HTTP_STATUS.get(verdict.reason, 422),
+                                f"query image refused ({verdict.reason}): {verdict.message}")
         model = await ctx.encoder.model_id()
         try:
             vector = await ctx.encoder.image(data)
         except QueryError as exc:
             raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
-        return await ctx.metered(tenant, _result(model, ctx.store.search(model, tenant, vector, k)))
+        return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector, k)))
 
     @router.get("/images/{image_id}/similar", response_model=SearchResult)
     async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
                       k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
         model = await ctx.encoder.model_id()
-        vector = ctx.store.get_vector(model, tenant, image_id)
+        vector = await run_in_threadpool(ctx.store.get_vector, model, tenant, image_id)
         if vector is None:  # missing, another tenant's, or not indexed yet: all read alike
             raise HTTPException(404, "image not found in the search index")
-        return await ctx.metered(tenant, _result(model, ctx.store.search(
+        return await ctx.metered(tenant, _result(model, await ctx.search(
             model, tenant, vector, k, exclude=frozenset({image_id}))))
 
     return router
@@ -166,6 +180,9 @@ def search_meter(producer: Any) -> Any:
 def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
                  producer: Any = None) -> None:
     """Add the search routes to an app whose ``state.auth`` is set (the upload app)."""
+    services = getattr(app.state, "services", None)
+    limits = services.settings.ingestion if services is not None else None
     app.state.search = SearchContext(store, encoder,
-                                     search_meter(producer) if producer is not None else None)
+                                     search_meter(producer) if producer is not None else None,
+                                     limits=limits)
     app.include_router(build_search_router())

@@ -98,3 +98,66 @@ def test_two_actors_at_the_same_moment_still_link(tmp_path) -> None:
     seen_by_1 = actor_1.near("alpha", "a", h1, 10)
     seen_by_2 = actor_2.near("alpha", "b", h2, 10)
     assert [i for i, _ in seen_by_1] == ["b"] and [i for i, _ in seen_by_2] == ["a"]
+
+
+def test_an_image_forgotten_by_another_actor_is_not_reported(tmp_path) -> None:
+    """Deletes reach one dedup actor; the others must not link to the deleted image."""
+    url = f"sqlite:///{tmp_path}/h.db"
+    actor_1, actor_2 = HashIndex(url), HashIndex(url)
+    original = jpeg_bytes(scene(9))
+    near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=50)
+    (p1, h1), (p2, h2) = content_hashes(original), content_hashes(near)
+    actor_1.add("alpha", "a", "s1", p1, h1)
+    assert [i for i, _ in actor_2.near("alpha", "x", h2, 10)] == ["a"]  # actor 2 cached "a"
+    actor_1.forget("alpha", "a")  # the delete went to actor 1
+    actor_2.add("alpha", "b", "s2", p2, h2)
+    assert actor_2.near("alpha", "b", h2, 10) == []
+
+
+def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path) -> None:
+    """A writer that took a lower seq but committed after a refresh is not skipped."""
+    from deeplens.hash_index import image_hashes, to_signed
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    reader = HashIndex(url)
+    original = jpeg_bytes(scene(10))
+    _, h = content_hashes(original)
+    reader.add("alpha", "later", "s2", "p2", h ^ 0xFF00)  # far enough to be no match
+    with reader.engine.begin() as conn:  # a row numbered above it, then the refresh
+        conn.execute(image_hashes.insert().values(seq=50, tenant_id="alpha", image_id="high",
+                                                  sha256="s3", pixel_sha256="p3",
+                                                  phash=to_signed(h ^ 0xFFFFFFFF)))
+    reader.near("alpha", "q", h, 4)
+    with reader.engine.begin() as conn:  # a row with a lower seq commits only now
+        conn.execute(image_hashes.insert().values(seq=20, tenant_id="alpha", image_id="slow",
+                                                  sha256="s1", pixel_sha256="p1",
+                                                  phash=to_signed(h)))
+    assert [i for i, _ in reader.near("alpha", "q", h, 4)] == ["slow"]
+
+
+def test_one_undecodable_image_fails_alone_and_deleted_images_leave_nothing(tmp_path) -> None:
+    from actors.dedup import dedup_batch
+    from deeplens.consumer_loop import Envelope
+    from deeplens.settings import Settings
+    from deeplens.storage import LocalStorage
+    from deeplens.tombstones import Tombstones
+
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    index, tombstones = HashIndex(url), Tombstones(url)
+    store = LanceStore(tmp_path / "v", VectorStoreSettings())
+    storage = LocalStorage(tmp_path / "images")
+    good, gone = jpeg_bytes(scene(11)), jpeg_bytes(scene(12))
+    events = [processed("good", good, np.ones(4)), processed("bad", b"\xff\xd8garbage", np.ones(4)),
+              processed("gone", gone, np.ones(4))]
+    for event, data in zip(events, (good, b"\xff\xd8garbage", gone), strict=True):
+        storage.put(event.storage_path, data)
+    tombstones.bury("alpha", "gone")
+    batch = [Envelope(topic="images.processed", partition=0, offset=i, key=e.image_id,
+                      timestamp=None, event=e) for i, e in enumerate(events)]
+    out = dedup_batch(Settings(data_dir=tmp_path), storage, index, store, tombstones, batch)
+    by_id = {o.event.image_id: o for o in out}
+    assert set(by_id) == {"good", "bad"}
+    assert by_id["good"].topic == "duplicates.found"
+    assert by_id["bad"].topic == "images.failed"
+    assert by_id["bad"].event.reason == "dedup_error" and by_id["bad"].event.stage == "dedup"
+    assert index.exact("alpha", "q", events[2].sha256, content_hashes(gone)[0]) == []

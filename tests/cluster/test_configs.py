@@ -46,3 +46,11 @@ def test_serve_config_passes_serve_schema_and_imports_resolve() -> None:
     deployment = embedder.deployments[0]
     assert deployment.ray_actor_options.num_gpus == 1
     assert deployment.user_config["max_batch_size"] == 256
+
+
+def test_ray_dashboard_listens_on_loopback_only() -> None:
+    """Its job API runs any command without authentication: never on a public address."""
+    config = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in (ROOT / "ray-cluster.yaml").read_text()

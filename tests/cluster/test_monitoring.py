@@ -73,3 +73,23 @@ def test_grafana_dashboard_uses_exported_metrics() -> None:
     exported = EXPORTED | {f"{n}_bucket" for n in EXPORTED} | {
         "deeplens_uploads_total", "deeplens_upload_seconds_bucket"}
     assert used <= exported, used - exported
+
+
+def test_the_latency_aggregate_is_cached_between_scrapes(tmp_path) -> None:
+    """A whole-table aggregate must not run on every scrape."""
+    from cluster.metrics import PipelineCollector
+    from deeplens.settings import Settings
+
+    class CountingCatalog:
+        calls = 0
+
+        def latency_buckets(self, bounds):
+            self.calls += 1
+            return [0] * len(bounds), 0, 0.0
+
+    catalog = CountingCatalog()
+    collector = PipelineCollector(Settings(data_dir=tmp_path), catalog, {})
+    for _ in range(5):
+        [family] = list(collector._latency())
+    assert family.name == "deeplens_upload_to_indexed_seconds"
+    assert catalog.calls == 1

@@ -28,7 +28,7 @@ def test_stack_serves_uploads_through_ray_serve(tmp_path, kafka_settings, no_ser
                 status = client.get(f"/v1/images/{body['image_id']}").json()["status"]
                 time.sleep(0.3)
             assert status == "indexed"
-            assert client.get("/docs").status_code == 200
+            assert client.get("/openapi.json").status_code == 200
     assert stack.actors == []
 
 
@@ -36,5 +36,6 @@ def test_demo_key_is_kept_across_restarts_and_only_without_keys(tmp_path) -> Non
     first, key = ensure_demo_key(Settings(data_dir=tmp_path))
     again, same = ensure_demo_key(Settings(data_dir=tmp_path))
     assert key and key == same and first.tenant_keys() == {key: "demo"}
-    configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1"))
-    assert none is None and configured.tenant_keys() == {"k1": "acme"}
+    assert (tmp_path / "demo-api-key").stat().st_mode & 0o777 == 0o600
+    configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1-0123456789abcdef"))
+    assert none is None and configured.tenant_keys() == {"k1-0123456789abcdef": "acme"}

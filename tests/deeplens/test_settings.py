@@ -9,18 +9,18 @@ from deeplens.settings import SettingsError, load_settings, parse_api_keys
 def test_nested_env_and_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setenv("DEEPLENS_SERVE__MAX_BATCH_SIZE", "48")
-    monkeypatch.setenv("DEEPLENS_API_KEYS", "alpha:key-a, beta:key-b")
+    monkeypatch.setenv("DEEPLENS_API_KEYS", "alpha:key-a-0123456789abcdef, beta:key-b-0123456789abcdef")
     settings = load_settings()
     assert settings.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert settings.serve.max_batch_size == 48
-    assert settings.tenant_keys() == {"key-a": "alpha", "key-b": "beta"}
+    assert settings.tenant_keys() == {"key-a-0123456789abcdef": "alpha", "key-b-0123456789abcdef": "beta"}
 
 
 def test_keys_file_adds_tenants(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
-    keys.write_text("# tenants\ngamma:key-g\n\ndelta:key-d\n")
+    keys.write_text("# tenants\ngamma:key-g-0123456789abcdef\n\ndelta:key-d-0123456789abcdef\n")
     monkeypatch.setenv("DEEPLENS_API_KEYS_FILE", str(keys))
-    assert load_settings().tenant_keys() == {"key-g": "gamma", "key-d": "delta"}
+    assert load_settings().tenant_keys() == {"key-g-0123456789abcdef": "gamma", "key-d-0123456789abcdef": "delta"}
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_tenant_ids_are_restricted() -> None:
     with pytest.raises(ValueError, match="letters"):
         parse_api_keys("../etc:key")
     with pytest.raises(ValueError, match="two tenants"):
-        parse_api_keys("a:same,b:same")
+        parse_api_keys("a:same-key-0123456789,b:same-key-0123456789")
 
 
 def test_config_command_masks_secrets(monkeypatch, capsys) -> None:

@@ -77,7 +77,7 @@ def fault_stack(broker_process, tmp_path_factory, ray_session):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("faults"), kafka=kafka,
         model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-        api_keys=",".join(f"{t}:key-{t}" for t in TENANTS),
+        api_keys=",".join(f"{t}:key-{t}-0123456789abcdef" for t in TENANTS),
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=8),
         actors=ActorSettings(num_cpus=0.1),  # room for the actors scenario 7 adds
         vector_store=VectorStoreSettings(backend="weaviate", weaviate_url=standin.http_url,
@@ -100,7 +100,7 @@ class Scenario:
     def __init__(self, stack: LocalStack, tenant: str) -> None:
         self.stack, self.tenant = stack, tenant
         self.client = httpx.Client(base_url=stack.url, timeout=60,
-                                   headers={"Authorization": f"Bearer key-{tenant}"})
+                                   headers={"Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
         self.ids: list[str] = []
 
     def upload(self, count: int, seed: int) -> list[str]:

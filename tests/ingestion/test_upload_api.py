@@ -93,8 +93,9 @@ def test_auth(api) -> None:
     wrong = httpx.get(api.url + "/v1/images/x", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert httpx.get(api.url + "/healthz").status_code == 200
-    assert httpx.get(api.url + "/metrics").status_code == 200
-    assert httpx.get(api.url + "/docs").status_code == 200
+    assert httpx.get(api.url + "/metrics").status_code == 200  # from this host
+    assert httpx.get(api.url + "/docs").status_code == 404  # off by default: CDN assets
+    assert httpx.get(api.url + "/openapi.json").status_code == 200
 
 
 def test_other_tenants_image_is_a_404_like_a_missing_one(api) -> None:
@@ -136,7 +137,7 @@ def test_oversized_body_without_content_length_is_413(tmp_path, kafka_settings, 
     settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b",
                              ingestion=IngestionSettings(max_upload_bytes=1024 * 1024))
     with serve_app(create_app(settings)) as url:
-        headers = {"Authorization": f"Bearer key-{tenant}",
+        headers = {"Authorization": f"Bearer key-{tenant}-0123456789abcdef",
                    "Content-Type": "multipart/form-data; boundary=deeplens-test"}
         try:
             answer = httpx.post(url + "/v1/images", content=_chunks(8 * 1024 * 1024),
@@ -157,10 +158,10 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, kafka_settings, tenan
                              ingestion=IngestionSettings(rate_limit_per_minute=60,
                                                          rate_limit_burst=3))
     with serve_app(create_app(settings)) as url:
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}"})
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
         codes = [client.get("/v1/images/none").status_code for _ in range(5)]
         limited = client.get("/v1/images/none")
-        other = httpx.get(url + "/v1/images/none", headers={"Authorization": f"Bearer key-{tenant}-b"})
+        other = httpx.get(url + "/v1/images/none", headers={"Authorization": f"Bearer key-{tenant}-b-0123456789abcdef"})
     assert codes[:3] == [404, 404, 404] and 429 in codes[3:]
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert other.status_code == 404, "each tenant has its own bucket"
@@ -173,7 +174,7 @@ def test_broker_down_gives_503_and_leaves_no_orphan(tmp_path, kafka_settings, te
     settings = make_settings(tmp_path, dead, tenant, tenant + "-b",
                              ingestion=IngestionSettings(ack_timeout_s=2))
     with serve_app(create_app(settings)) as url:
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}"},
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789abcdef"},
                               timeout=30)
         answer = upload(client, images.jpeg(7))
         assert answer.status_code == 503, answer.text

@@ -1,0 +1,72 @@
+"""Tombstones: which images were deleted, so no late event brings one back.
+
+``images.deleted`` and the lifecycle topics are not ordered with each other, so
+a vector, hash, duplicate link or usage row can arrive for an image after it was
+deleted. The API writes a tombstone *before* it publishes the delete; every
+writer checks tombstones before its write and again after it, undoing the write
+when a delete landed in between. Because the tombstone precedes the delete
+event, a delete processed by any other actor after that second check comes
+later than the write, and removes it.
+
+A table in the catalog database (``deleted_images``), one row per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from deeplens.events import utcnow
+
+metadata = sa.MetaData()
+
+deleted_images = sa.Table(
+    "deleted_images",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+Key = tuple[str, str]  # (tenant_id, image_id)
+
+
+class Tombstones:
+    def __init__(self, url: str) -> None:
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def bury(self, tenant_id: str, image_id: str) -> None:
+        """Record a deletion (idempotent)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(deleted_images.insert().values(
+                    tenant_id=tenant_id, image_id=image_id, deleted_at=utcnow()))
+        except IntegrityError:
+            pass
+
+    def unbury(self, tenant_id: str, image_id: str) -> None:
+        """Take a tombstone back (its delete never reached the broker)."""
+        with self.engine.begin() as conn:
+            conn.execute(deleted_images.delete().where(deleted_images.c.tenant_id == tenant_id,
+                                                       deleted_images.c.image_id == image_id))
+
+    def dead(self, keys: Iterable[Key]) -> set[Key]:
+        """The keys among ``keys`` that were deleted."""
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        ids = sorted({image_id for _, image_id in wanted})
+        found: set[Key] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(deleted_images.c.tenant_id, deleted_images.c.image_id).where(
+                    deleted_images.c.image_id.in_(ids[start:start + 500]))
+                found.update((row[0], row[1]) for row in conn.execute(query))
+        return found & wanted
+
+    def is_dead(self, tenant_id: str, image_id: str) -> bool:
+        return bool(self.dead([(tenant_id, image_id)]))

@@ -1,0 +1,146 @@
+"""The edge refuses cheaply and leaks nothing: auth before the body, budgets, headers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from deeplens.auth import AuthMiddleware, Authenticator
+from deeplens.settings import IngestionSettings, OpsSettings, Settings, SettingsError, load_settings
+from ingestion.api import create_app
+from ingestion.catalog import Catalog
+from tests import images
+from tests.conftest import make_settings
+from tests.http_server import serve_app
+
+
+def test_unauthenticated_request_is_refused_before_its_body_is_read(tmp_path) -> None:
+    auth = Authenticator(Settings(data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab"))
+    reached, received, sent = [], [], []
+
+    async def app(scope, receive, send):  # the routes: must never run
+        reached.append(scope["path"])
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/images", "client": ("10.0.0.9", 1),
+             "headers": [(b"content-length", b"26214400")]}
+    asyncio.run(AuthMiddleware(app, auth)(scope, receive, send))
+    assert sent[0]["status"] == 401 and not received and not reached
+
+
+def test_failed_authentications_are_throttled_per_address(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab",
+                        ingestion=IngestionSettings(failed_auth_burst=3))
+    auth = Authenticator(settings)
+    from deeplens.auth import AuthError
+
+    codes = []
+    for _ in range(5):
+        try:
+            auth.authenticate("Bearer guess-0000000000000000", "10.0.0.7")
+        except AuthError as exc:
+            codes.append((exc.status, exc.headers.get("Retry-After")))
+    assert [c for c, _ in codes[:3]] == [401, 401, 401]
+    assert codes[3][0] == 429 and int(codes[3][1]) >= 1
+    # That address is not even checked now; another address is unaffected.
+    with pytest.raises(AuthError) as throttled:
+        auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.7")
+    assert throttled.value.status == 429
+    assert auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.8") == "acme"
+
+
+def test_short_api_keys_are_refused_without_echoing_them(monkeypatch) -> None:
+    monkeypatch.setenv("DEEPLENS_API_KEYS", "acme:hunter2")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "shorter than 16" in str(error.value) and "hunter2" not in str(error.value)
+
+
+def test_reads_and_writes_have_separate_budgets(tmp_path, kafka_settings, tenant) -> None:
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b",
+                             ingestion=IngestionSettings(rate_limit_per_minute=60,
+                                                         rate_limit_burst=3))
+    with serve_app(create_app(settings)) as url:
+        client = httpx.Client(base_url=url, timeout=30, headers={
+            "Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
+        reads = [client.get("/v1/images").status_code for _ in range(5)]
+        upload = client.post("/v1/images", files={"file": ("a.jpg", images.jpeg(31))})
+    assert reads[:3] == [200, 200, 200] and 429 in reads[3:]
+    assert upload.status_code == 202, "polling must not use up the upload budget"
+
+
+def test_default_budgets_allow_100_uploads_a_second() -> None:
+    limits = IngestionSettings()
+    assert limits.upload_rate_limit_per_minute >= 6000
+    assert limits.upload_rate_limit_burst >= 100
+
+
+def test_page_headers_and_no_cdn(tmp_path, kafka_settings, tenant) -> None:
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b")
+    with serve_app(create_app(settings)) as url:
+        page = httpx.get(url + "/")
+        script = httpx.get(url + "/app.js")
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text and '<script src="/app.js">' in page.text
+    assert script.status_code == 200 and "sessionStorage" in script.text
+    assert "localStorage.setItem" not in script.text
+    assert "cdn" not in page.text.lower()
+
+
+def test_metrics_need_the_operator_token_when_one_is_set(tmp_path, kafka_settings,
+                                                         tenant) -> None:
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b",
+                             ops=OpsSettings(metrics_token="scrape-token-0123456789"))
+    with serve_app(create_app(settings)) as url:
+        anonymous = httpx.get(url + "/metrics")
+        tenant_key = httpx.get(url + "/metrics", headers={
+            "Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
+        operator = httpx.get(url + "/metrics", headers={
+            "Authorization": "Bearer scrape-token-0123456789"})
+    assert anonymous.status_code == tenant_key.status_code == 403
+    assert operator.status_code == 200 and "deeplens_uploads_total" in operator.text
+    assert tenant not in operator.text, "nothing tenant-identifying on /metrics"
+
+
+def test_a_retry_while_the_first_upload_awaits_its_ack_is_told_to_wait(
+        tmp_path, kafka_settings, tenant) -> None:
+    """A row not yet acknowledged by the broker is never a duplicate_of target: the first
+    request may still fail and remove it, which would lose the retry's image."""
+    import hashlib
+
+    from deeplens.events import utcnow
+
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b")
+    data = images.jpeg(41)
+    app = create_app(settings)  # creates the data dir and the catalog
+    catalog = Catalog(settings.effective_catalog_url)
+    row = {"image_id": "first" + "0" * 27, "tenant_id": tenant,
+           "sha256": hashlib.sha256(data).hexdigest(), "original_file_name": "a.jpg",
+           "storage_provider": "local", "storage_path": f"{tenant}/x.jpg", "file_size": 1,
+           "mime_type": "image/jpeg", "status": "uploaded", "uploaded_at": utcnow(),
+           "pending": True}
+    catalog.insert(row)
+    with serve_app(app) as url:
+        client = httpx.Client(base_url=url, timeout=30, headers={
+            "Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
+        retry = client.post("/v1/images", files={"file": ("a.jpg", data)})
+        assert retry.status_code == 503 and int(retry.headers["Retry-After"]) >= 1
+        # The first request died long ago (its replica crashed): the row is stale.
+        catalog.delete(tenant, row["image_id"])
+        catalog.insert(row | {"uploaded_at": utcnow() - timedelta(minutes=10)})
+        later = client.post("/v1/images", files={"file": ("a.jpg", data)})
+        assert later.status_code == 202 and later.json()["duplicate_of"] is None
+        accepted = client.get(f"/v1/images/{later.json()['image_id']}").json()
+    assert accepted["status"] == "uploaded"
+    assert catalog.get(tenant, row["image_id"]) is None
