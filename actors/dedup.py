@@ -36,8 +36,8 @@ from deeplens.events import (
 )
 from deeplens.hash_index import HashIndex
 from deeplens.kafka import Outbound
-from deeplens.settings import DedupThresholds, Settings
 from deeplens.retry import failure
+from deeplens.settings import DedupThresholds, Settings
 from deeplens.storage import ObjectMissing, Storage, make_storage
 from deeplens.tombstones import Tombstones
 from deeplens.vector_store import VectorStore, VectorStoreUnavailable, make_vector_store

@@ -29,7 +29,7 @@ from tests.http_server import serve_app
 
 def run_level(url: str, payloads: list[bytes], concurrency: int) -> dict:
     latencies: list[float] = []
-    client = httpx.Client(base_url=url, headers={"Authorization": "Bearer bench-key-0123456789abcdef"},
+    client = httpx.Client(base_url=url, headers={"Authorization": "Bearer bench-key-0123456789ab"},
                           timeout=60, limits=httpx.Limits(max_connections=concurrency))
 
     def one(data: bytes) -> int:
@@ -58,7 +58,7 @@ def main() -> None:
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         ensure_topics(admin_client(kafka), TopicNames(""))
-        settings = Settings(data_dir=Path(tmp), api_keys="bench:bench-key-0123456789abcdef", kafka=kafka,
+        settings = Settings(data_dir=Path(tmp), api_keys="bench:bench-key-0123456789ab", kafka=kafka,
                             ingestion=IngestionSettings(rate_limit_per_minute=10**7,
                                                         rate_limit_burst=10**6))
         seed = 0

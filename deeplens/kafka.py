@@ -191,7 +191,10 @@ class EventProducer:
                 for pending in self._unresolved.values():
                     pending.discard(future)
             if err is not None:
-                if err.fatal():
+                if err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+                    # A timed-out idempotent producer may be left waiting on a sequence
+                    # the broker never saw (seen with the local broker after a stall):
+                    # every later message then times out too. Start a fresh one.
                     self._fatal = err
                 _settle(future, error=DeliveryError(err.str()))
             else:

@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Respo
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import AuthMiddleware, Authenticator, TenantDep
+from deeplens.auth import Authenticator, AuthMiddleware, TenantDep
 from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound

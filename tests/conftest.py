@@ -129,7 +129,7 @@ def make_settings(tmp_path, kafka_settings, tenant_a: str, tenant_b: str, **extr
                                                     rate_limit_burst=10_000))
     return Settings(
         data_dir=tmp_path / "data",
-        api_keys=f"{tenant_a}:key-{tenant_a}-0123456789abcdef,{tenant_b}:key-{tenant_b}-0123456789abcdef",
+        api_keys=f"{tenant_a}:key-{tenant_a}-0123456789ab,{tenant_b}:key-{tenant_b}-0123456789ab",
         kafka=kafka_settings,
         **extra,
     )
@@ -140,4 +140,5 @@ def api(tmp_path, kafka_settings, tenant) -> Iterator[Api]:
     tenant_b = tenant + "-b"
     settings = make_settings(tmp_path, kafka_settings, tenant, tenant_b)
     with serve_app(create_app(settings)) as url:
-        yield Api(url, settings, f"key-{tenant}-0123456789abcdef", f"key-{tenant_b}-0123456789abcdef", tenant, tenant_b)
+        yield Api(url, settings, f"key-{tenant}-0123456789ab", f"key-{tenant_b}-0123456789ab",
+                  tenant, tenant_b)

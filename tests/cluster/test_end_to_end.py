@@ -56,7 +56,7 @@ def stack(tmp_path_factory, broker, ray_session):
     ensure_topics(admin_client(kafka), TopicNames(prefix))
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("e2e"), kafka=kafka, model=TINY,
-        api_keys="acme:key-acme-0123456789abcdef,globex:key-globex-0123456789abcdef",
+        api_keys="acme:key-acme-0123456789ab,globex:key-globex-0123456789ab",
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
     serve.shutdown()  # the stack starts Serve with its own HTTP port
@@ -73,7 +73,7 @@ def client(stack, key: str) -> httpx.Client:
 
 
 def test_upload_index_search_and_duplicates(stack) -> None:
-    acme, globex = client(stack, "key-acme-0123456789abcdef"), client(stack, "key-globex-0123456789abcdef")
+    acme, globex = client(stack, "key-acme-0123456789ab"), client(stack, "key-globex-0123456789ab")
     photos = [jpeg_bytes(scene(100 + i)) for i in range(6)]
     ids = [acme.post("/v1/images", files={"file": (f"p{i}.jpg", p)}).json()["image_id"]
            for i, p in enumerate(photos)]
@@ -123,7 +123,7 @@ def test_upload_index_search_and_duplicates(stack) -> None:
 
 
 def test_bad_queries_are_422(stack) -> None:
-    acme = client(stack, "key-acme-0123456789abcdef")
+    acme = client(stack, "key-acme-0123456789ab")
     assert acme.post("/v1/search", json={"text": "   "}).status_code == 422
     assert acme.post("/v1/search", json={"text": "cat", "k": 0}).status_code == 422
     assert acme.post("/v1/search", json={"text": "cat", "k": 1000}).status_code == 422
@@ -133,7 +133,7 @@ def test_bad_queries_are_422(stack) -> None:
 
 
 def test_delete_drops_the_vector(stack) -> None:
-    acme = client(stack, "key-acme-0123456789abcdef")
+    acme = client(stack, "key-acme-0123456789ab")
     image_id = acme.post("/v1/images", files={"file": ("d.jpg", jpeg_bytes(scene(300)))}
                          ).json()["image_id"]
     assert wait_indexed(acme, [image_id])[image_id]["status"] == "indexed"
@@ -161,16 +161,16 @@ def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
     assert len(files) == 4
     state = IngestState(tmp_path / "state.json")
     out = io.StringIO()
-    first = ingest(stack.url, "key-acme-0123456789abcdef", files, state, concurrency=2, wait=True,
+    first = ingest(stack.url, "key-acme-0123456789ab", files, state, concurrency=2, wait=True,
                    timeout_s=120, out=out)
     assert first["uploaded"] == 3 and first["rejected"] == 1
     assert first.get("status_indexed") == 3, first
     assert "notes.jpg: 415" in out.getvalue()
-    again = ingest(stack.url, "key-acme-0123456789abcdef", files, IngestState(tmp_path / "state.json"),
+    again = ingest(stack.url, "key-acme-0123456789ab", files, IngestState(tmp_path / "state.json"),
                    concurrency=2, wait=False, timeout_s=5, out=io.StringIO())
     assert again["skipped"] == 3 and again["uploaded"] == 0, "resumed: nothing sent twice"
 
-    assert main(["search", "--api", stack.url, "--key", "key-acme-0123456789abcdef", "-k", "2",
+    assert main(["search", "--api", stack.url, "--key", "key-acme-0123456789ab", "-k", "2",
                  "--image", str(files[0])]) == 0
     printed = capsys.readouterr().out
     assert "model deeplens-tiny/random-init" in printed and "  1. +1.0000" in printed
@@ -179,7 +179,7 @@ def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
 def test_metrics_after_a_run(stack) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    acme = client(stack, "key-acme-0123456789abcdef")
+    acme = client(stack, "key-acme-0123456789ab")
     ids = [acme.post("/v1/images", files={"file": (f"m{i}.jpg", jpeg_bytes(scene(900 + i)))}
                      ).json()["image_id"] for i in range(2)]
     assert {r["status"] for r in wait_indexed(acme, ids).values()} == {"indexed"}
@@ -221,7 +221,7 @@ def test_status_command(stack, capsys, monkeypatch) -> None:
 
 
 def test_usage_per_tenant_and_hour(stack) -> None:
-    acme = client(stack, "key-acme-0123456789abcdef")
+    acme = client(stack, "key-acme-0123456789ab")
     acme.post("/v1/search", json={"text": "metered", "k": 1})
     deadline = time.monotonic() + 60
     body: dict = {}
@@ -232,9 +232,9 @@ def test_usage_per_tenant_and_hour(stack) -> None:
         time.sleep(0.5)
     totals = body["totals"]
     assert body["tenant_id"] == "acme" and body["hours"]
-    indexed = client(stack, "key-acme-0123456789abcdef").get("/v1/images", params={"limit": 500}).json()
+    indexed = client(stack, "key-acme-0123456789ab").get("/v1/images", params={"limit": 500}).json()
     assert totals["uploads"] >= len(indexed["items"]) > 0, "every upload billed"
     assert totals["upload_bytes"] > 0 and totals["embedding_ms"] > 0
     assert totals["images_embedded"] >= 8 and totals["searches"] >= 1
-    globex = client(stack, "key-globex-0123456789abcdef").get("/v1/usage").json()["totals"]
+    globex = client(stack, "key-globex-0123456789ab").get("/v1/usage").json()["totals"]
     assert globex["uploads"] == 1

@@ -9,18 +9,18 @@ from deeplens.settings import SettingsError, load_settings, parse_api_keys
 def test_nested_env_and_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setenv("DEEPLENS_SERVE__MAX_BATCH_SIZE", "48")
-    monkeypatch.setenv("DEEPLENS_API_KEYS", "alpha:key-a-0123456789abcdef, beta:key-b-0123456789abcdef")
+    monkeypatch.setenv("DEEPLENS_API_KEYS", "alpha:key-a-0123456789ab, beta:key-b-0123456789ab")
     settings = load_settings()
     assert settings.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert settings.serve.max_batch_size == 48
-    assert settings.tenant_keys() == {"key-a-0123456789abcdef": "alpha", "key-b-0123456789abcdef": "beta"}
+    assert settings.tenant_keys() == {"key-a-0123456789ab": "alpha", "key-b-0123456789ab": "beta"}
 
 
 def test_keys_file_adds_tenants(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
-    keys.write_text("# tenants\ngamma:key-g-0123456789abcdef\n\ndelta:key-d-0123456789abcdef\n")
+    keys.write_text("# tenants\ngamma:key-g-0123456789ab\n\ndelta:key-d-0123456789ab\n")
     monkeypatch.setenv("DEEPLENS_API_KEYS_FILE", str(keys))
-    assert load_settings().tenant_keys() == {"key-g-0123456789abcdef": "gamma", "key-d-0123456789abcdef": "delta"}
+    assert load_settings().tenant_keys() == {"key-g-0123456789ab": "gamma", "key-d-0123456789ab": "delta"}
 
 
 @pytest.mark.parametrize(

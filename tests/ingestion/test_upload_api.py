@@ -137,7 +137,7 @@ def test_oversized_body_without_content_length_is_413(tmp_path, kafka_settings, 
     settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b",
                              ingestion=IngestionSettings(max_upload_bytes=1024 * 1024))
     with serve_app(create_app(settings)) as url:
-        headers = {"Authorization": f"Bearer key-{tenant}-0123456789abcdef",
+        headers = {"Authorization": f"Bearer key-{tenant}-0123456789ab",
                    "Content-Type": "multipart/form-data; boundary=deeplens-test"}
         try:
             answer = httpx.post(url + "/v1/images", content=_chunks(8 * 1024 * 1024),
@@ -158,10 +158,11 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, kafka_settings, tenan
                              ingestion=IngestionSettings(rate_limit_per_minute=60,
                                                          rate_limit_burst=3))
     with serve_app(create_app(settings)) as url:
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789abcdef"})
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789ab"})
         codes = [client.get("/v1/images/none").status_code for _ in range(5)]
         limited = client.get("/v1/images/none")
-        other = httpx.get(url + "/v1/images/none", headers={"Authorization": f"Bearer key-{tenant}-b-0123456789abcdef"})
+        other = httpx.get(url + "/v1/images/none",
+                          headers={"Authorization": f"Bearer key-{tenant}-b-0123456789ab"})
     assert codes[:3] == [404, 404, 404] and 429 in codes[3:]
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert other.status_code == 404, "each tenant has its own bucket"
@@ -174,7 +175,7 @@ def test_broker_down_gives_503_and_leaves_no_orphan(tmp_path, kafka_settings, te
     settings = make_settings(tmp_path, dead, tenant, tenant + "-b",
                              ingestion=IngestionSettings(ack_timeout_s=2))
     with serve_app(create_app(settings)) as url:
-        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789abcdef"},
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer key-{tenant}-0123456789ab"},
                               timeout=30)
         answer = upload(client, images.jpeg(7))
         assert answer.status_code == 503, answer.text

@@ -105,3 +105,37 @@ def test_out_of_memory_splits_the_batch(clip, monkeypatch) -> None:
     assert len(out) == 7 and all(isinstance(v, torch.Tensor) for v in out)
     assert calls[0] == 7
     assert sum(c for c in calls if c <= 2) == 7, "every row was encoded once, in halves"
+
+
+@pytest.mark.parametrize("kind", ["pillow", "dali"])
+def test_a_bomb_or_corrupt_query_fails_alone_in_its_batch(clip, kind) -> None:
+    """Query images skip the validation stage: the decoders themselves must refuse a bomb
+    (DecompressionBombError is no OSError) without failing another tenant's batch-mates."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = 89_478_485  # what the Embedder sets from the upload limit
+    decoder = make_decoder(kind, clip=clip, max_batch_size=4)
+    batch = [images.jpeg(1), images.bomb_png(), images.corrupt_png(2), b"not an image",
+             images.png(3)]
+    results = embed_items(clip, decoder, batch)
+    assert [r.ok for r in results] == [True, False, False, False, True]
+    assert results[1].error_kind == "decode"
+
+
+def test_a_decoder_that_raises_for_the_batch_fails_only_the_bad_item(clip) -> None:
+    from serve_apps.embedder import embed_isolated
+
+    class Fragile:
+        name = "fragile"
+
+        def __init__(self) -> None:
+            self.inner = PillowDecoder(clip.preprocess)
+
+        def decode(self, items):
+            if any(item.startswith(b"BOOM") for item in items):
+                raise MemoryError("a decoder defect")
+            return self.inner.decode(items)
+
+    results = embed_isolated(clip, Fragile(), [images.jpeg(4), b"BOOM", images.jpeg(5)])
+    assert [r.ok for r in results] == [True, False, True]
+    assert "MemoryError" in (results[1].error or "")

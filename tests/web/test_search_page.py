@@ -53,7 +53,7 @@ def stack(tmp_path_factory, broker, ray_session):
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("web"), kafka=kafka,
         model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-        api_keys="acme:key-acme-0123456789abcdef", serve=ServeSettings(port=free_port(), num_cpus=0.25),
+        api_keys="acme:key-acme-0123456789ab", serve=ServeSettings(port=free_port(), num_cpus=0.25),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
     serve.shutdown()
     try:
@@ -110,7 +110,7 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     page.click("#save-key")
     page.wait_for_selector("#error:has-text('not accepted')")
 
-    page.fill("#key", "key-acme-0123456789abcdef")
+    page.fill("#key", "key-acme-0123456789ab")
     page.click("#save-key")
     page.wait_for_selector("#who:has-text('key accepted')")
     assert page.locator("#error").is_hidden()
@@ -151,7 +151,7 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
 
 
 def test_service_down_is_shown_plainly(page) -> None:
-    page.fill("#key", "key-acme-0123456789abcdef")
+    page.fill("#key", "key-acme-0123456789ab")
     page.click("#save-key")
     page.wait_for_selector("#who:has-text('key accepted')")
     page.route("**/v1/search", lambda route: route.abort())

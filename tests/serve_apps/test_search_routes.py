@@ -1,0 +1,66 @@
+"""Search-by-image refuses what an upload would refuse, before any decoder sees it."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from deeplens.settings import VectorStoreSettings
+from deeplens.vector_lancedb import LanceStore
+from ingestion.api import create_app
+from serve_apps.search import mount_search
+from tests import images
+from tests.conftest import make_settings
+from tests.http_server import serve_app
+
+
+class RecordingEncoder:
+    """Stands in for the Embedder handle: records what reached it."""
+
+    def __init__(self) -> None:
+        self.images: list[bytes] = []
+
+    async def model_id(self) -> str:
+        return "m/x"
+
+    async def text(self, text: str) -> np.ndarray:
+        return np.ones(8, dtype=np.float32) / np.sqrt(8)
+
+    async def image(self, data: bytes) -> np.ndarray:
+        self.images.append(data)
+        return np.ones(8, dtype=np.float32) / np.sqrt(8)
+
+
+@pytest.fixture
+def search_api(tmp_path, kafka_settings, tenant):
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b")
+    app = create_app(settings)
+    encoder = RecordingEncoder()
+    mount_search(app, LanceStore(tmp_path / "vectors", VectorStoreSettings()), encoder)
+    with serve_app(app) as url:
+        client = httpx.Client(base_url=url, timeout=30, headers={
+            "Authorization": f"Bearer key-{tenant}-0123456789ab"})
+        yield client, encoder
+
+
+@pytest.mark.parametrize(("data", "status", "reason"), [
+    (images.bomb_png(), 413, "decompression_bomb"),
+    (b"%PDF-1.4 not an image", 415, "unsupported_format"),
+    (images.jpeg(1, width=8, height=8), 422, "too_small"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, "corrupt"),
+])
+def test_bad_query_images_get_the_upload_refusals(search_api, data, status, reason) -> None:
+    client, encoder = search_api
+    answer = client.post("/v1/search/image", files={"file": ("q.png", data)})
+    assert answer.status_code == status, answer.text
+    assert reason in answer.json()["detail"]
+    assert encoder.images == [], "a refused query image never reaches the Embedder"
+
+
+def test_a_good_query_image_is_encoded_and_searched(search_api) -> None:
+    client, encoder = search_api
+    answer = client.post("/v1/search/image", files={"file": ("q.jpg", images.jpeg(2))})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"model": "m/x", "hits": []}
+    assert len(encoder.images) == 1
