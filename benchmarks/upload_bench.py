@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True)
         ensure_topics(admin_client(kafka), TopicNames(""))
         settings = Settings(data_dir=Path(tmp), api_keys="bench:bench-key-0123456789ab", kafka=kafka,
                             ingestion=IngestionSettings(rate_limit_per_minute=10**7,

@@ -22,7 +22,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from cluster.stack import StackError
 
     try:
-        with LocalStack(settings) as stack:
+        with LocalStack(settings, announce=True) as stack:
             stack.print_banner()
             stack.wait()
     except StackError as exc:
@@ -39,7 +39,7 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _runtime(settings: Settings) -> Settings:
     """Fill in the broker of a running `deeplens up` (it records it in the data dir)."""
-    from cluster.stack import read_runtime
+    from deeplens.runtime import read_runtime
 
     return read_runtime(settings)
 

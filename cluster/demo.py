@@ -21,7 +21,7 @@ BANNER = """
   No pretrained weights for {name}/{tag} in the local cache.
   This demo runs with RANDOM weights (DEEPLENS_MODEL__PRETRAINED=random):
   the pipeline works end to end, but vectors carry the id
-  '{name}/random-init' and similarity scores mean nothing.
+  '{name}/random-init-seed0' and similarity scores mean nothing.
   For real results fetch the weights once:
       DEEPLENS_MODEL__ALLOW_DOWNLOAD=true make demo
   or point DEEPLENS_MODEL__PRETRAINED at a weights file.
@@ -44,7 +44,7 @@ def demo_settings(settings: Settings) -> Settings:
 def run_demo(settings: Settings, smoke: bool = False, samples: int = 24,
              timeout_s: float = 300) -> int:
     settings = demo_settings(settings)
-    with LocalStack(settings) as stack:
+    with LocalStack(settings, announce=True) as stack:
         stack.print_banner()
         key = stack.demo_key or next(iter(stack.settings.tenant_keys()))
         ok = push_samples(stack.url, key, samples, timeout_s)

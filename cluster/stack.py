@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from deeplens.broker import LocalBroker, start_local_broker
 from deeplens.kafka import admin_client
+from deeplens.runtime import clear_runtime, write_runtime
 from deeplens.settings import Settings
 from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
 from deeplens.topics import TopicNames, ensure_topics
@@ -82,28 +83,16 @@ def ensure_demo_key(settings: Settings) -> tuple[Settings, str | None]:
     return settings.model_copy(update={"api_keys": SecretStr(f"{DEMO_TENANT}:{key}")}), key
 
 
-def runtime_file(settings: Settings) -> Path:
-    return settings.data_dir / "stack.json"
-
-
-def read_runtime(settings: Settings) -> Settings:
-    """Settings completed with the broker of a running `deeplens up`, if one recorded it."""
-    import json
-
-    path = runtime_file(settings)
-    if settings.kafka.bootstrap_servers or not path.exists():
-        return settings
-    recorded = json.loads(path.read_text())
-    kafka = settings.kafka.model_copy(update={"bootstrap_servers": recorded["bootstrap_servers"]})
-    return settings.model_copy(update={"kafka": kafka})
 
 
 class LocalStack:
     """Everything DeepLens runs, on one machine; a context manager that cleans up."""
 
     def __init__(self, settings: Settings, with_ray: bool = True,
-                 stage_overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 stage_overrides: dict[str, dict[str, Any]] | None = None,
+                 announce: bool = False) -> None:
         self.settings = settings
+        self.announce = announce  # point ~/.deeplens/current-stack.json here (deeplens up)
         self.stage_overrides = stage_overrides or {}  # e.g. fault-injection hooks in tests
         self.with_ray = with_ray
         self.broker: LocalBroker | None = None
@@ -146,18 +135,17 @@ class LocalStack:
         self._write_runtime()
 
     def _write_runtime(self) -> None:
-        import json
-
-        runtime_file(self.settings).write_text(json.dumps({
+        write_runtime(self.settings, {
             "bootstrap_servers": self.settings.kafka.bootstrap_servers, "url": self.url,
-            "local_broker": self.broker is not None, "pid": os.getpid()}))
+            "local_broker": self.broker is not None, "pid": os.getpid()}, self.announce)
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
         if not kafka.bootstrap_servers:
             log_path = str(self.settings.data_dir / "broker.log")
             self.broker = start_local_broker(kafka.local_broker_port, log_path=log_path)
-            kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
+            kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap,
+                                             "one_record_per_batch": True})
             self.settings = self.settings.model_copy(update={"kafka": kafka})
         report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix))
         for line in report.drift:
@@ -216,7 +204,7 @@ class LocalStack:
         self._done.wait()
 
     def close(self) -> None:
-        runtime_file(self.settings).unlink(missing_ok=True)
+        clear_runtime(self.settings, self.announce)
         if self.actors:
             stop_stage(self.actors)
             self.actors = []

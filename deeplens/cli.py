@@ -20,19 +20,24 @@ def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_or_exit(settings: Settings) -> None:
+def _kafka_or_exit(settings: Settings) -> Settings:
+    """The settings with a running local stack's broker filled in; exit if there is none."""
+    from deeplens.runtime import read_runtime
+
+    settings = read_runtime(settings)
     if not settings.kafka.bootstrap_servers:
         raise SystemExit(
             "no broker configured: set DEEPLENS_KAFKA__BOOTSTRAP_SERVERS=host:port, "
             "or run `deeplens broker` and point the variable at it"
         )
+    return settings
 
 
 def _cmd_topics_ensure(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.kafka import admin_client
     from deeplens.topics import TopicNames, ensure_topics
 
-    _kafka_or_exit(settings)
+    settings = _kafka_or_exit(settings)
     report = ensure_topics(admin_client(settings.kafka), TopicNames(settings.kafka.topic_prefix))
     for topic in report.created:
         print(f"created  {topic}")
@@ -47,7 +52,7 @@ def _cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.kafka import admin_client, make_consumer
     from deeplens.topics import TopicNames, list_topics
 
-    _kafka_or_exit(settings)
+    settings = _kafka_or_exit(settings)
     consumer = make_consumer(settings.kafka, "deeplens-cli-topics")
     try:
         rows = list_topics(admin_client(settings.kafka), consumer,
@@ -70,11 +75,13 @@ def _cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.topics import TopicNames, ensure_topics
 
     broker = start_local_broker(args.port or settings.kafka.local_broker_port)
-    kafka = KafkaSettings(**(settings.kafka.model_dump() | {"bootstrap_servers": broker.bootstrap}))
+    kafka = KafkaSettings(**(settings.kafka.model_dump() | {"bootstrap_servers": broker.bootstrap,
+                                                           "one_record_per_batch": True}))
     report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix))
     print(f"local broker (tansu, in memory) on {broker.bootstrap}; "
           f"{len(report.created)} topics created")
-    print(f"  export DEEPLENS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap}")
+    print(f"  export DEEPLENS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
+          "DEEPLENS_KAFKA__ONE_RECORD_PER_BATCH=true")
     print("Ctrl-C stops it; its topics are kept in memory only.")
     _wait_for_signal()
     broker.stop()
@@ -135,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per HTTP request would break the progress output of client commands.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     func: Command = args.func
     return func(settings, args)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from deeplens.events import EventDecodeError, ImageFailed, decode_event
 from deeplens.kafka import EventProducer, make_consumer
@@ -26,26 +26,25 @@ class DeadLetter:
 
 
 def read_failures(settings: KafkaSettings, timeout_s: float = 10.0) -> Iterator[DeadLetter]:
-    """Every event on images.failed, oldest first, without joining any consumer group."""
+    """Every event on images.failed, oldest first, without joining any consumer group.
+
+    Reads each partition to its end (the consumer's end-of-partition event), not to a
+    watermark: a watermark is only as true as the broker's ListOffsets answer."""
     topic = settings.topic_prefix + "images.failed"
-    consumer = make_consumer(settings, f"deeplens-dlq-reader-{uuid.uuid4().hex[:8]}")
+    consumer = make_consumer(settings, f"deeplens-dlq-reader-{uuid.uuid4().hex[:8]}",
+                             **{"enable.partition.eof": True})
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        ends = {}
-        for pid in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=timeout_s)
-            if high > low:
-                ends[pid] = high
-        consumer.assign([TopicPartition(topic, pid, 0) for pid in ends])
-        remaining = dict(ends)
+        remaining = set(metadata.partitions)
+        consumer.assign([TopicPartition(topic, pid, 0) for pid in remaining])
         while remaining:
             msg = consumer.poll(timeout_s)
             if msg is None:
-                break
+                break  # the broker went quiet: what was read is all there is to show
             if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(msg.partition())
                 continue
-            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                remaining.pop(msg.partition(), None)
             try:
                 yield DeadLetter(msg.offset(), decode_event(ImageFailed, msg.value()))
             except EventDecodeError:

@@ -54,6 +54,8 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
         "linger.ms": settings.linger_ms,
         "delivery.timeout.ms": settings.delivery_timeout_ms,
     }
+    if settings.one_record_per_batch:  # the local broker's watermarks count batches
+        conf["batch.num.messages"] = 1
     return conf | overrides
 
 

@@ -49,6 +49,11 @@ class KafkaSettings(BaseModel):
     retry_delay_scale: float = Field(
         1.0, gt=0, description="Multiplies the retry ladder's delays (tests shorten them)")
     local_broker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    one_record_per_batch: bool = Field(
+        False, description="Producers send every record in a batch of its own. Set for the "
+        "local tansu broker (deeplens up does), whose ListOffsets answers a batch's base "
+        "offset + 1, so watermarks, lag and topic sizes would undercount batched records; "
+        "never needed on Kafka")
 
 
 class StorageSettings(BaseModel):
@@ -84,6 +89,8 @@ class ModelSettings(BaseModel):
         "laion2b_s34b_b79k", description="open_clip tag, a weights file path, or 'random'"
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    random_seed: int = Field(
+        0, ge=0, description="Seed of random weights (pretrained=random); part of the model id")
     allow_download: bool = Field(
         False, description="Let open_clip fetch weights from the hub (off: cache and files only)")
 

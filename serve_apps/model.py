@@ -35,7 +35,7 @@ class ClipModel:
     model: Any
     tokenizer: Any
     preprocess: Any  # open_clip's own PIL -> tensor transform
-    model_id: str  # "<arch>/<pretrained>" or "<arch>/random-init"
+    model_id: str  # "<arch>/<pretrained>" or "<arch>/random-init-seed<N>"
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -45,7 +45,12 @@ class ClipModel:
 
     @property
     def random_init(self) -> bool:
-        return self.model_id.endswith("/random-init")
+        return is_random_init(self.model_id)
+
+
+def is_random_init(model_id: str) -> bool:
+    """Whether vectors of this model id come from random weights (meaningless for search)."""
+    return "/random-init" in model_id
 
 
 def register_configs() -> None:
@@ -75,7 +80,9 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 def model_identity(settings: ModelSettings) -> str:
     """The id every vector of this model carries; vectors of different ids never mix."""
     if settings.pretrained == RANDOM:
-        return f"{settings.name}/random-init"
+        # The seed is part of the id: every start and every replica with this id has the
+        # very same weights, and another seed never mixes its vectors with these.
+        return f"{settings.name}/random-init-seed{settings.random_seed}"
     path = Path(settings.pretrained)
     if path.is_file():
         digest = hashlib.sha256()
@@ -100,10 +107,16 @@ def load_clip(settings: ModelSettings, device: str | None = None) -> ClipModel:
     dtype = pick_dtype(settings.precision, dev)
     pretrained = None if settings.pretrained == RANDOM else settings.pretrained
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            settings.name, pretrained=pretrained, device=dev, require_pretrained=bool(pretrained),
-            cache_dir=os.environ.get("DEEPLENS_MODEL_CACHE") or None,
-        )
+        # Random initialisation is seeded (on the CPU, then moved), so it is the same on
+        # every start and every replica; the caller's RNG state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.random_seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                settings.name, pretrained=pretrained, device="cpu",
+                require_pretrained=bool(pretrained),
+                cache_dir=os.environ.get("DEEPLENS_MODEL_CACHE") or None,
+            )
+        model = model.to(dev)
     except Exception as exc:  # noqa: BLE001 - every loader failure gets the same advice
         raise ModelLoadError(
             f"could not load weights {settings.pretrained!r} for {settings.name}: {exc}. "

@@ -60,7 +60,7 @@ def prefix() -> str:
 def kafka_settings(broker: str, prefix: str) -> KafkaSettings:
     """Kafka settings with a fresh topic prefix, every table topic created."""
     settings = KafkaSettings(
-        bootstrap_servers=broker, topic_prefix=prefix, poll_timeout_s=0.2,
+        bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
         session_timeout_ms=6000, batch_size=16,
     )
     report = ensure_topics(admin_client(settings), TopicNames(prefix))

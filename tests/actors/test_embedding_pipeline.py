@@ -70,7 +70,7 @@ def test_feeders_embed_every_validated_image(api, embedder_app) -> None:
     assert sorted(p.image_id for p in processed) == sorted(e.image_id for e in sent)
     for event in processed:
         assert isinstance(event, ImageProcessed)
-        assert event.feature_model == "deeplens-tiny/random-init"
+        assert event.feature_model == "deeplens-tiny/random-init-seed0"
         assert len(event.features) == 64
         assert abs(float(np.linalg.norm(event.features)) - 1.0) < 1e-4
         assert event.storage_path and event.processed_at >= event.validated_at

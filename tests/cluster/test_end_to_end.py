@@ -51,7 +51,7 @@ def stack(tmp_path_factory, broker, ray_session):
     from deeplens.topics import TopicNames, ensure_topics
 
     prefix = f"e2e{uuid.uuid4().hex[:6]}."
-    kafka = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix, poll_timeout_s=0.2,
+    kafka = KafkaSettings(bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
                           session_timeout_ms=6000, batch_size=16)
     ensure_topics(admin_client(kafka), TopicNames(prefix))
     settings = Settings(
@@ -92,7 +92,7 @@ def test_upload_index_search_and_duplicates(stack) -> None:
     # Image -> image: the uploaded picture comes back first, with (about) full similarity.
     found = acme.post("/v1/search/image", files={"file": ("q.jpg", photos[3])},
                       data={"k": "5"}).json()
-    assert found["model"] == "deeplens-tiny/random-init"
+    assert found["model"] == "deeplens-tiny/random-init-seed0"
     assert found["hits"][0]["image_id"] == ids[3] and found["hits"][0]["score"] > 0.999
     assert found["hits"][0]["original_file_name"] == "p3.jpg"
     assert len(found["hits"]) == 5
@@ -165,7 +165,8 @@ def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
                    timeout_s=120, out=out)
     assert first["uploaded"] == 3 and first["rejected"] == 1
     assert first.get("status_indexed") == 3, first
-    assert "notes.jpg: 415" in out.getvalue()
+    assert list(first["failed_files"]) == [str(folder / "notes.jpg")]
+    assert "415" in first["failed_files"][str(folder / "notes.jpg")]
     again = ingest(stack.url, "key-acme-0123456789ab", files, IngestState(tmp_path / "state.json"),
                    concurrency=2, wait=False, timeout_s=5, out=io.StringIO())
     assert again["skipped"] == 3 and again["uploaded"] == 0, "resumed: nothing sent twice"
@@ -173,7 +174,7 @@ def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
     assert main(["search", "--api", stack.url, "--key", "key-acme-0123456789ab", "-k", "2",
                  "--image", str(files[0])]) == 0
     printed = capsys.readouterr().out
-    assert "model deeplens-tiny/random-init" in printed and "  1. +1.0000" in printed
+    assert "model deeplens-tiny/random-init-seed0" in printed and "  1. +1.0000" in printed
 
 
 def test_metrics_after_a_run(stack) -> None:

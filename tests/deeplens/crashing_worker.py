@@ -17,7 +17,7 @@ def die(_envelopes) -> None:
 
 if __name__ == "__main__":
     bootstrap, prefix = sys.argv[1:3]
-    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix,
+    settings = KafkaSettings(bootstrap_servers=bootstrap, one_record_per_batch=True, topic_prefix=prefix,
                              poll_timeout_s=0.2, session_timeout_ms=6000, batch_size=5)
     ConsumerLoop(settings=settings, stage="validation", topics=["images.uploaded"],
                  handler=to_validated, before_commit=die).run()

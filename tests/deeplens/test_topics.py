@@ -8,7 +8,7 @@ from deeplens.topics import TOPICS, TopicNames, describe_retention, ensure_topic
 def test_ensure_creates_table_topics_then_changes_nothing(broker, prefix) -> None:
     from deeplens.settings import KafkaSettings
 
-    settings = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix)
+    settings = KafkaSettings(bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix)
     admin = admin_client(settings)
     names = TopicNames(prefix)
     first = ensure_topics(admin, names)
@@ -37,7 +37,7 @@ def test_ensure_creates_table_topics_then_changes_nothing(broker, prefix) -> Non
 def test_ensure_reports_partition_drift(broker, prefix) -> None:
     from deeplens.settings import KafkaSettings
 
-    settings = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix)
+    settings = KafkaSettings(bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix)
     admin = admin_client(settings)
     narrow = prefix + "images.uploaded"
     admin.create_topics([NewTopic(narrow, num_partitions=1, replication_factor=-1)])[narrow].result()

@@ -35,7 +35,7 @@ def test_concurrent_requests_form_batches(embedder) -> None:
     stats = embedder.stats.remote().result()
     assert stats["items"] >= 48
     assert stats["mean_batch_size"] > 1.0, stats
-    assert stats["decoder"] == "dali-cpu" and stats["model_id"] == "deeplens-tiny/random-init"
+    assert stats["decoder"] == "dali-cpu" and stats["model_id"] == "deeplens-tiny/random-init-seed0"
 
 
 def test_a_corrupt_image_fails_alone(embedder) -> None:

@@ -29,7 +29,7 @@ def clip():
 
 
 def test_random_weights_are_labelled(clip) -> None:
-    assert clip.model_id == "deeplens-tiny/random-init" and clip.random_init
+    assert clip.model_id == "deeplens-tiny/random-init-seed0" and clip.random_init
     assert clip.image_size == 64 and clip.embed_dim == 64
 
 
@@ -74,7 +74,7 @@ def test_corrupt_item_fails_alone_in_a_dali_batch(clip) -> None:
     clean = embed_items(clip, dali, [batch[0], batch[2], batch[4]])
     for got, want in zip([results[0], results[2], results[4]], clean, strict=True):
         np.testing.assert_allclose(got.vector, want.vector, atol=1e-5)
-    assert all(r.model_id == "deeplens-tiny/random-init" for r in results)
+    assert all(r.model_id == "deeplens-tiny/random-init-seed0" for r in results)
 
 
 def test_pillow_decoder_reports_garbage(clip) -> None:
@@ -139,3 +139,18 @@ def test_a_decoder_that_raises_for_the_batch_fails_only_the_bad_item(clip) -> No
     results = embed_isolated(clip, Fragile(), [images.jpeg(4), b"BOOM", images.jpeg(5)])
     assert [r.ok for r in results] == [True, False, True]
     assert "MemoryError" in (results[1].error or "")
+
+
+def test_random_weights_are_the_same_on_every_start_and_the_seed_is_in_the_id() -> None:
+    """Two starts (or two replicas) under one model id must give identical vectors, or
+    an image stops finding itself after a restart."""
+    first, second = load_clip(TINY, device="cpu"), load_clip(TINY, device="cpu")
+    torch.manual_seed(1234)  # whatever the process did to its RNG before
+    third = load_clip(TINY, device="cpu")
+    pixels = torch.randn(3, 3, 64, 64)
+    reference = encode_images(first, pixels)
+    assert torch.equal(encode_images(second, pixels), reference)
+    assert torch.equal(encode_images(third, pixels), reference)
+    other = load_clip(TINY.model_copy(update={"random_seed": 7}), device="cpu")
+    assert other.model_id == "deeplens-tiny/random-init-seed7" != first.model_id
+    assert not torch.allclose(encode_images(other, pixels), reference)

@@ -47,7 +47,7 @@ def stack(tmp_path_factory, broker, ray_session):
 
     _require_browser()
     prefix = f"web{uuid.uuid4().hex[:6]}."
-    kafka = KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix, poll_timeout_s=0.2,
+    kafka = KafkaSettings(bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
                           session_timeout_ms=6000, batch_size=16)
     ensure_topics(admin_client(kafka), TopicNames(prefix))
     settings = Settings(
@@ -135,7 +135,7 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
 
     page.fill("#query", "a sunny day")
     page.click("#search-text")
-    page.wait_for_selector("#search-info:has-text('deeplens-tiny/random-init')")
+    page.wait_for_selector("#search-info:has-text('deeplens-tiny/random-init-seed0')")
     assert page.locator("#results .card").count() == 5
 
     page.locator("#results .card", has_text="p2.jpg").first.click()
