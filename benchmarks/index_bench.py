@@ -47,7 +47,8 @@ def main() -> None:
     with local_broker() as broker:
         for count in args.indexers:
             prefix = f"ib{count}."
-            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True, topic_prefix=prefix,
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap,
+                          one_record_per_batch=True, topic_prefix=prefix,
                                   batch_size=args.batch)
             ensure_topics(admin_client(kafka), TopicNames(prefix))
             with tempfile.TemporaryDirectory() as tmp:

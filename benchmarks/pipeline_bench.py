@@ -102,7 +102,8 @@ def main() -> None:
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True, batch_size=args.batch)
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap,
+                          one_record_per_batch=True, batch_size=args.batch)
         ensure_topics(admin_client(kafka), TopicNames(""))
         settings = Settings(
             data_dir=Path(tmp), kafka=kafka, model=model,

@@ -51,7 +51,8 @@ def stack(tmp_path_factory, broker, ray_session):
     from deeplens.topics import TopicNames, ensure_topics
 
     prefix = f"e2e{uuid.uuid4().hex[:6]}."
-    kafka = KafkaSettings(bootstrap_servers=broker, one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
+    kafka = KafkaSettings(bootstrap_servers=broker,
+                          one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
                           session_timeout_ms=6000, batch_size=16)
     ensure_topics(admin_client(kafka), TopicNames(prefix))
     settings = Settings(

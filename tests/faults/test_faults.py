@@ -72,7 +72,8 @@ def fault_stack(broker_process, tmp_path_factory, ray_session):
     from ray import serve
 
     prefix = f"faults{uuid.uuid4().hex[:6]}."
-    kafka = KafkaSettings(bootstrap_servers=broker_process.bootstrap, one_record_per_batch=True, topic_prefix=prefix,
+    kafka = KafkaSettings(bootstrap_servers=broker_process.bootstrap,
+                          one_record_per_batch=True, topic_prefix=prefix,
                           poll_timeout_s=0.2, session_timeout_ms=6000, batch_size=8,
                           retry_delay_scale=0.1)
     ensure_topics(admin_client(kafka), TopicNames(prefix))
