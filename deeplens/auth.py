@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deeplens.settings import Settings
@@ -158,3 +159,23 @@ def current_tenant(request: Request) -> str:
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def declare_auth_responses(app: object) -> None:
+    """Every ``/v1/`` route can answer 401 (no or unknown key) and 429 (a rate limit, with
+    Retry-After): say so in the OpenAPI spec. Call again after adding routes."""
+    from fastapi.routing import APIRoute
+
+    for route in getattr(app, "routes", []):
+        if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
+            route.responses.setdefault(401, {"model": ErrorBody,
+                                             "description": "missing or unknown API key"})
+            route.responses.setdefault(429, {
+                "model": ErrorBody, "description": "rate limit reached; see Retry-After",
+                "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                            "description": "seconds to wait"}}})
+    setattr(app, "openapi_schema", None)  # noqa: B010 - regenerate with the new answers

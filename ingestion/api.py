@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import Authenticator, AuthMiddleware, TenantDep
+from deeplens.auth import Authenticator, AuthMiddleware, TenantDep, declare_auth_responses
 from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound
@@ -41,6 +41,7 @@ from ingestion.schemas import (
     UploadOut,
     UsageHour,
     UsageOut,
+    UsageTotals,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(services)]
-_NOT_FOUND = {404: {"model": Problem, "description": "no such image for this tenant"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "no such image for this tenant"}}
 
 
 def create_app(settings: Settings, producer: EventProducer | None = None) -> FastAPI:
@@ -91,6 +93,7 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
     # Added last, so outermost: a request is authenticated before any body is read.
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     add_routes(app)
+    declare_auth_responses(app)
     return app
 
 
@@ -166,9 +169,9 @@ def add_routes(app: FastAPI) -> None:
 
         since = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
         rows = [UsageHour(hour=h, **m) for h, m in svc.catalog.usage(tenant, since).items()]
-        totals = UsageHour(hour=since, **{
-            f: sum(getattr(r, f) for r in rows) for f in UsageHour.model_fields if f != "hour"})
-        return UsageOut(tenant_id=tenant, hours=rows, totals=totals)
+        totals = UsageTotals(**{f: sum(getattr(r, f) for r in rows)
+                                for f in UsageTotals.model_fields})
+        return UsageOut(tenant_id=tenant, since=since, hours=rows, totals=totals)
 
     @app.get("/v1/images/{image_id}", response_model=ImageOut, tags=["images"],
              responses=_NOT_FOUND)

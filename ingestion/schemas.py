@@ -72,16 +72,20 @@ class StatusAnswer(BaseModel):
     statuses: dict[str, str]  # image_id -> status; ids not found (or not yours) are absent
 
 
-class UsageHour(BaseModel):
-    hour: datetime
-    uploads: float = 0
-    upload_bytes: float = 0
-    images_embedded: float = 0
+class UsageTotals(BaseModel):
+    uploads: int = 0
+    upload_bytes: int = 0
+    images_embedded: int = 0
     embedding_ms: float = 0
-    searches: float = 0
+    searches: int = 0
+
+
+class UsageHour(UsageTotals):
+    hour: datetime
 
 
 class UsageOut(BaseModel):
     tenant_id: str
-    hours: list[UsageHour]
-    totals: UsageHour
+    since: datetime = Field(description="start of the first hour counted")
+    hours: list[UsageHour] = Field(description="hours with any usage, oldest first")
+    totals: UsageTotals

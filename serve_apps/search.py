@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import TenantDep
+from deeplens.auth import TenantDep, declare_auth_responses
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
 from deeplens.vector_store import Hit, VectorStore
@@ -80,6 +80,11 @@ class SearchHit(BaseModel):
     uploaded_at: datetime | None
 
 
+class ModelInfo(BaseModel):
+    model: str = Field(description="the id every vector of the active model carries")
+    random_weights: bool = Field(description="random weights: scores mean nothing")
+
+
 class SearchResult(BaseModel):
     model: str
     hits: list[SearchHit]
@@ -121,6 +126,12 @@ def _result(model: str, hits: list[Hit]) -> SearchResult:
 def build_search_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["search"])
 
+    @router.get("/model", response_model=ModelInfo)
+    async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
+        """The model search runs on (the search page warns when its weights are random)."""
+        model = await ctx.encoder.model_id()
+        return ModelInfo(model=model, random_weights="/random-init" in model)
+
     @router.post("/search", response_model=SearchResult)
     async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep) -> SearchResult:
         model = await ctx.encoder.model_id()
@@ -128,7 +139,10 @@ def build_search_router() -> APIRouter:
         return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector,
                                                                          query.k)))
 
-    @router.post("/search/image", response_model=SearchResult)
+    @router.post("/search/image", response_model=SearchResult, responses={
+        413: {"description": "over 10 MB, or a bomb by its header"},
+        415: {"description": "not JPEG, PNG or WebP by its bytes"},
+        422: {"description": "too small, or undecodable"}})
     async def search_image(tenant: TenantDep, ctx: SearchDep,
                            file: Annotated[UploadFile, File(description="the query image")],
                            k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
@@ -147,7 +161,8 @@ def build_search_router() -> APIRouter:
             raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
         return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector, k)))
 
-    @router.get("/images/{image_id}/similar", response_model=SearchResult)
+    @router.get("/images/{image_id}/similar", response_model=SearchResult,
+                responses={404: {"description": "not in this tenant's index"}})
     async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
                       k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
         model = await ctx.encoder.model_id()
@@ -186,3 +201,4 @@ def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
                                      search_meter(producer) if producer is not None else None,
                                      limits=limits)
     app.include_router(build_search_router())
+    declare_auth_responses(app)

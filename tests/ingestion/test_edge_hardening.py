@@ -144,3 +144,26 @@ def test_a_retry_while_the_first_upload_awaits_its_ack_is_told_to_wait(
         accepted = client.get(f"/v1/images/{later.json()['image_id']}").json()
     assert accepted["status"] == "uploaded"
     assert catalog.get(tenant, row["image_id"]) is None
+
+
+def test_openapi_declares_every_refusal(api) -> None:
+    spec = httpx.get(api.url + "/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            assert {"401", "429"} <= codes, (method, path, codes)
+    upload = spec["paths"]["/v1/images"]["post"]["responses"]
+    assert {"202", "413", "415", "422", "503"} <= set(upload)
+    assert "404" in spec["paths"]["/v1/images/{image_id}"]["get"]["responses"]
+
+
+def test_usage_has_no_meaningless_fields(api) -> None:
+    with api.client() as client:
+        client.post("/v1/images", files={"file": ("a.jpg", images.jpeg(51))})
+        usage = client.get("/v1/usage", params={"hours": 2}).json()
+    assert set(usage) == {"tenant_id", "since", "hours", "totals"}
+    assert "hour" not in usage["totals"]
+    assert set(usage["totals"]) == {"uploads", "upload_bytes", "images_embedded",
+                                    "embedding_ms", "searches"}

@@ -159,3 +159,109 @@ def test_service_down_is_shown_plainly(page) -> None:
     page.fill("#query", "anything")
     page.click("#search-text")
     page.wait_for_selector("#error:has-text('not reachable')")
+
+
+def use_key(page) -> None:
+    page.fill("#key", "key-acme-0123456789ab")
+    page.press("#key", "Enter")  # Enter applies the key, like the button
+    page.wait_for_selector("#who:has-text('key accepted')")
+
+
+def test_plain_errors_and_no_stale_results(page, tmp_path) -> None:
+    use_key(page)
+    page.fill("#query", "   ")
+    page.click("#search-text")
+    page.wait_for_selector("#error:has-text('Type a few words')")
+    page.fill("#query", "anything at all")
+    page.click("#search-text")
+    page.wait_for_selector("#search-info:has-text('model')")
+    page.set_input_files("#query-image", write(tmp_path / "notes.jpg", b"plain text, really"))
+    page.wait_for_selector("#error:has-text('cannot be used as a search image')")
+    error = page.locator("#error").inner_text()
+    assert "BytesIO" not in error and "[{" not in error and "415" not in error or "JPEG" in error
+    assert page.locator("#results .card").count() == 0, "no stale results under an error"
+    assert page.locator("#search-info").inner_text() == ""
+
+
+def test_random_weights_banner_library_and_delete(page, stack, tmp_path) -> None:
+    use_key(page)
+    page.wait_for_selector("#random-banner:has-text('Random weights')")
+    assert page.locator("#random-banner").is_visible()
+    page.set_input_files("#files", [write(tmp_path / f"lib{i}.jpg", jpeg_bytes(scene(5100 + i)))
+                                    for i in range(3)])
+    wait_rows(page, 3)
+    page.wait_for_selector("#library .card")
+    names = page.locator("#library .card .name").all_inner_texts()
+    assert names[:3] == ["lib2.jpg", "lib1.jpg", "lib0.jpg"] or set(names) >= {"lib0.jpg"}
+    page.select_option("#library-status", "failed")
+    page.wait_for_selector("#library .card", state="detached")  # none of them failed
+    page.select_option("#library-status", "")
+    page.wait_for_selector("#library .card:has-text('lib1.jpg')")
+    victim = page.locator("#library .card", has_text="lib1.jpg")
+    image_id = victim.get_attribute("data-image-id")
+    page.once("dialog", lambda dialog: dialog.accept())
+    victim.locator("button.delete").click()
+    page.wait_for_selector(f"#library .card[data-image-id='{image_id}']", state="detached")
+    import httpx
+
+    gone = httpx.get(f"{stack.url}/v1/images/{image_id}",
+                     headers={"Authorization": "Bearer key-acme-0123456789ab"})
+    assert gone.status_code == 404
+    # Upload rows are clickable: they open the image.
+    page.locator("#uploads .file", has_text="lib0.jpg").click()
+    page.wait_for_selector("#detail-title:has-text('lib0.jpg')")
+
+
+def test_a_hundred_file_drop_loses_nothing_to_429s(page, tmp_path) -> None:
+    """The page polls statuses in bulk and retries uploads answered 429 (here every
+    third one, injected) after Retry-After: all 100 end indexed."""
+    use_key(page)
+    seen = {"posts": 0, "per_image_polls": 0, "bulk_polls": 0}
+
+    def throttle(route) -> None:
+        seen["posts"] += 1
+        if seen["posts"] % 3 == 0:
+            route.fulfill(status=429, headers={"Retry-After": "1"},
+                          content_type="application/json",
+                          body='{"detail": "rate limit reached"}')
+        else:
+            route.continue_()
+
+    def count(request) -> None:
+        if request.url.endswith("/v1/images/statuses"):
+            seen["bulk_polls"] += 1
+        elif "/v1/images/" in request.url and request.method == "GET" \
+                and not request.url.endswith("/content"):
+            seen["per_image_polls"] += 1
+
+    page.route("**/v1/images", lambda route: throttle(route) if route.request.method == "POST"
+               else route.continue_())
+    page.on("request", count)
+    files = [write(tmp_path / f"bulk{i:03}.jpg", jpeg_bytes(scene(6000 + i, 96)))
+             for i in range(100)]
+    page.set_input_files("#files", files)
+    states = wait_rows(page, 100, timeout_s=300)
+    assert len(states) == 100
+    assert states.count("indexed") == 100, sorted(set(states))
+    assert seen["posts"] > 100, "some uploads were answered 429 and sent again"
+    assert seen["per_image_polls"] == 0 and seen["bulk_polls"] < 150, seen
+
+
+def test_usable_at_phone_width(stack, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        tab.goto(stack.url + "/")
+        use_key(tab)
+        long_name = "a-very-long-file-name-from-a-phone-camera-roll-" + "x" * 60 + ".jpg"
+        tab.set_input_files("#files", write(tmp_path / long_name, jpeg_bytes(scene(7000))))
+        wait_rows(tab, 1)
+        width = tab.evaluate("document.documentElement.scrollWidth")
+        bar = tab.locator("#uploads .file progress").first.bounding_box()
+        ARTIFACTS.mkdir(exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / "search-page-390.png"), full_page=True)
+        browser.close()
+    assert width <= 390, f"horizontal scroll: the page is {width} px wide"
+    assert bar is not None and bar["width"] >= 40, bar
