@@ -49,7 +49,9 @@ def run_demo(settings: Settings, smoke: bool = False, samples: int = 24,
         key = stack.demo_key or next(iter(stack.settings.tenant_keys()))
         ok = push_samples(stack.url, key, samples, timeout_s)
         if ok:
-            show_searches(stack.url, key)
+            # A sample must find itself first, on this start as on every earlier one on this
+            # data dir (the vectors of earlier starts are still there).
+            ok = show_searches(stack.url, key)
         if smoke:
             return 0 if ok else 1
         print("The stack keeps running; Ctrl-C stops it.", flush=True)
@@ -85,8 +87,9 @@ def push_samples(url: str, key: str, count: int, timeout_s: float) -> bool:
     return by_status.get(TARGET_STATUS, 0) == len(ids)
 
 
-def show_searches(url: str, key: str) -> None:
-    """A few searches, printed as a user would see them."""
+def show_searches(url: str, key: str) -> bool:
+    """A few searches, printed as a user would see them; whether an uploaded sample,
+    searched by its own bytes, comes back first (scored ~1)."""
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     for text in ("a sunset over the hills", "a city skyline"):
         body = client.post("/v1/search", json={"text": text, "k": 3}).json()
@@ -98,4 +101,10 @@ def show_searches(url: str, key: str) -> None:
     print(f"search by image {name}:")
     for hit in body["hits"]:
         print(f"   {hit['score']:+.3f}  {hit['original_file_name']}  {hit['image_id']}")
-    print(f"API docs: {url}/docs", flush=True)
+    hits = body["hits"]
+    found_itself = bool(hits) and hits[0]["original_file_name"] == name and hits[0]["score"] > 0.99
+    if not found_itself:
+        print(f"demo: PROBLEM: {name} did not find itself first; vectors of this data dir may "
+              "come from other weights under the same model id", flush=True)
+    print(f"search page: {url}/  API spec: {url}/openapi.json", flush=True)
+    return found_itself

@@ -102,6 +102,7 @@ class LocalStack:
         self._ray_started = False
         self._serve_started = False
         self._done = threading.Event()
+        self.ready_s: float | None = None  # seconds from start to ready
 
     def __enter__(self) -> LocalStack:
         try:
@@ -120,6 +121,9 @@ class LocalStack:
         return f"http://{self.settings.serve.host}:{self.settings.serve.port}"
 
     def _start(self) -> None:
+        import time
+
+        began = time.monotonic()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = self.settings.model_copy(
             update={"data_dir": self.settings.data_dir.resolve()})
@@ -133,6 +137,7 @@ class LocalStack:
             spec = replace(spec, **self.stage_overrides.get(spec.stage, {}))
             self.actors += launch_stage(self.settings, spec, count)
         self._write_runtime()
+        self.ready_s = time.monotonic() - began
 
     def _write_runtime(self) -> None:
         write_runtime(self.settings, {
@@ -158,8 +163,13 @@ class LocalStack:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
             offline = "0" if self.settings.model.allow_download else "1"
+            local = not self.settings.ray_address
+            # A local Ray would reserve 30 % of RAM for its object store; DeepLens passes
+            # only small messages (bytes and vectors go through Kafka), so a little will do.
+            store = self.settings.ray_object_store_mb * 2**20 if local else None
             ray.init(address=self.settings.ray_address or None,
-                     include_dashboard=False if not self.settings.ray_address else None,
+                     include_dashboard=False if local else None,
+                     object_store_memory=store,
                      log_to_driver=False,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                "HF_HUB_OFFLINE": offline}})
@@ -186,17 +196,28 @@ class LocalStack:
         where = "local tansu broker, in memory" if self.broker else "configured Kafka"
         lines = [
             "DeepLens is up",
-            f"  API:    {self.url}  (docs at {self.url}/docs)",
+            f"  API:    {self.url}  (search page there; spec at {self.url}/openapi.json)",
             f"  broker: {kafka.bootstrap_servers} ({where})",
             f"  data:   {self.settings.data_dir}",
             f"  stages: {len(self.actors)} consumer actors",
         ]
+        if self.ready_s is not None:
+            lines.append(f"  ready in {self.ready_s:.0f} s; memory {self.memory_report()}")
         if self.demo_key:
             lines.append(f"  tenant 'demo', API key: {self.demo_key}")
             lines.append(f"  try:    curl -H 'Authorization: Bearer {self.demo_key}' "
                          f"-F file=@photo.jpg {self.url}/v1/images")
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), flush=True)
+
+    def memory_report(self) -> str:
+        """What every process of this stack holds (PSS), by role; '' off Linux."""
+        from cluster.footprint import describe, footprint
+
+        try:
+            return describe(*footprint())
+        except OSError:
+            return "(not measurable here)"
 
     def wait(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,11 +229,14 @@ class LocalStack:
         if self.actors:
             stop_stage(self.actors)
             self.actors = []
-        if self._serve_started:
+        if self._serve_started and not self._ray_started:
+            # On a Ray we did not start (a cluster, a test session), take our apps down.
+            # On our own Ray, ray.shutdown() below ends Serve with it; serve.shutdown()
+            # first would only add raylet warnings about its controller's last task.
             from ray import serve
 
             serve.shutdown()
-            self._serve_started = False
+        self._serve_started = False
         if self._ray_started:
             import ray
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -145,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per HTTP request would break the progress output of client commands.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not settings.model.allow_download:
+        # Before anything imports huggingface_hub (it reads this once, at import): no
+        # network look-ups, which would retry for a minute on a machine without internet.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     func: Command = args.func
     return func(settings, args)
 

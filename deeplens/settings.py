@@ -197,6 +197,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     ray_address: str = Field("", description="Ray cluster to join ('auto' on a ray up head); "
                              "empty starts a local Ray")
+    ray_object_store_mb: int = Field(
+        256, ge=80, description="Object store of a local Ray (Ray's own default is 30 % of RAM)")
 
     kafka: KafkaSettings = KafkaSettings()
     storage: StorageSettings = StorageSettings()

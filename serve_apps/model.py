@@ -153,6 +153,7 @@ def weights_available(settings: ModelSettings) -> bool:
         return False
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    _hub_offline(True)
     try:
         open_clip.download_pretrained(cfg, cache_dir=os.environ.get("DEEPLENS_MODEL_CACHE"))
         return True
@@ -163,6 +164,16 @@ def weights_available(settings: ModelSettings) -> bool:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
+        _hub_offline(previous not in (None, "", "0"))
+
+
+def _hub_offline(offline: bool) -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: set its constant as well."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    constants.HF_HUB_OFFLINE = offline
 
 
 @torch.inference_mode()

@@ -29,7 +29,32 @@ def test_stack_serves_uploads_through_ray_serve(tmp_path, kafka_settings, no_ser
                 time.sleep(0.3)
             assert status == "indexed"
             assert client.get("/openapi.json").status_code == 200
+        assert stack.ready_s is not None and stack.ready_s > 0
+        report = stack.memory_report()
+        assert "GB in all" in report and "deeplens (driver)" in report, report
     assert stack.actors == []
+
+
+def test_footprint_counts_a_process_tree() -> None:
+    """PSS of this process and a child it started, each under its role."""
+    import subprocess
+    import sys
+
+    from cluster.footprint import describe, footprint
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(60 * 2**20); "
+                              "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        total, roles = footprint()
+        while time.monotonic() < deadline and total < 60 * 2**20:
+            time.sleep(0.2)
+            total, roles = footprint()
+        assert total >= 60 * 2**20, roles
+        assert "deeplens (driver)" in roles and sum(n for _, n in roles.values()) >= 2
+        assert describe(total, roles).endswith(")") or "MB" in describe(total, roles)
+    finally:
+        child.kill()
 
 
 def test_demo_key_is_kept_across_restarts_and_only_without_keys(tmp_path) -> None:
@@ -37,5 +62,5 @@ def test_demo_key_is_kept_across_restarts_and_only_without_keys(tmp_path) -> Non
     again, same = ensure_demo_key(Settings(data_dir=tmp_path))
     assert key and key == same and first.tenant_keys() == {key: "demo"}
     assert (tmp_path / "demo-api-key").stat().st_mode & 0o777 == 0o600
-    configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1-0123456789ab"))
-    assert none is None and configured.tenant_keys() == {"k1-0123456789ab": "acme"}
+    configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1-0123456789abcd"))
+    assert none is None and configured.tenant_keys() == {"k1-0123456789abcd": "acme"}
