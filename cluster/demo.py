@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import httpx
@@ -45,9 +46,10 @@ def run_demo(settings: Settings, smoke: bool = False, samples: int = 24,
              timeout_s: float = 300) -> int:
     settings = demo_settings(settings)
     with LocalStack(settings, announce=True) as stack:
+        stack.stop_on_signals()
         stack.print_banner()
         key = stack.demo_key or next(iter(stack.settings.tenant_keys()))
-        ok = push_samples(stack.url, key, samples, timeout_s)
+        ok = push_samples(stack.url, key, samples, timeout_s, stop=stack._done)
         if ok:
             # A sample must find itself first, on this start as on every earlier one on this
             # data dir (the vectors of earlier starts are still there).
@@ -59,7 +61,8 @@ def run_demo(settings: Settings, smoke: bool = False, samples: int = 24,
     return 0
 
 
-def push_samples(url: str, key: str, count: int, timeout_s: float) -> bool:
+def push_samples(url: str, key: str, count: int, timeout_s: float,
+                 stop: threading.Event | None = None) -> bool:
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     ids: dict[str, str] = {}
     for name, data in sample_set(count):
@@ -70,7 +73,7 @@ def push_samples(url: str, key: str, count: int, timeout_s: float) -> bool:
           flush=True)
     deadline = time.monotonic() + timeout_s
     by_status: dict[str, int] = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
         page = client.get("/v1/images", params={"limit": 500})
         if page.status_code == 200:
             rows = [r for r in page.json()["items"] if r["image_id"] in ids]

@@ -219,9 +219,13 @@ class LocalStack:
         except OSError:
             return "(not measurable here)"
 
-    def wait(self) -> None:
+    def stop_on_signals(self) -> None:
+        """From now on Ctrl-C (or SIGTERM) ends :meth:`wait` instead of raising."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._done.set())
+
+    def wait(self) -> None:
+        self.stop_on_signals()
         self._done.wait()
 
     def close(self) -> None:

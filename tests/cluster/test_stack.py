@@ -64,3 +64,39 @@ def test_demo_key_is_kept_across_restarts_and_only_without_keys(tmp_path) -> Non
     assert (tmp_path / "demo-api-key").stat().st_mode & 0o777 == 0o600
     configured, none = ensure_demo_key(Settings(data_dir=tmp_path, api_keys="acme:k1-0123456789abcd"))
     assert none is None and configured.tenant_keys() == {"k1-0123456789abcd": "acme"}
+
+
+def test_deeplens_up_reports_readiness_and_stops_cleanly_on_ctrl_c(tmp_path) -> None:
+    """What a user sees: the banner with time to ready and memory, then after Ctrl-C
+    nothing but the shell prompt (no raylet task-failure lines, no traceback)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLENS_")} | {
+        "DEEPLENS_MODEL__NAME": "deeplens-tiny", "DEEPLENS_MODEL__PRETRAINED": "random",
+        "DEEPLENS_SERVE__PORT": str(free_port()), "DEEPLENS_SERVE__NUM_CPUS": "0.25",
+        "DEEPLENS_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "deeplens.cli", "up", "--data",
+                                str(tmp_path / "data")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        assert (tmp_path / "home" / "current-stack.json").exists(), "pointer for clients"
+        process.send_signal(signal.SIGINT)
+        after = process.stdout.read()
+        code = process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    banner = "".join(lines)
+    assert "ready in" in banner and "GB in all" in banner, banner
+    assert code == 0
+    assert "(raylet)" not in after and "Traceback" not in after, after
+    assert not (tmp_path / "home" / "current-stack.json").exists(), "pointer removed on stop"
