@@ -15,13 +15,13 @@ def build_gateway(settings: Settings) -> Any:
         from actors.embedding_feeder import EMBEDDER_APP
         from cluster.metrics import register_pipeline_metrics
         from cluster.stack import stage_specs
-        from deeplens.vector_store import make_vector_store
+        from deeplens.vector_store import make_search_store
         from ingestion.api import create_app
         from serve_apps.search import HandleEncoder, mount_search
 
         app = create_app(settings)
         handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
-        mount_search(app, make_vector_store(settings), HandleEncoder(handle),
+        mount_search(app, make_search_store(settings), HandleEncoder(handle),
                      producer=app.state.services.producer)
         register_pipeline_metrics(settings, app.state.services.catalog,
                                   {spec.stage: count for spec, count in stage_specs(settings)})

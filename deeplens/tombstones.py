@@ -14,6 +14,7 @@ A table in the catalog database (``deleted_images``), one row per image.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +29,7 @@ deleted_images = sa.Table(
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("image_id", sa.String(64), primary_key=True),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_deleted_at", "deleted_at"),
 )
 
 Key = tuple[str, str]  # (tenant_id, image_id)
@@ -67,6 +69,15 @@ class Tombstones:
                     deleted_images.c.image_id.in_(ids[start:start + 500]))
                 found.update((row[0], row[1]) for row in conn.execute(query))
         return found & wanted
+
+    def since(self, when: datetime) -> list[tuple[str, str, datetime]]:
+        """(tenant, image, deleted_at) of deletions recorded after ``when``."""
+        query = (sa.select(deleted_images.c.tenant_id, deleted_images.c.image_id,
+                           deleted_images.c.deleted_at)
+                 .where(deleted_images.c.deleted_at > when).order_by(deleted_images.c.deleted_at))
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2] if r[2].tzinfo else r[2].replace(tzinfo=UTC))
+                    for r in conn.execute(query)]
 
     def is_dead(self, tenant_id: str, image_id: str) -> bool:
         return bool(self.dead([(tenant_id, image_id)]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ class LanceStore:
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("original_file_name", pa.string()),
             pa.field("uploaded_at", pa.timestamp("us", tz="UTC")),
+            # When this version of the row was written: readers that keep an in-memory
+            # index (the search path) pick up new rows by it.
+            pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
         ])
 
     def _table(self, model_id: str, dim: int | None = None) -> Any:
@@ -77,6 +80,11 @@ class LanceStore:
                     table = self.db.create_table(name, schema=self._schema(dim))
                 except (OSError, ValueError):  # created concurrently by another writer
                     table = self.db.open_table(name)
+            if "indexed_at" not in table.schema.names:  # a table from before the column
+                try:
+                    table.add_columns(pa.field("indexed_at", pa.timestamp("us", tz="UTC")))
+                except Exception as exc:  # noqa: BLE001 - another process added it first
+                    log.info("%s: indexed_at not added: %s", name, exc)
             self._tables[name] = table
             return table
 
@@ -85,11 +93,12 @@ class LanceStore:
             return
         dim = int(records[0].vector.shape[0])
         table = self._table(model_id, dim)
+        now = datetime.now(UTC)
         batch = pa.Table.from_pylist([
             {"id": object_id(r.tenant_id, r.image_id), "tenant_id": r.tenant_id,
              "image_id": r.image_id, "vector": np.asarray(r.vector, dtype=np.float32),
              "original_file_name": r.original_file_name,
-             "uploaded_at": r.uploaded_at.astimezone(UTC)}
+             "uploaded_at": r.uploaded_at.astimezone(UTC), "indexed_at": now}
             for r in _last_per_id(records)
         ], schema=self._schema(dim))
         for attempt in range(5):
@@ -111,7 +120,7 @@ class LanceStore:
         if table.name in self._scalar:
             return
         present = {tuple(i.columns) for i in table.list_indices()}
-        for column in ("id", "tenant_id"):
+        for column in ("id", "tenant_id", "indexed_at"):
             if (column,) not in present:
                 try:
                     table.create_scalar_index(column, index_type="BTREE")
@@ -182,6 +191,27 @@ class LanceStore:
                 table.delete(where)
                 removed += before
         return removed
+
+    ROW_COLUMNS = ["image_id", "tenant_id", "vector", "original_file_name", "uploaded_at",
+                   "indexed_at"]
+
+    def rows(self, model_id: str, *, tenant_id: str | None = None,
+             since: datetime | None = None) -> pa.Table | None:
+        """Rows of a model's table (one tenant's, or those written since a time), for
+        readers that keep their own index; None if the table does not exist."""
+        table = self._table(model_id)
+        if table is None:
+            return None
+        clauses = []
+        if tenant_id is not None:
+            clauses.append(f"tenant_id = {_quote(tenant_id)}")
+        if since is not None:
+            stamp = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            clauses.append(f"indexed_at > TIMESTAMP '{stamp}'")
+        query = table.search().select(self.ROW_COLUMNS)
+        if clauses:
+            query = query.where(" AND ".join(clauses))
+        return query.limit(None).to_arrow()  # type: ignore[no-any-return]
 
     def count(self, model_id: str, tenant_id: str) -> int:
         table = self._table(model_id)

@@ -83,3 +83,16 @@ def make_vector_store(settings: Settings) -> VectorStore:
     from deeplens.vector_lancedb import LanceStore
 
     return LanceStore(settings.data_dir / "vectors", settings.vector_store)
+
+
+def make_search_store(settings: Settings) -> VectorStore:
+    """The store a process that answers searches uses: for the embedded default, LanceDB
+    with an in-memory index per tenant kept in step with it (``vector_memory``)."""
+    if settings.vector_store.backend == "weaviate":
+        return make_vector_store(settings)
+    from deeplens.tombstones import Tombstones
+    from deeplens.vector_lancedb import LanceStore
+    from deeplens.vector_memory import MemoryIndexedStore
+
+    return MemoryIndexedStore(LanceStore(settings.data_dir / "vectors", settings.vector_store),
+                              Tombstones(settings.effective_catalog_url))

@@ -54,8 +54,19 @@ def _weaviate_real(tmp_path):
         weaviate_grpc_port=int(os.environ.get("DEEPLENS_TEST_WEAVIATE_GRPC_PORT", "50051"))))
 
 
+def _lancedb_memory(tmp_path):
+    """What the search path uses: LanceDB with an in-memory index per tenant."""
+    from deeplens.tombstones import Tombstones
+    from deeplens.vector_lancedb import LanceStore
+    from deeplens.vector_memory import MemoryIndexedStore
+
+    return MemoryIndexedStore(LanceStore(tmp_path / "lance", VectorStoreSettings()),
+                              Tombstones(f"sqlite:///{tmp_path}/catalog.db"), refresh_s=0.1)
+
+
 BACKENDS = [
     pytest.param(_lancedb, id="lancedb"),
+    pytest.param(_lancedb_memory, id="lancedb-memory"),
     pytest.param(_weaviate_standin, id="weaviate-standin"),
     pytest.param(_weaviate_real, id="weaviate-real", marks=pytest.mark.weaviate),
 ]
@@ -145,8 +156,8 @@ def test_lancedb_builds_an_ann_index_past_the_threshold(tmp_path, model) -> None
         return {tuple(i.columns) for i in table.list_indices()}
 
     # Exact search while small; scalar indexes on id and tenant_id from the first write
-    # (get-by-id, delete and the tenant prefilter never scan the table).
-    assert indexed_columns() == {("id",), ("tenant_id",)}
+    # (get-by-id, delete and the tenant prefilter never scan the table) and indexed_at.
+    assert indexed_columns() == {("id",), ("tenant_id",), ("indexed_at",)}
     store.upsert(model, data[200:])
     assert ("vector",) in indexed_columns(), "an ANN index once the table is large enough"
     assert store.search(model, "alpha", data[123].vector, k=1)[0].image_id == "img123"

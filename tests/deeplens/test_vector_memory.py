@@ -1,0 +1,158 @@
+"""The search path's in-memory index: exact where small, HNSW where large, and always
+in step with the durable store that other processes write."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from deeplens.settings import VectorStoreSettings
+from deeplens.tombstones import Tombstones
+from deeplens.vector_lancedb import LanceStore
+from deeplens.vector_memory import MemoryIndexedStore, TenantIndex, _Row
+from deeplens.vector_store import VectorRecord
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    x = centres[rng.integers(0, 20, n)] + rng.normal(scale=0.6, size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def rows(vectors: np.ndarray, prefix: str = "img") -> list[_Row]:
+    return [_Row(f"{prefix}{i}", v, f"{i}.jpg", NOW, NOW) for i, v in enumerate(vectors)]
+
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
+    return [f"img{i}" for i in np.argsort(-(vectors @ query))[:k]]
+
+
+def test_flat_search_is_exact_and_honours_removals_and_exclusions() -> None:
+    vectors = clustered(3000)
+    index = TenantIndex(64)
+    index.upsert(rows(vectors))
+    query = vectors[17]
+    assert [h.image_id for h in index.search(query, 10, frozenset())] == exact_top(vectors,
+                                                                                  query, 10)
+    index.remove("img17")
+    hits = index.search(query, 10, frozenset({"img3"}))
+    assert "img17" not in {h.image_id for h in hits} and "img3" not in {h.image_id for h in hits}
+    assert len(hits) == 10 and index.vector("img17") is None
+
+
+def test_hnsw_above_the_threshold_keeps_recall_and_follows_changes() -> None:
+    vectors = clustered(4000, seed=1)
+    index = TenantIndex(64, hnsw_min_rows=1000)
+    index.upsert(rows(vectors))
+    assert index.wait_built(120) and index.hnsw is not None
+    rng = np.random.default_rng(2)
+    recalls = []
+    for i in rng.integers(0, len(vectors), 100):
+        query = vectors[i] + rng.normal(scale=0.05, size=64).astype(np.float32)
+        query /= np.linalg.norm(query)
+        got = {h.image_id for h in index.search(query, 10, frozenset())}
+        recalls.append(len(got & set(exact_top(vectors, query, 10))) / 10)
+    assert np.mean(recalls) >= 0.95, np.mean(recalls)
+    index.remove("img5")
+    moved = rows(vectors[:1] * -1, prefix="new")  # a new vector, far from the rest
+    index.upsert(moved)
+    assert index.search(vectors[5], 1, frozenset())[0].image_id != "img5"
+    assert index.search(-vectors[0], 1, frozenset())[0].image_id == "new0"
+
+
+def _record(tenant: str, i: int, vector: np.ndarray) -> VectorRecord:
+    return VectorRecord(tenant, f"img{i}", vector, f"{i}.jpg", NOW)
+
+
+def test_writes_of_other_processes_and_deletes_become_visible(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    vectors = clustered(200, dim=32, seed=3)
+    indexer = LanceStore(tmp_path / "v", VectorStoreSettings())  # another process, in effect
+    indexer.upsert("m/x", [_record("acme", i, vectors[i]) for i in range(100)])
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                Tombstones(url), refresh_s=0.2)
+    assert search.count("m/x", "acme") == 100
+    started = time.monotonic()
+    indexer.upsert("m/x", [_record("acme", 150, vectors[150])])
+    while time.monotonic() - started < 10:
+        hits = search.search("m/x", "acme", vectors[150], 1)
+        if hits and hits[0].image_id == "img150":
+            break
+        time.sleep(0.05)
+    visible_after = time.monotonic() - started
+    assert hits[0].image_id == "img150" and visible_after < 2.0, visible_after
+    Tombstones(url).bury("acme", "img150")  # the API deletes; an indexer removes it later
+    indexer.delete("acme", "img150")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and search.get_vector("m/x", "acme", "img150") is not None:
+        time.sleep(0.05)
+    assert search.get_vector("m/x", "acme", "img150") is None
+    search.close()
+
+
+def test_several_writers_at_once_lose_nothing_and_a_restart_reloads(tmp_path) -> None:
+    vectors = clustered(400, dim=32, seed=4)
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                refresh_s=0.1)
+    LanceStore(tmp_path / "v", VectorStoreSettings()).upsert(
+        "m/x", [_record("acme", 0, vectors[0])])
+    assert search.count("m/x", "acme") == 1  # loaded: later rows come by refresh
+
+    def writer(part: int) -> None:
+        store = LanceStore(tmp_path / "v", VectorStoreSettings())
+        for start in range(1 + part * 100, 1 + (part + 1) * 100, 20):
+            store.upsert("m/x", [_record("acme", i, vectors[i]) for i in range(start, start + 20)])
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and search.count("m/x", "acme") < 301:
+        time.sleep(0.1)
+    assert search.count("m/x", "acme") == 301
+    search.close()
+    restarted = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()))
+    assert restarted.count("m/x", "acme") == 301
+    assert restarted.search("m/x", "acme", vectors[222], 1)[0].image_id == "img222"
+    restarted.close()
+
+
+def test_a_table_from_before_indexed_at_is_migrated(tmp_path) -> None:
+    import lancedb
+    import pyarrow as pa
+
+    from deeplens.vector_store import collection_name, object_id
+
+    db = lancedb.connect(str(tmp_path / "v"))
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("tenant_id", pa.string()),
+                        pa.field("image_id", pa.string()),
+                        pa.field("vector", pa.list_(pa.float32(), 4)),
+                        pa.field("original_file_name", pa.string()),
+                        pa.field("uploaded_at", pa.timestamp("us", tz="UTC"))])
+    db.create_table(collection_name("m/old"), data=[{
+        "id": object_id("acme", "old"), "tenant_id": "acme", "image_id": "old",
+        "vector": [1.0, 0, 0, 0], "original_file_name": "old.jpg", "uploaded_at": NOW}],
+        schema=schema)
+    store = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()))
+    store.upsert("m/old", [VectorRecord("acme", "new", np.array([0, 1.0, 0, 0], np.float32),
+                                        "new.jpg", NOW)])
+    assert {h.image_id for h in store.search("m/old", "acme", np.ones(4) / 2, 5)} == {
+        "old", "new"}
+    store.close()
+
+
+@pytest.mark.parametrize("size", [10, 5000])
+def test_get_vector_is_a_lookup(size) -> None:
+    index = TenantIndex(16)
+    vectors = clustered(size, dim=16)
+    index.upsert(rows(vectors))
+    assert np.allclose(index.vector(f"img{size - 1}"), vectors[-1])
