@@ -8,11 +8,22 @@ caller's tenant only, in the active model's collection.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from typing import Annotated, Any, Protocol
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -99,14 +110,36 @@ class SearchContext:
         self.limits = limits or IngestionSettings()  # query images pass the upload checks
 
     async def search(self, model: str, tenant: str, vector: np.ndarray, k: int,
-                     exclude: frozenset[str] = frozenset()) -> list[Hit]:
-        """The store is synchronous (and may scan): keep it off the event loop."""
-        return await run_in_threadpool(self.store.search, model, tenant, vector, k, exclude)
+                     exclude: frozenset[str] = frozenset(),
+                     timing: dict[str, float] | None = None) -> list[Hit]:
+        """The store is synchronous: keep it off the event loop."""
+        started = time.perf_counter()
+        hits = await run_in_threadpool(self.store.search, model, tenant, vector, k, exclude)
+        if timing is not None:
+            timing["index"] = (time.perf_counter() - started) * 1000
+        return hits  # type: ignore[no-any-return]
 
     async def metered(self, tenant: str, result: SearchResult) -> SearchResult:
         if self.meter is not None:
             await self.meter(tenant)
         return result
+
+
+def server_timing(response: Response, timing: dict[str, float]) -> None:
+    """Where a search's time went (Embedder, index), as a standard Server-Timing header."""
+    response.headers["Server-Timing"] = ", ".join(
+        f"{name};dur={ms:.2f}" for name, ms in timing.items())
+
+
+class _Stopwatch:
+    def __init__(self, timing: dict[str, float], name: str) -> None:
+        self.timing, self.name = timing, name
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timing[self.name] = (time.perf_counter() - self.started) * 1000
 
 
 def search_context(request: Request) -> SearchContext:
@@ -133,17 +166,21 @@ def build_search_router() -> APIRouter:
         return ModelInfo(model=model, random_weights="/random-init" in model)
 
     @router.post("/search", response_model=SearchResult)
-    async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep) -> SearchResult:
-        model = await ctx.encoder.model_id()
-        vector = await ctx.encoder.text(query.text)
-        return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector,
-                                                                         query.k)))
+    async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
+                          response: Response) -> SearchResult:
+        timing: dict[str, float] = {}
+        with _Stopwatch(timing, "embed"):
+            model = await ctx.encoder.model_id()
+            vector = await ctx.encoder.text(query.text)
+        hits = await ctx.search(model, tenant, vector, query.k, timing=timing)
+        server_timing(response, timing)
+        return await ctx.metered(tenant, _result(model, hits))
 
     @router.post("/search/image", response_model=SearchResult, responses={
         413: {"description": "over 10 MB, or a bomb by its header"},
         415: {"description": "not JPEG, PNG or WebP by its bytes"},
         422: {"description": "too small, or undecodable"}})
-    async def search_image(tenant: TenantDep, ctx: SearchDep,
+    async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
                            file: Annotated[UploadFile, File(description="the query image")],
                            k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
         data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
@@ -154,12 +191,16 @@ def build_search_router() -> APIRouter:
         if isinstance(verdict, Invalid):
             raise HTTPException(HTTP_STATUS.get(verdict.reason, 422),
                                 f"query image refused ({verdict.reason}): {verdict.message}")
-        model = await ctx.encoder.model_id()
-        try:
-            vector = await ctx.encoder.image(data)
-        except QueryError as exc:
-            raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
-        return await ctx.metered(tenant, _result(model, await ctx.search(model, tenant, vector, k)))
+        timing: dict[str, float] = {}
+        with _Stopwatch(timing, "embed"):
+            model = await ctx.encoder.model_id()
+            try:
+                vector = await ctx.encoder.image(data)
+            except QueryError as exc:
+                raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
+        hits = await ctx.search(model, tenant, vector, k, timing=timing)
+        server_timing(response, timing)
+        return await ctx.metered(tenant, _result(model, hits))
 
     @router.get("/images/{image_id}/similar", response_model=SearchResult,
                 responses={404: {"description": "not in this tenant's index"}})

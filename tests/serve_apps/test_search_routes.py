@@ -64,3 +64,5 @@ def test_a_good_query_image_is_encoded_and_searched(search_api) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"model": "m/x", "hits": []}
     assert len(encoder.images) == 1
+    timing = dict(part.split(";dur=") for part in answer.headers["Server-Timing"].split(", "))
+    assert set(timing) == {"embed", "index"} and all(float(v) >= 0 for v in timing.values())
