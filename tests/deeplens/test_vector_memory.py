@@ -156,3 +156,31 @@ def test_get_vector_is_a_lookup(size) -> None:
     vectors = clustered(size, dim=16)
     index.upsert(rows(vectors))
     assert np.allclose(index.vector(f"img{size - 1}"), vectors[-1])
+
+
+def test_usearch_loaded_first_does_not_break_lancedb(tmp_path) -> None:
+    """usearch 2.26 (numkong) loaded before LanceDB made LanceDB's next write segfault;
+    the pinned version must not. In a fresh process, since the order is what matters."""
+    import subprocess
+    import sys
+
+    script = f"""
+import numpy as np
+from datetime import datetime, UTC
+from pathlib import Path
+from usearch.index import Index
+graph = Index(ndim=8, metric="cos", dtype="f16")
+graph.add(np.arange(10), np.random.rand(10, 8).astype(np.float32))
+from deeplens.settings import VectorStoreSettings
+from deeplens.vector_lancedb import LanceStore
+from deeplens.vector_store import VectorRecord
+store = LanceStore(Path({str(tmp_path)!r}), VectorStoreSettings())
+vectors = np.random.rand(300, 64).astype(np.float32)
+store.upsert("m/x", [VectorRecord("a", f"i{{j}}", vectors[j], "n", datetime.now(UTC))
+                     for j in range(300)])
+print(len(store.search("m/x", "a", vectors[0], 10)))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "10"
