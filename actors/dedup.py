@@ -40,7 +40,7 @@ from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
 from deeplens.storage import ObjectMissing, Storage, make_storage
 from deeplens.tombstones import Tombstones
-from deeplens.vector_store import VectorStore, VectorStoreUnavailable, make_vector_store
+from deeplens.vector_store import VectorStore, VectorStoreUnavailable, make_search_store
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,6 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
 def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
     storage = make_storage(settings)
     index = HashIndex(settings.effective_catalog_url)
-    store = make_vector_store(settings)
+    store = make_search_store(settings)  # the similar tier searches: in memory, like search
     tombstones = Tombstones(settings.effective_catalog_url)
     return lambda batch: dedup_batch(settings, storage, index, store, tombstones, batch)

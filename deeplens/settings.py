@@ -77,7 +77,9 @@ class VectorStoreSettings(BaseModel):
     weaviate_api_key: SecretStr = SecretStr("")
     weaviate_timeout_s: float = Field(30.0, gt=0)
     ann_min_rows: int = Field(
-        50_000, ge=1, description="LanceDB: exact search below this many rows, an ANN index above")
+        0, ge=0, description="LanceDB: build its own IVF_HNSW_SQ index past this many rows "
+        "(0: never; searches go through the in-memory index of deeplens/vector_memory.py, and "
+        "building it would stall the indexer that crosses the threshold for minutes)")
     ann_nprobes: int = Field(32, ge=1, description="LanceDB: IVF partitions probed per query")
 
 

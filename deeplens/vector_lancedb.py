@@ -1,9 +1,11 @@
 """The embedded vector store: LanceDB tables in the data dir, one per model id.
 
-Exact (brute-force) search while a table is small; an ``IVF_HNSW_SQ`` cosine
-index once it passes ``ann_min_rows``, refreshed by ``optimize()`` as rows
-accumulate outside it. Tenants share a table and are isolated by a prefilter
-on ``tenant_id``.
+The durable half of the default store: indexer actors write here (``merge_insert``
+by deterministic id), and scalar indexes on ``id``, ``tenant_id`` and
+``indexed_at`` keep look-ups, deletes and "rows written since" cheap. Searches
+are answered by the in-memory index of ``deeplens/vector_memory.py``, which reads
+its rows from here; a direct ``search`` (exact, prefiltered by tenant) remains for
+tools and tests, and LanceDB's own ANN index is built only if ``ann_min_rows`` asks.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class LanceStore:
 
     def _maybe_index(self, table: Any) -> None:
         rows = table.count_rows()
-        if rows < self.settings.ann_min_rows:
+        if not self.settings.ann_min_rows or rows < self.settings.ann_min_rows:
             # Fold new rows into the scalar indexes and compact small fragments now and
             # then; each upsert adds a fragment, and a table of thousands reads slowly.
             self._upserts[table.name] = self._upserts.get(table.name, 0) + 1
