@@ -261,8 +261,11 @@ async function send(file, line) {
   const state = line.querySelector(".state");
   const bar = line.querySelector("progress");
   state.textContent = "sending";
-  for (let attempt = 0; attempt < 20; attempt++) {
+  const answers = [];  // kept on the row: what the service said, attempt by attempt
+  for (let attempt = 0; attempt < 120; attempt++) {  // minutes of a busy service
     const { status, body, retry } = await post(file, bar);
+    answers.push(status);
+    line.dataset.answers = answers.join(",");
     if (status === 202) {
       bar.value = 100;
       line.dataset.imageId = body.image_id;
@@ -276,7 +279,7 @@ async function send(file, line) {
     if (status === 429 || status === 503 || status === 0) {  // busy: wait, then the same file again
       state.textContent = status === 0 ? "service unreachable, retrying" : "waiting (busy)";
       bar.value = 0;
-      await sleep(retry);
+      await sleep(status === 0 ? Math.min(2000 * (attempt + 1), 10000) : retry);
       continue;
     }
     state.textContent = "failed: " + plainDetail(body, status);

@@ -127,3 +127,25 @@ def test_an_old_or_broken_resume_file_is_not_trusted(tmp_path, old) -> None:
     state = IngestState(path)
     state.bind("http://x", "acme")
     assert state.done == {}
+
+
+def test_topics_list_finds_the_running_stack_too(tmp_path, kafka_settings) -> None:
+    from deeplens.runtime import write_runtime
+    from deeplens.settings import Settings
+
+    data_dir = tmp_path / "stack-data"
+    data_dir.mkdir()
+    home = tmp_path / "home"
+    os.environ["DEEPLENS_HOME"] = str(home)
+    try:
+        write_runtime(Settings(data_dir=data_dir), {
+            "url": "http://127.0.0.1:1", "bootstrap_servers": kafka_settings.bootstrap_servers,
+            "local_broker": True}, announce=True)
+    finally:
+        del os.environ["DEEPLENS_HOME"]
+    run = deeplens("topics", "list", env={"DEEPLENS_HOME": str(home),
+                                          "DEEPLENS_KAFKA__TOPIC_PREFIX":
+                                          kafka_settings.topic_prefix}, cwd=tmp_path)
+    no_traceback(run)
+    assert run.returncode == 0, run.stderr
+    assert kafka_settings.topic_prefix + "images.uploaded" in run.stdout

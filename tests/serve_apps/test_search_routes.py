@@ -66,3 +66,30 @@ def test_a_good_query_image_is_encoded_and_searched(search_api) -> None:
     assert len(encoder.images) == 1
     timing = dict(part.split(";dur=") for part in answer.headers["Server-Timing"].split(", "))
     assert set(timing) == {"embed", "index"} and all(float(v) >= 0 for v in timing.values())
+
+
+def test_a_slow_index_does_not_block_the_server(tmp_path, kafka_settings, tenant) -> None:
+    """The store is called off the event loop: while one search waits on a slow store,
+    other requests are answered at once."""
+    import threading
+    import time
+
+    class SlowStore(LanceStore):
+        def search(self, *args, **kwargs):
+            time.sleep(2)
+            return super().search(*args, **kwargs)
+
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant + "-b")
+    app = create_app(settings)
+    mount_search(app, SlowStore(tmp_path / "vectors", VectorStoreSettings()), RecordingEncoder())
+    with serve_app(app) as url:
+        headers = {"Authorization": f"Bearer key-{tenant}-0123456789ab"}
+        slow = threading.Thread(target=lambda: httpx.post(
+            url + "/v1/search", json={"text": "x"}, headers=headers, timeout=30))
+        slow.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert httpx.get(url + "/healthz", timeout=30).status_code == 200
+        quick = time.monotonic() - started
+        slow.join()
+    assert quick < 1.0, f"/healthz waited {quick:.1f} s behind a slow search"

@@ -144,6 +144,8 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     page.wait_for_selector("#detail-dups .dup")
     dups = page.locator("#detail-dups").inner_text()
     assert "exact" in dups and "Tiers checked: exact, near" in dups
+    assert "copy.png" in dups, "a duplicate is shown by its file name, not a bare id"
+    page.wait_for_selector("#detail-dups .card img[src^='blob:']")  # and its thumbnail
     page.wait_for_selector("#detail-similar .card")
     assert page.locator("#detail-similar .card").count() == 4  # the image itself excluded
 
@@ -244,7 +246,9 @@ def test_a_hundred_file_drop_loses_nothing_to_429s(page, tmp_path) -> None:
     page.set_input_files("#files", files)
     states = wait_rows(page, 100, timeout_s=300)
     assert len(states) == 100
-    assert states.count("indexed") == 100, sorted(set(states))
+    answers = page.locator("#uploads .file").evaluate_all(
+        "rows => rows.filter(r => !r.querySelector('.state.done')).map(r => r.dataset.answers)")
+    assert states.count("indexed") == 100, (sorted(set(states)), answers)
     assert seen["posts"] > 100, "some uploads were answered 429 and sent again"
     assert seen["per_image_polls"] == 0 and seen["bulk_polls"] < 150, seen
 

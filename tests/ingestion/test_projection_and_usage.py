@@ -1,0 +1,71 @@
+"""Projection and billing rules that need no broker: a dedup failure never demotes,
+deleted images are never linked or billed for work, missing uploads are not billed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from actors.validator import validate_one
+from deeplens.consumer_loop import Envelope
+from deeplens.events import DuplicateMatch, DuplicatesFound, ImageFailed, ImageUploaded
+from deeplens.settings import Settings
+from deeplens.storage import LocalStorage
+from ingestion.catalog import Catalog
+from ingestion.projection import apply
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+
+def envelope(event) -> Envelope:
+    return Envelope(topic=event.topic, partition=0, offset=0, key=getattr(event, "image_id", ""),
+                    timestamp=None, event=event)
+
+
+def row(image_id: str, tenant: str = "acme") -> dict:
+    return {"image_id": image_id, "tenant_id": tenant, "sha256": image_id.ljust(64, "0"),
+            "original_file_name": f"{image_id}.jpg", "storage_provider": "local",
+            "storage_path": f"{tenant}/{image_id}.jpg", "file_size": 1,
+            "mime_type": "image/jpeg", "status": "uploaded", "uploaded_at": NOW}
+
+
+def test_a_dedup_failure_is_recorded_and_never_demotes_an_indexed_image(tmp_path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path}/c.db")
+    catalog.insert(row("a"))
+    catalog.advance("a", "indexed", NOW)
+    failure = ImageFailed(tenant_id="acme", image_id="a", reason="dedup_error",
+                          message="bad pixels", stage="dedup",
+                          failed_at=NOW + timedelta(seconds=1))
+    apply(catalog, envelope(failure))
+    image = catalog.get("acme", "a")
+    assert image is not None and image.status == "indexed" and image.dedup_tiers == "failed"
+
+
+def test_no_duplicate_link_to_or_from_a_deleted_image(tmp_path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path}/c.db")
+    for image_id in ("a", "b", "c"):
+        catalog.insert(row(image_id))
+    catalog.delete("acme", "c")
+    found = DuplicatesFound(tenant_id="acme", image_id="a", tiers=["exact", "near"], matches=[
+        DuplicateMatch(image_id="b", kind="near", score=0.9),
+        DuplicateMatch(image_id="c", kind="exact", score=1.0)])
+    apply(catalog, envelope(found))
+    assert [d.image_id for d in catalog.duplicates_of("acme", "a")] == ["b"]
+    catalog.delete("acme", "a")
+    late = DuplicatesFound(tenant_id="acme", image_id="a", tiers=["exact"], matches=[
+        DuplicateMatch(image_id="b", kind="exact", score=1.0)])
+    apply(catalog, envelope(late))  # arrives after the delete: links nothing
+    assert catalog.duplicates_of("acme", "b") == []
+
+
+def test_an_upload_whose_bytes_were_not_kept_is_not_billed(tmp_path) -> None:
+    """The API answered 503 and removed the bytes; if the event got out anyway, the
+    validator fails it as missing_object and bills no upload."""
+    settings = Settings(data_dir=tmp_path)
+    storage = LocalStorage(tmp_path / "images")
+    ghost = ImageUploaded(tenant_id="acme", image_id="ghost", original_file_name="g.jpg",
+                          storage_provider="local", storage_path="acme/gh/ghost.jpg",
+                          file_size=10, mime_type="image/jpeg", sha256="0" * 64,
+                          uploaded_at=NOW)
+    outputs = validate_one(envelope(ghost), storage, settings)
+    assert [o.topic for o in outputs] == ["images.failed"]
+    assert outputs[0].event.reason == "missing_object"
