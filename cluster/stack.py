@@ -30,6 +30,25 @@ class StackError(RuntimeError):
     """A part of the stack did not start; the message says which and why."""
 
 
+def shared_state_problems(settings: Settings, nodes: int) -> list[str]:
+    """What keeps a stack of ``nodes`` Ray nodes from sharing its state, as settings to
+    change; nothing on a single node."""
+    if nodes <= 1:
+        return []
+    problems = []
+    if settings.effective_catalog_url.startswith("sqlite"):
+        problems.append("the catalog is a SQLite file on this node: set DEEPLENS_CATALOG_URL "
+                        "to a shared database (postgresql+psycopg://...)")
+    if settings.storage.provider == "local":
+        problems.append("uploaded bytes are stored in a local folder: set "
+                        "DEEPLENS_STORAGE__PROVIDER=s3 and DEEPLENS_STORAGE__S3_BUCKET (and "
+                        "S3_ENDPOINT_URL for a non-AWS store)")
+    if settings.vector_store.backend == "lancedb":
+        problems.append("vectors are in an embedded LanceDB folder on this node: set "
+                        "DEEPLENS_VECTOR_STORE__BACKEND=weaviate and WEAVIATE_URL")
+    return problems
+
+
 def _deployment_error(exc: BaseException) -> str:
     """The replica's own start-up error (Serve keeps it in the deployment status)."""
     from ray import serve
@@ -174,6 +193,11 @@ class LocalStack:
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
                                                "HF_HUB_OFFLINE": offline}})
             self._ray_started = True
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        problems = shared_state_problems(self.settings, nodes)
+        if problems:
+            raise StackError(f"this Ray cluster has {nodes} nodes, but " + "; ".join(problems)
+                             + ". Actors on other nodes would not see this node's files.")
 
     def _start_serve(self) -> None:
         from ray import serve

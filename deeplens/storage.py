@@ -83,8 +83,17 @@ class LocalStorage:
         return self._full(path).is_file()
 
 
+class StorageUnavailable(OSError):
+    """The storage did not answer as it should (an outage, refused credentials, a missing
+    bucket): transient for the pipeline, never mistaken for a deleted object."""
+
+
 class S3Storage:
-    """An S3-compatible bucket through boto3 (``pip install 'deeplens[s3]'``)."""
+    """An S3-compatible bucket through boto3 (``pip install 'deeplens[cluster]'``).
+
+    Only "no such key" means an object is missing. Anything else (403, throttling, a
+    missing bucket, no connection) raises ``StorageUnavailable``, so the indexer, dedup
+    and reconcile never take an outage for a deletion."""
 
     provider = "s3"
 
@@ -103,24 +112,42 @@ class S3Storage:
             aws_secret_access_key=cfg.s3_secret_access_key.get_secret_value() or None,
         )
 
+    def _call(self, what: str, path: str, call, **kwargs):  # type: ignore[no-untyped-def]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(Bucket=self.bucket, Key=path, **kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectMissing(f"no stored object at s3://{self.bucket}/{path}") from None
+            raise StorageUnavailable(f"S3 {what} s3://{self.bucket}/{path} failed: "
+                                     f"{code or exc}") from exc
+        except BotoCoreError as exc:  # no connection, timeouts, bad endpoint
+            raise StorageUnavailable(f"S3 {what} s3://{self.bucket}/{path} failed: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+
     def put(self, path: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=path, Body=data)
+        self._call("put", path, self._s3.put_object, Body=data)
 
     def get(self, path: str) -> bytes:
-        try:
-            return self._s3.get_object(Bucket=self.bucket, Key=path)["Body"].read()
-        except self._s3.exceptions.NoSuchKey:
-            raise ObjectMissing(f"no stored object at s3://{self.bucket}/{path}") from None
+        return self._call("get", path, self._s3.get_object)["Body"].read()  # type: ignore[no-any-return]
 
     def delete(self, path: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=path)
+        self._call("delete", path, self._s3.delete_object)
 
     def exists(self, path: str) -> bool:
+        # GET of one byte, not HEAD: a HEAD error has no body, so a missing bucket (or a
+        # proxy's 404) would read like a missing key. GET says NoSuchKey vs NoSuchBucket.
         try:
-            self._s3.head_object(Bucket=self.bucket, Key=path)
+            self._call("look-up", path, self._s3.get_object, Range="bytes=0-0")
             return True
-        except self._s3.exceptions.ClientError:
+        except ObjectMissing:
             return False
+        except StorageUnavailable as exc:
+            if "InvalidRange" in str(exc):  # an empty object: it exists
+                return True
+            raise
 
 
 def make_storage(settings: Settings) -> Storage:

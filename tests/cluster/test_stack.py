@@ -100,3 +100,20 @@ def test_deeplens_up_reports_readiness_and_stops_cleanly_on_ctrl_c(tmp_path) -> 
     assert code == 0
     assert "(raylet)" not in after and "Traceback" not in after, after
     assert not (tmp_path / "home" / "current-stack.json").exists(), "pointer removed on stop"
+
+
+def test_a_multi_node_start_with_node_local_state_is_refused_naming_the_settings(
+        tmp_path) -> None:
+    from cluster.stack import shared_state_problems
+    from deeplens.settings import StorageSettings, VectorStoreSettings
+
+    local = Settings(data_dir=tmp_path)
+    assert shared_state_problems(local, 1) == []
+    problems = " ".join(shared_state_problems(local, 2))
+    for name in ("DEEPLENS_CATALOG_URL", "DEEPLENS_STORAGE__PROVIDER",
+                 "DEEPLENS_VECTOR_STORE__BACKEND"):
+        assert name in problems
+    shared = Settings(data_dir=tmp_path, catalog_url="postgresql+psycopg://db/deeplens",
+                      storage=StorageSettings(provider="s3", s3_bucket="b"),
+                      vector_store=VectorStoreSettings(backend="weaviate"))
+    assert shared_state_problems(shared, 3) == []
