@@ -36,9 +36,6 @@ image_hashes = sa.Table(
     sa.Column("pixel_sha256", sa.String(64), nullable=False),
     sa.Column("phash", sa.BigInteger, nullable=False),  # 64-bit pHash, stored signed
     sa.UniqueConstraint("tenant_id", "image_id", name="uq_hashes_tenant_image"),
-    sa.Index("ix_hashes_sha", "tenant_id", "sha256"),
-    sa.Index("ix_hashes_pixel_sha", "tenant_id", "pixel_sha256"),
-    sa.Index("ix_hashes_tenant_seq", "tenant_id", "seq"),
     sqlite_autoincrement=True,  # never reuse a deleted row's seq
 )
 
@@ -67,9 +64,9 @@ class _TenantHashes:
 
 class HashIndex:
     def __init__(self, url: str) -> None:
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        from deeplens.db import make_engine
+
+        self.engine = make_engine(url)  # the catalog database; schema by deeplens/migrations
         self._cache: dict[str, _TenantHashes] = {}
         self._lock = threading.Lock()
 

@@ -29,7 +29,6 @@ deleted_images = sa.Table(
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("image_id", sa.String(64), primary_key=True),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("ix_deleted_at", "deleted_at"),
 )
 
 Key = tuple[str, str]  # (tenant_id, image_id)
@@ -37,9 +36,9 @@ Key = tuple[str, str]  # (tenant_id, image_id)
 
 class Tombstones:
     def __init__(self, url: str) -> None:
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        from deeplens.db import make_engine
+
+        self.engine = make_engine(url)  # the catalog database; schema by deeplens/migrations
 
     def bury(self, tenant_id: str, image_id: str) -> None:
         """Record a deletion (idempotent)."""

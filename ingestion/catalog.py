@@ -1,8 +1,9 @@
 """The image catalog: one row per image, its status through the pipeline.
 
-SQLite in the data dir by default, any SQLAlchemy URL through
+SQLite in the data dir by default, PostgreSQL (any SQLAlchemy URL) through
 ``DEEPLENS_CATALOG_URL``. Rows are written by the upload API and advanced by the
-projection that consumes the lifecycle topics.
+projection that consumes the lifecycle topics. The tables below describe the
+schema for queries; it is created and upgraded by ``deeplens/migrations``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 
 metadata = sa.MetaData()
@@ -45,7 +45,6 @@ images = sa.Table(
     sa.Column("pipeline_seconds", sa.Float),  # upload -> indexed, set when indexed
     sa.Column("pending", sa.Boolean),  # True until the broker acknowledged the upload event
     sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
-    sa.Index("ix_images_tenant", "tenant_id"),
 )
 
 duplicates = sa.Table(
@@ -127,24 +126,9 @@ def _aware(value: Any) -> Any:
 
 class Catalog:
     def __init__(self, url: str) -> None:
-        is_sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {},
-            pool_pre_ping=True,
-        )
-        if is_sqlite:
-            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+        from deeplens.db import make_engine
 
-    def _add_missing_columns(self) -> None:
-        """Columns added after a catalog was created: ALTER TABLE them in (nullable only)."""
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns("images")}
-        with self.engine.begin() as conn:
-            for column in images.columns:
-                if column.name not in present and column.nullable:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(sa.text(f"ALTER TABLE images ADD COLUMN {column.name} {kind}"))
+        self.engine = make_engine(url)  # the schema comes from deeplens/migrations
 
     def _row(self, row: Any) -> ImageRow:
         return ImageRow(**{k: _aware(v) for k, v in row._mapping.items()})
@@ -251,25 +235,25 @@ class Catalog:
                       key=lambda d: (_KIND_RANK.get(d.kind, 9), -d.score))
 
     def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> bool:
-        """Move an image forward to ``status`` (never backwards); False if not moved."""
+        """Move an image forward to ``status`` (never backwards); False if not moved.
+
+        Two conditional UPDATEs, no read-then-write, so any number of projector actors
+        may apply events of one image at once: the step's own fields (its timestamp,
+        dimensions...) always land; the status moves only if the row's current rank is
+        lower, or it failed earlier than this step (a replay that succeeded)."""
         rank = STATUS_RANK[status]
-        column = images.c[f"{status}_at"]
+        by_id = images.c.image_id == image_id
+        current_rank = sa.case(STATUS_RANK, value=images.c.status, else_=99)
         with self.engine.begin() as conn:
-            row = conn.execute(images.select().where(images.c.image_id == image_id)).first()
-            if row is None:
-                return False  # deleted meanwhile, or never catalogued
-            current = row._mapping
-            failed_later = current["failed_at"] is not None and _aware(current["failed_at"]) > at
-            values = {column.name: at, **fields}
-            if current["status"] == "failed":
-                moves = not failed_later  # a later success (a replay) clears the failure
-            else:
-                moves = STATUS_RANK.get(current["status"], 0) < rank
-            if moves:
-                values |= {"status": status, "stage": STAGE_OF_STATUS[status],
-                           "failure_reason": None, "failure_message": None}
-            conn.execute(images.update().where(images.c.image_id == image_id).values(**values))
-            return moves
+            conn.execute(images.update().where(by_id).values({f"{status}_at": at, **fields}))
+            moved = conn.execute(
+                images.update().where(by_id, sa.or_(
+                    sa.and_(images.c.status != "failed", current_rank < rank),
+                    sa.and_(images.c.status == "failed",
+                            sa.or_(images.c.failed_at.is_(None), images.c.failed_at <= at))))
+                .values(status=status, stage=STAGE_OF_STATUS[status],
+                        failure_reason=None, failure_message=None)).rowcount
+        return moved > 0
 
     def dedup_failed(self, image_id: str) -> bool:
         """Dedup could not run for this image: say so, and leave its status alone (a dedup
@@ -332,11 +316,3 @@ class Catalog:
             query = query.where(images.c.tenant_id == tenant_id)
         with self.engine.connect() as conn:
             return {status: n for status, n in conn.execute(query)}
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets the API read while the projection writes from another process.
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

@@ -74,6 +74,30 @@ def tenant() -> str:
 
 
 @pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session; skipped (or failed, where
+    DEEPLENS_REQUIRE_POSTGRES is set, as in CI) when the package is missing."""
+    from tests.postgres import INSTALL_HINT, pg_bin, postgres_server
+
+    if pg_bin() is None:
+        if os.environ.get("DEEPLENS_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL missing: {INSTALL_HINT}")
+        pytest.skip(f"PostgreSQL not installed: {INSTALL_HINT}")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request, tmp_path) -> str:
+    """The catalog database, once on SQLite (the default) and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/catalog.db"
+    from tests.postgres import fresh_database
+
+    return fresh_database(request.getfixturevalue("postgres_server_url"))
+
+
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray
     from ray import serve
@@ -136,9 +160,11 @@ def make_settings(tmp_path, kafka_settings, tenant_a: str, tenant_b: str, **extr
 
 
 @pytest.fixture
-def api(tmp_path, kafka_settings, tenant) -> Iterator[Api]:
+def api(tmp_path, kafka_settings, tenant, catalog_url) -> Iterator[Api]:
+    """The upload API over a real broker, its catalog on SQLite and on PostgreSQL."""
     tenant_b = tenant + "-b"
-    settings = make_settings(tmp_path, kafka_settings, tenant, tenant_b)
+    settings = make_settings(tmp_path, kafka_settings, tenant, tenant_b,
+                             catalog_url=catalog_url)
     with serve_app(create_app(settings)) as url:
         yield Api(url, settings, f"key-{tenant}-0123456789ab", f"key-{tenant_b}-0123456789ab",
                   tenant, tenant_b)

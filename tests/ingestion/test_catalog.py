@@ -1,0 +1,101 @@
+"""The catalog, hash index and tombstones on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import UTC, datetime, timedelta
+
+from deeplens.hash_index import HashIndex
+from deeplens.tombstones import Tombstones
+from ingestion.catalog import Catalog
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+
+def row(image_id: str, tenant: str = "acme", at: datetime = NOW) -> dict:
+    return {"image_id": image_id, "tenant_id": tenant,
+            "sha256": hashlib.sha256(image_id.encode()).hexdigest(),
+            "original_file_name": f"{image_id}.jpg", "storage_provider": "local",
+            "storage_path": f"{tenant}/{image_id}.jpg", "file_size": 1,
+            "mime_type": "image/jpeg", "status": "uploaded", "uploaded_at": at}
+
+
+def test_insert_clash_list_and_counts(catalog_url) -> None:
+    catalog = Catalog(catalog_url)
+    for i in range(5):
+        assert catalog.insert(row(f"img{i}", at=NOW + timedelta(seconds=i))) is None
+    clash = catalog.insert(row("other") | {"sha256": row("img2")["sha256"]})
+    assert clash is not None and clash.image_id == "img2"
+    first = catalog.list("acme", limit=3)
+    assert [r.image_id for r in first] == ["img4", "img3", "img2"]
+    assert [r.image_id for r in catalog.list("acme", limit=3, after="img2")] == ["img1", "img0"]
+    assert catalog.counts("acme") == {"uploaded": 5}
+    assert catalog.get("beta", "img1") is None, "another tenant's image reads as missing"
+
+
+def test_status_moves_forward_only_and_failures_clear_on_a_later_success(catalog_url) -> None:
+    catalog = Catalog(catalog_url)
+    catalog.insert(row("a"))
+    assert catalog.advance("a", "processed", NOW + timedelta(seconds=2), feature_model="m")
+    assert not catalog.advance("a", "validated", NOW + timedelta(seconds=1), width=9, height=9)
+    image = catalog.get("acme", "a")
+    assert image.status == "processed" and image.width == 9, "late fields land, status stays"
+    assert catalog.fail("a", "indexing", "index_error", "store down", NOW + timedelta(seconds=3))
+    assert catalog.get("acme", "a").status == "failed"
+    assert catalog.advance("a", "indexed", NOW + timedelta(seconds=4))  # a replay succeeded
+    image = catalog.get("acme", "a")
+    assert image.status == "indexed" and image.failure_reason is None
+    assert not catalog.fail("a", "indexing", "x", "an older failure", NOW + timedelta(seconds=1))
+
+
+def test_concurrent_projectors_never_move_an_image_backwards(catalog_url) -> None:
+    """Several projector actors apply events of one image in any order at once."""
+    catalog = Catalog(catalog_url)
+    ids = [f"c{i}" for i in range(20)]
+    for image_id in ids:
+        catalog.insert(row(image_id))
+    steps = [("validated", 1), ("processed", 2), ("indexed", 3)]
+
+    def project(order: list[tuple[str, int]]) -> None:
+        mine = Catalog(catalog_url)
+        for image_id in ids:
+            for status, second in order:
+                mine.advance(image_id, status, NOW + timedelta(seconds=second))
+
+    threads = [threading.Thread(target=project, args=(order,))
+               for order in (steps, steps[::-1], [steps[1], steps[2], steps[0]])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {catalog.get("acme", i).status for i in ids} == {"indexed"}
+
+
+def test_duplicates_both_ways_and_usage_once_per_event(catalog_url) -> None:
+    catalog = Catalog(catalog_url)
+    for image_id in ("a", "b"):
+        catalog.insert(row(image_id))
+    catalog.link_duplicates("acme", "a", ["exact", "near"], [("b", "near", 0.9)])
+    catalog.link_duplicates("acme", "b", ["exact", "near"], [("a", "exact", 1.0)])
+    assert [(d.image_id, d.kind) for d in catalog.duplicates_of("acme", "a")] == [("b", "exact")]
+    assert [(d.image_id, d.kind) for d in catalog.duplicates_of("acme", "b")] == [("a", "exact")]
+    assert catalog.add_usage("e1", "acme", NOW, "uploads", 1)
+    assert not catalog.add_usage("e1", "acme", NOW, "uploads", 1)
+    assert catalog.add_usage("e2", "acme", NOW + timedelta(minutes=5), "uploads", 1)
+    assert catalog.usage("acme", NOW - timedelta(hours=1)) == {NOW: {"uploads": 2.0}}
+    catalog.delete("acme", "b")
+    assert catalog.duplicates_of("acme", "a") == []
+
+
+def test_hash_index_and_tombstones(catalog_url) -> None:
+    index, tombstones = HashIndex(catalog_url), Tombstones(catalog_url)
+    index.add("acme", "a", "s" * 64, "p" * 64, 2**63 + 5)  # the top bit set: stored signed
+    index.add("acme", "a", "s" * 64, "p" * 64, 2**63 + 5)  # a redelivery changes nothing
+    index.add("acme", "b", "t" * 64, "p" * 64, 2**63 + 7)
+    assert index.exact("acme", "b", "t" * 64, "p" * 64) == ["a"]
+    assert [i for i, _ in index.near("acme", "q", 2**63 + 5, 2)] == ["a", "b"]
+    tombstones.bury("acme", "a")
+    tombstones.bury("acme", "a")
+    assert tombstones.dead([("acme", "a"), ("acme", "b")]) == {("acme", "a")}
+    assert [(t, i) for t, i, _ in tombstones.since(NOW - timedelta(days=3650))] == [("acme", "a")]
