@@ -30,7 +30,7 @@ def build_gateway(settings: Settings) -> Any:
     deployment = serve.deployment(
         serve.ingress(build_asgi_app)(),
         name="Gateway",
-        num_replicas=1,
+        num_replicas=settings.serve.gateway_replicas,
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": settings.actors.num_cpus},
     )

@@ -206,7 +206,8 @@ class LocalStack:
         from cluster.gateway import build_gateway
         from serve_apps.embedder import build_embedder
 
-        serve.start(http_options={"host": self.settings.serve.host,
+        serve.start(proxy_location=self.settings.serve.proxy_location,
+                    http_options={"host": self.settings.serve.host,
                                   "port": self.settings.serve.port})
         self._serve_started = True
         try:
@@ -257,10 +258,11 @@ class LocalStack:
         if self.actors:
             stop_stage(self.actors)
             self.actors = []
-        if self._serve_started and not self._ray_started:
-            # On a Ray we did not start (a cluster, a test session), take our apps down.
-            # On our own Ray, ray.shutdown() below ends Serve with it; serve.shutdown()
-            # first would only add raylet warnings about its controller's last task.
+        own_local_ray = self._ray_started and not self.settings.ray_address
+        if self._serve_started and not own_local_ray:
+            # On a Ray we did not start here (a cluster, a test session), take our apps
+            # down. A local Ray we started ends Serve with it in ray.shutdown() below;
+            # serve.shutdown() first would only add raylet warnings about its controller.
             from ray import serve
 
             serve.shutdown()

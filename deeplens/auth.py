@@ -87,11 +87,18 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         cfg = settings.ingestion
         self.keys = settings.tenant_keys()
+        # Each Gateway replica keeps its own buckets, and Serve spreads requests evenly
+        # over the replicas: each holds its share, so the tenant's total is the setting.
+        share = settings.serve.gateway_replicas
+
+        def limiter(per_minute: int, burst: int) -> RateLimiter:
+            return RateLimiter(max(1, per_minute // share), max(1, burst // share))
+
         self.limiters = {
-            "read": RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
-            "write": RateLimiter(cfg.upload_rate_limit_per_minute, cfg.upload_rate_limit_burst),
+            "read": limiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
+            "write": limiter(cfg.upload_rate_limit_per_minute, cfg.upload_rate_limit_burst),
         }
-        self.failures = RateLimiter(cfg.failed_auth_per_minute, cfg.failed_auth_burst)
+        self.failures = limiter(cfg.failed_auth_per_minute, cfg.failed_auth_burst)
 
     def authenticate(self, authorization: str | None, client: str,
                      budget: Budget = "read") -> str:

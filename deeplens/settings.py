@@ -109,6 +109,14 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each Embedder replica asks for "
+        '(JSON), e.g. \'{"embedder": 1}\' to pin replicas to chosen nodes')
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Serve runs its HTTP proxy (HeadOnly when several Ray "
+        "nodes share one machine, or behind one load balancer address)")
+    gateway_replicas: int = Field(
+        1, ge=1, description="Gateway (HTTP edge) replicas; rate limits are divided among them")
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for torch in a replica; 0 = every core of the node "
         "(Ray would otherwise pin it to its fractional CPU request, i.e. one thread)")
@@ -127,6 +135,9 @@ class ActorSettings(BaseModel):
     num_cpus: float = Field(
         0.1, gt=0, description="Ray CPU request per consumer actor (a scheduling share, not a "
         "limit). Six stages plus the Embedder must fit a 2-core laptop; raise it on a cluster")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each consumer actor asks for, "
+        'as JSON: \'{"cpu_pool": 0.01}\' places the stages on nodes started with that resource')
 
 
 class IngestionSettings(BaseModel):

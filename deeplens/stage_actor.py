@@ -75,6 +75,7 @@ def launch_stage(settings: Settings, spec: StageSpec, count: int,
     actors = [
         remote_cls.options(  # type: ignore[attr-defined]
             num_cpus=settings.actors.num_cpus,
+            resources=settings.actors.resources or None,
             max_restarts=-1,
             max_concurrency=4,  # stats()/stop() answer while the loop thread runs
             name=f"{settings.kafka.topic_prefix}{spec.stage}-{i}",

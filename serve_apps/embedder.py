@@ -238,7 +238,8 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
     options: dict[str, Any] = {
         "name": "Embedder",
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                              **({"resources": cfg.resources} if cfg.resources else {})},
         "user_config": {"max_batch_size": args.max_batch_size,
                         "batch_wait_timeout_s": args.batch_wait_timeout_s},
         "health_check_period_s": 10,

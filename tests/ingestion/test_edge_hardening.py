@@ -167,3 +167,28 @@ def test_usage_has_no_meaningless_fields(api) -> None:
     assert "hour" not in usage["totals"]
     assert set(usage["totals"]) == {"uploads", "upload_bytes", "images_embedded",
                                     "embedding_ms", "searches"}
+
+
+def test_rate_limits_are_shared_out_among_gateway_replicas(tmp_path) -> None:
+    """Two replicas each allow half, so together they allow what the setting says."""
+    from deeplens.settings import ServeSettings
+
+    def allowed(replicas: int) -> int:
+        auth = Authenticator(Settings(
+            data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab",
+            serve=ServeSettings(gateway_replicas=replicas),
+            ingestion=IngestionSettings(upload_rate_limit_per_minute=600,
+                                        upload_rate_limit_burst=40)))
+        from deeplens.auth import AuthError
+
+        count = 0
+        for _ in range(100):
+            try:
+                auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.1", "write")
+                count += 1
+            except AuthError:
+                break
+        return count
+
+    assert allowed(1) == 40
+    assert allowed(2) == 20 and allowed(4) == 10

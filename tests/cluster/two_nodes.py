@@ -1,0 +1,98 @@
+"""Run by ``test_two_nodes.py`` in a process of its own (it needs its own Ray driver).
+
+Starts a real two-node Ray cluster on this machine (Ray's ``cluster_utils``: a head and
+a second raylet, each its own processes), the second node carrying a custom resource
+``worker_node``; then DeepLens on it the way ``deeplens up --ray-address`` does, with
+the catalog on PostgreSQL, bytes on an S3-protocol server, vectors in Weaviate (the
+stand-in) and Kafka on the local broker, all given by the test as arguments. Prints
+one JSON line with what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import httpx
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    from ray.cluster_utils import Cluster
+
+    from cluster.samples import jpeg_bytes, scene
+    from cluster.stack import LocalStack, StackError
+    from deeplens.broker import free_port
+    from deeplens.settings import (
+        ActorSettings,
+        KafkaSettings,
+        ModelSettings,
+        ServeSettings,
+        Settings,
+        StorageSettings,
+        VectorStoreSettings,
+    )
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=2, resources={"worker_node": 100})
+    cluster.wait_for_nodes()
+    result: dict = {"worker_node_id": worker.node_id}
+    kafka = KafkaSettings(**config["kafka"])
+    try:
+        base = dict(data_dir=config["data_dir"], kafka=kafka, ray_address=cluster.address,
+                    api_keys="acme:acme-key-0123456789ab",
+                    model=ModelSettings(name="deeplens-tiny", pretrained="random"))
+        # 1. Node-local state on a two-node cluster: refused, naming the settings.
+        try:
+            with LocalStack(Settings(**base)):
+                result["refused"] = None
+        except StackError as exc:
+            result["refused"] = str(exc)
+        # 2. Shared state: the whole pipeline, stages and Embedder on the second node.
+        settings = Settings(
+            **base, catalog_url=config["catalog_url"],
+            storage=StorageSettings(provider="s3", s3_bucket=config["bucket"],
+                                    s3_endpoint_url=config["s3_endpoint"], s3_region="us-east-1",
+                                    s3_access_key_id="test", s3_secret_access_key="test-secret"),
+            vector_store=VectorStoreSettings(backend="weaviate",
+                                             weaviate_url=config["weaviate_url"],
+                                             weaviate_grpc_port=config["weaviate_grpc_port"]),
+            actors=ActorSettings(num_cpus=0.1, resources={"worker_node": 1}),
+            serve=ServeSettings(port=free_port(), num_cpus=0.25, proxy_location="HeadOnly",
+                                resources={"worker_node": 1}))
+        with LocalStack(settings) as stack:
+            client = httpx.Client(base_url=stack.url, timeout=60,
+                                  headers={"Authorization": "Bearer acme-key-0123456789ab"})
+            ids = [client.post("/v1/images", files={"file": (f"{i}.jpg", jpeg_bytes(scene(
+                800 + i, 160)))}).json()["image_id"] for i in range(4)]
+            deadline = time.monotonic() + 180
+            statuses: dict = {}
+            while time.monotonic() < deadline:
+                statuses = client.post("/v1/images/statuses", json={"image_ids": ids}
+                                       ).json()["statuses"]
+                if all(s in ("indexed", "failed") for s in statuses.values()) and \
+                        len(statuses) == len(ids):
+                    break
+                time.sleep(0.5)
+            result["statuses"] = sorted(statuses.values())
+            hits = client.post("/v1/search/image", data={"k": "1"}, files={
+                "file": ("q.jpg", jpeg_bytes(scene(800, 160)))}).json()["hits"]
+            result["top_hit_is_itself"] = bool(hits) and hits[0]["image_id"] == ids[0]
+            from ray.util.state import list_actors
+
+            placed: dict[str, list[str]] = {}
+            for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+                name = actor.class_name
+                if name.startswith("ServeReplica:embedder"):
+                    name = "Embedder"
+                placed.setdefault(name, []).append(
+                    "worker" if actor.node_id == worker.node_id else "head")
+            result["placed"] = placed
+    finally:
+        cluster.shutdown()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
