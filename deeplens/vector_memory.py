@@ -233,8 +233,18 @@ class MemoryIndexedStore:
         return [] if index is None else index.search(vector, k, exclude)
 
     def get_vector(self, model_id: str, tenant_id: str, image_id: str) -> np.ndarray | None:
+        """From memory; an image written since the last refresh (just indexed) is looked
+        up in the store by id, so "indexed" always means "similar-to works"."""
         index = self._index(model_id, tenant_id)
-        return None if index is None else index.vector(image_id)
+        if index is None:
+            return None
+        vector = index.vector(image_id)
+        if vector is None:
+            vector = self.store.get_vector(model_id, tenant_id, image_id)
+            if vector is not None and self.tombstones is not None and \
+                    self.tombstones.is_dead(tenant_id, image_id):
+                return None  # deleted; the indexer has not removed it from the store yet
+        return vector
 
     def delete(self, tenant_id: str, image_id: str) -> int:
         removed = self.store.delete(tenant_id, image_id)

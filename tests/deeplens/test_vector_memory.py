@@ -184,3 +184,20 @@ print(len(store.search("m/x", "a", vectors[0], 10)))
                          timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "10"
+
+
+def test_get_vector_of_an_image_written_since_the_last_refresh(tmp_path) -> None:
+    """'indexed' must mean similar-to works at once, before the next refresh."""
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    vectors = clustered(3, dim=8, seed=5)
+    indexer = LanceStore(tmp_path / "v", VectorStoreSettings())
+    indexer.upsert("m/x", [_record("acme", 0, vectors[0])])
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                Tombstones(url), refresh_s=60)  # no refresh in this test
+    assert search.count("m/x", "acme") == 1
+    indexer.upsert("m/x", [_record("acme", 1, vectors[1]), _record("acme", 2, vectors[2])])
+    assert np.allclose(search.get_vector("m/x", "acme", "img1"), vectors[1])
+    Tombstones(url).bury("acme", "img2")
+    assert search.get_vector("m/x", "acme", "img2") is None
+    assert search.get_vector("m/x", "acme", "nothing") is None
+    search.close()
