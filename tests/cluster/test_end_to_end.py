@@ -28,12 +28,17 @@ def wait_indexed(client: httpx.Client, ids: list[str], timeout_s: float = 180) -
     return rows
 
 
-def wait_duplicates(client: httpx.Client, image_id: str, timeout_s: float = 60) -> dict:
+def wait_duplicates(client: httpx.Client, image_id: str, timeout_s: float = 60,
+                    linked_to: str | None = None) -> dict:
+    """The image's duplicates once dedup ran for it (and, if given, once it is linked to
+    ``linked_to``: of two copies processed at once, the one that looked second reports the
+    pair, so the first one's own answer may still be empty)."""
     deadline = time.monotonic() + timeout_s
     body: dict = {}
     while time.monotonic() < deadline:
         body = client.get(f"/v1/images/{image_id}/duplicates").json()
-        if body.get("tiers"):
+        if body.get("tiers") and (linked_to is None or any(
+                m["image_id"] == linked_to for m in body["matches"])):
             return body
         time.sleep(0.5)
     return body
@@ -105,12 +110,13 @@ def test_upload_index_search_and_duplicates(stack) -> None:
     assert ids[4] not in {h["image_id"] for h in similar["hits"]}
     assert len(similar["hits"]) == len(rows) - 1
 
-    exact = wait_duplicates(acme, exact_id)
+    exact = wait_duplicates(acme, exact_id, linked_to=ids[0])
     assert {"image_id": ids[0], "kind": "exact", "score": 1.0} in exact["matches"]
     assert exact["tiers"] == ["exact", "near"]  # random weights: the similar tier is off
-    near = wait_duplicates(acme, near_id)
+    near = wait_duplicates(acme, near_id, linked_to=ids[1])
     assert any(m["image_id"] == ids[1] and m["kind"] == "near" for m in near["matches"])
-    assert any(m["image_id"] == near_id for m in wait_duplicates(acme, ids[1])["matches"])
+    assert any(m["image_id"] == near_id
+               for m in wait_duplicates(acme, ids[1], linked_to=near_id)["matches"])
 
     # The other tenant sees none of it, on any route.
     for path in (f"/v1/images/{ids[0]}", f"/v1/images/{ids[0]}/duplicates",
