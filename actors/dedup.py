@@ -40,7 +40,12 @@ from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
 from deeplens.storage import ObjectMissing, Storage, make_storage
 from deeplens.tombstones import Tombstones
-from deeplens.vector_store import VectorStore, VectorStoreUnavailable, make_search_store
+from deeplens.vector_store import (
+    VectorStore,
+    VectorStoreUnavailable,
+    is_random_init,
+    make_search_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def content_hashes(data: bytes) -> tuple[str, int]:
 
 
 def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
-    if "/random-init" in event.feature_model:  # random weights: similarity means nothing
+    if is_random_init(event.feature_model):  # random weights: similarity means nothing
         return ["exact", "near"]
     return ["exact", "near", "similar"]
 

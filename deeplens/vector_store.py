@@ -31,6 +31,12 @@ def object_id(tenant_id: str, image_id: str) -> str:
     return str(uuid.uuid5(_OBJECT_NS, f"{tenant_id}/{image_id}"))
 
 
+def is_random_init(model_id: str) -> bool:
+    """Whether vectors of this model id come from random weights (meaningless for search
+    and for the similar tier): ids ``<arch>/random-init-seed<N>``."""
+    return "/random-init" in model_id
+
+
 def collection_name(model_id: str) -> str:
     """A collection/table name for a model id, valid in Weaviate (capitalised) and LanceDB."""
     readable = re.sub(r"[^A-Za-z0-9]+", "_", model_id).strip("_")[:48]

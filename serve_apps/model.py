@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from deeplens.settings import ModelSettings
+from deeplens.vector_store import is_random_init
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ class ClipModel:
     @property
     def random_init(self) -> bool:
         return is_random_init(self.model_id)
-
-
-def is_random_init(model_id: str) -> bool:
-    """Whether vectors of this model id come from random weights (meaningless for search)."""
-    return "/random-init" in model_id
 
 
 def register_configs() -> None:

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from deeplens.auth import TenantDep, declare_auth_responses
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
-from deeplens.vector_store import Hit, VectorStore
+from deeplens.vector_store import Hit, VectorStore, is_random_init
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def build_search_router() -> APIRouter:
     async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
         """The model search runs on (the search page warns when its weights are random)."""
         model = await ctx.encoder.model_id()
-        return ModelInfo(model=model, random_weights="/random-init" in model)
+        return ModelInfo(model=model, random_weights=is_random_init(model))
 
     @router.post("/search", response_model=SearchResult)
     async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
