@@ -104,8 +104,10 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
     for env in batch:
         event = env.event
         if isinstance(event, ImageDeleted):
+            # Only the hashes are dedup's own. The similar tier's vector (an idempotent
+            # upsert of the indexer's record) is removed by the indexer's delete, and a
+            # write of ours that lands after it is undone by the tombstone re-check below.
             index.forget(event.tenant_id, event.image_id)
-            store.delete(event.tenant_id, event.image_id)  # the similar tier's vector
         elif isinstance(event, ImageProcessed):
             pending.append(env)
     dead = tombstones.dead((e.event.tenant_id, e.event.image_id) for e in pending)

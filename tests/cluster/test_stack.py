@@ -52,7 +52,7 @@ def test_footprint_counts_a_process_tree() -> None:
             total, roles = footprint()
         assert total >= 60 * 2**20, roles
         assert "deeplens (driver)" in roles and sum(n for _, n in roles.values()) >= 2
-        assert describe(total, roles).endswith(")") or "MB" in describe(total, roles)
+        assert describe(total, roles).startswith(f"{total / 2**30:.2f} GB in all: ")
     finally:
         child.kill()
 
