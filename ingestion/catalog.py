@@ -203,14 +203,16 @@ class Catalog:
 
         Links to or from an image that is no longer catalogued (deleted) are not written."""
         with self.engine.begin() as conn:
-            ids = [image_id, *(other for other, _, _ in matches)]
+            # Write first: the transaction then holds the write lock (SQLite) before it
+            # reads which images still exist, so a delete cannot slip in between.
+            if not conn.execute(images.update().where(images.c.image_id == image_id,
+                                                      images.c.tenant_id == tenant_id)
+                                .values(dedup_tiers=",".join(tiers))).rowcount:
+                return  # deleted
+            others = [other for other, _, _ in matches]
             alive = {row[0] for row in conn.execute(sa.select(images.c.image_id).where(
-                images.c.tenant_id == tenant_id, images.c.image_id.in_(ids)))}
-            if image_id not in alive:
-                return
-            conn.execute(images.update().where(images.c.image_id == image_id,
-                                               images.c.tenant_id == tenant_id)
-                         .values(dedup_tiers=",".join(tiers)))
+                images.c.tenant_id == tenant_id, images.c.image_id.in_(others)))} if others \
+                else set()
             for other, kind, score in matches:
                 if other not in alive:
                     continue
