@@ -3,7 +3,7 @@
 Three tiers, cheapest first, each within the tenant:
 
 - **exact**: the same bytes (sha256) or the same decoded pixels (a re-save that
-  only changed metadata or PNG compression);
+  only changed metadata or PNG compression: the pixel fingerprint);
 - **near**: perceptual hash (pHash, 64 bits) within a Hamming distance;
 - **similar**: cosine similarity of the model's vectors above a threshold; off
   for random-weight models, whose scores mean nothing.
@@ -12,17 +12,19 @@ Each image's hashes (and vector) are written *before* the look-up, so of two
 near-identical images processed at the same moment by two actors the later
 look-up always sees the earlier write: they end up linked. One
 ``duplicates.found`` event per image says which tiers ran, even with no match.
+
+The hashes come on the event (version 2), computed by the Embedder from its one
+decode: this stage reads no image bytes. Only a version-1 event, written before
+the Embedder sent hashes, makes it fetch and decode the image.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Callable, Sequence
 
-import imagehash
-from PIL import Image, ImageOps
+import numpy as np
 from sqlalchemy.exc import OperationalError
 
 from actors.indexer import record_of
@@ -35,10 +37,11 @@ from deeplens.events import (
     ImageProcessed,
 )
 from deeplens.hash_index import HashIndex
+from deeplens.image_hashes import HASH_SIDE, fingerprint_of, phash
 from deeplens.kafka import Outbound
 from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
-from deeplens.storage import ObjectMissing, Storage, make_storage
+from deeplens.storage import ObjectMissing, Storage, StorageUnavailable, make_storage
 from deeplens.tombstones import Tombstones
 from deeplens.vector_store import (
     VectorStore,
@@ -54,11 +57,25 @@ TOPICS = ("images.processed", "images.deleted")
 
 
 def content_hashes(data: bytes) -> tuple[str, int]:
-    """(sha256 of the upright RGB pixels, 64-bit pHash)."""
+    """(pixel fingerprint, 64-bit pHash) by decoding the bytes with Pillow, as the
+    Embedder's Pillow path does. Only for version-1 events, which carry no hashes."""
+    from PIL import Image, ImageOps
+
+    from serve_apps.decode import thumb_size
+
     with Image.open(io.BytesIO(data)) as img:
-        upright = ImageOps.exif_transpose(img).convert("RGB")
-    pixels = hashlib.sha256(upright.tobytes() + repr(upright.size).encode()).hexdigest()
-    return pixels, int(str(imagehash.phash(upright)), 16)
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    thumb = rgb.resize(thumb_size(*rgb.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    grey = thumb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
+    return fingerprint_of(np.asarray(rgb)), phash(np.asarray(grey))
+
+
+def event_hashes(event: ImageProcessed, storage: Storage) -> tuple[str, int]:
+    """The hashes the event carries; a version-1 event's from its bytes (ObjectMissing
+    if the image is gone)."""
+    if event.pixel_fingerprint is not None and event.phash is not None:
+        return event.pixel_fingerprint, int(event.phash, 16)
+    return content_hashes(storage.get(event.storage_path))
 
 
 def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
@@ -67,9 +84,9 @@ def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
     return ["exact", "near", "similar"]
 
 
-def find_duplicates(event: ImageProcessed, data: bytes, index: HashIndex, store: VectorStore,
-                    limits: DedupThresholds) -> DuplicatesFound:
-    pixel_sha, phash = content_hashes(data)
+def find_duplicates(event: ImageProcessed, hashes: tuple[str, int], index: HashIndex,
+                    store: VectorStore, limits: DedupThresholds) -> DuplicatesFound:
+    pixel_sha, phash = hashes
     tenant, image_id = event.tenant_id, event.image_id
     index.add(tenant, image_id, event.sha256, pixel_sha, phash)  # write first, then look
     matches: dict[str, DuplicateMatch] = {}
@@ -120,12 +137,18 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
             log.info("skipping %s: deleted before dedup", event.image_id)
             continue
         try:  # other storage errors are transient: they propagate and the batch is retried
-            data = storage.get(event.storage_path)
+            hashes = event_hashes(event, storage)
         except ObjectMissing:
             log.info("skipping %s: deleted before dedup", event.image_id)
             continue
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a version-1 image Pillow cannot decode
+            outputs[key] = failure(env, "dedup_error", f"{type(exc).__name__}: {exc}", STAGE,
+                                   type(exc).__name__)
+            continue
         try:
-            found = find_duplicates(event, data, index, store,
+            found = find_duplicates(event, hashes, index, store,
                                     settings.dedup.for_tenant(event.tenant_id))
         except TRANSIENT:
             raise  # the store or database is down: retry the batch (every sink is idempotent)

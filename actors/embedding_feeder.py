@@ -1,14 +1,17 @@
 """The embedding stage: ``images.validated`` -> Embedder (Ray Serve) -> ``images.processed``.
 
 Feeders are the Kafka side of the GPU path: they read validated images, fetch
-their bytes and send them to the Embedder deployment through a handle, so the
-Embedder's ``@serve.batch`` forms batches across every feeder's requests. The
-number of requests in flight is bounded by batch size x batches in flight; at the
-bound the consumer loop pauses its partitions.
+their bytes and send a whole consumer batch to the Embedder deployment in one
+handle call (``embed_images``); the Embedder's ``@serve.batch`` forms batches
+across every feeder's items. What comes back per image is its vector, its dedup
+hashes and a JPEG thumbnail, all from the Embedder's one decode; the feeder stores
+the thumbnail beside the original and publishes ``images.processed`` (version 2:
+vector as base64 float32, hashes, thumbnail path). The number of batches in flight
+is bounded by the consumer loop, which pauses its partitions at the bound.
 
-An image the Embedder cannot decode fails alone (``images.failed``,
-``stage=embedding``). A fault of the Embedder itself (replica gone, overloaded,
-device error) raises, so the batch is retried and nothing is failed for it.
+An image the Embedder cannot decode fails alone (``images.failed``, reason
+``corrupt``, ``stage=embedding``). A fault of the Embedder itself (replica gone,
+overloaded, device error) raises, so the batch is retried and nothing is failed for it.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.validator import failed
 from deeplens.consumer_loop import Envelope
-from deeplens.events import ImageProcessed, ImageValidated, TenantUsage, utcnow
+from deeplens.events import ImageProcessed, ImageValidated, TenantUsage, encode_vector, utcnow
+from deeplens.image_hashes import hex64
 from deeplens.kafka import Outbound
 from deeplens.retry import Retry
 from deeplens.settings import Settings
-from deeplens.storage import ObjectMissing, make_storage
+from deeplens.storage import ObjectMissing, Storage, make_storage, thumbnail_path
+from deeplens.tombstones import Tombstones
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +39,21 @@ STAGE = "embedding"
 TOPICS = ("images.validated",)
 EMBEDDER_APP = "embedder"
 _USAGE_NS = uuid.UUID("0b6f3d0e-51c4-4a4f-9a55-1f0f3c9c7e21")
+IO_THREADS = 8  # storage reads and thumbnail writes of one batch run side by side (S3)
 
 
 class EmbedderUnavailable(RuntimeError):
     """The Embedder could not answer (a transient fault: the batch is retried)."""
 
 
-def encode_features(vector: Any) -> list[float]:
-    """Unit-norm float32 vector -> JSON floats rounded to 8 decimals (below float32 resolution)."""
-    return [round(float(x), 8) for x in vector]
-
-
-def processed_event(event: ImageValidated, vector: Any, model_id: str) -> ImageProcessed:
+def processed_event(event: ImageValidated, result: Any, thumbnail: str | None) -> ImageProcessed:
+    fields = set(ImageValidated.model_fields) - {"event_id", "schema_version"}
     return ImageProcessed(
-        **event.model_dump(exclude={"event_id", "schema_version"}),
-        features=encode_features(vector), feature_model=model_id, processed_at=utcnow(),
+        **event.model_dump(include=fields),
+        features_f32=encode_vector(result.vector), feature_model=result.model_id,
+        processed_at=utcnow(),
+        phash=hex64(result.phash) if result.phash is not None else None,
+        pixel_fingerprint=result.fingerprint, thumbnail_path=thumbnail,
     )
 
 
@@ -58,10 +64,25 @@ def usage_event(event: ImageValidated, metric: str, quantity: float) -> Outbound
         quantity=quantity, image_id=event.image_id))
 
 
+def _fetch(storage: Storage, pool: ThreadPoolExecutor,
+           batch: Sequence[Envelope]) -> list[bytes | ObjectMissing]:
+    def one(env: Envelope) -> bytes | ObjectMissing:
+        event = env.event
+        assert isinstance(event, ImageValidated)
+        try:
+            return storage.get(event.storage_path)
+        except ObjectMissing as exc:  # other storage errors propagate: the batch is retried
+            return exc
+
+    return list(pool.map(one, batch)) if len(batch) > 1 else [one(e) for e in batch]
+
+
 def build_handler(settings: Settings,
                   embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound | Retry]]:
     """The batch handler; ``embedder`` is a Serve handle (looked up by name if not given)."""
     storage = make_storage(settings)
+    tombstones = Tombstones(settings.effective_catalog_url)
+    pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="feeder-io")
     handles: list[Any] = [embedder] if embedder is not None else []
 
     def embedder_handle() -> Any:
@@ -78,32 +99,41 @@ def build_handler(settings: Settings,
     def handle_batch(batch: Sequence[Envelope]) -> list[Outbound | Retry]:
         handle = embedder_handle()
         outputs: list[Outbound | Retry] = []
-        pending: list[tuple[Envelope, Any]] = []
+        sent: list[tuple[Envelope, bytes]] = []
+        for env, data in zip(batch, _fetch(storage, pool, batch), strict=True):
+            if isinstance(data, ObjectMissing):
+                outputs.append(failed(env, "missing_object", str(data), stage=STAGE, exc=data))
+            else:
+                sent.append((env, data))
+        if not sent:
+            return outputs
         started = time.perf_counter()
-        for env in batch:
-            event = env.event
-            assert isinstance(event, ImageValidated)
-            try:
-                data = storage.get(event.storage_path)
-            except ObjectMissing as exc:
-                outputs.append(failed(env, "missing_object", str(exc), stage=STAGE, exc=exc))
-                continue
-            pending.append((env, handle.embed.remote(data)))
-        try:
-            results = [(env, response.result(timeout_s=300)) for env, response in pending]
+        try:  # one call for the whole batch: a list of bytes in, a list of results out
+            results = handle.embed_images.remote([data for _, data in sent]).result(timeout_s=300)
         except Exception as exc:  # noqa: BLE001 - replica gone, timeout, overload: retry
             raise EmbedderUnavailable(f"Embedder call failed: {type(exc).__name__}: {exc}") from exc
-        per_image_ms = (time.perf_counter() - started) * 1000 / max(len(pending), 1)
-        for env, result in results:
+        per_image_ms = (time.perf_counter() - started) * 1000 / len(sent)
+        thumbs = {id(env): thumbnail_path(env.event.storage_path)  # type: ignore[union-attr]
+                  for (env, _), result in zip(sent, results, strict=True)
+                  if result.ok and result.thumbnail}
+        writes = [(thumbs[id(env)], result.thumbnail)
+                  for (env, _), result in zip(sent, results, strict=True) if id(env) in thumbs]
+        list(pool.map(lambda write: storage.put(*write), writes))  # before the event says so
+        if writes:  # a delete that raced these writes: its thumbnail goes too
+            by_key = {(env.event.tenant_id, env.event.image_id): thumbs[id(env)]  # type: ignore[union-attr]
+                      for env, _ in sent if id(env) in thumbs}
+            for key in tombstones.dead(by_key):
+                storage.delete(by_key[key])
+        for (env, _), result in zip(sent, results, strict=True):
             event = env.event
             assert isinstance(event, ImageValidated)
             if result.ok:
                 outputs.append(Outbound("images.processed", event.image_id,
-                                        processed_event(event, result.vector, result.model_id)))
+                                        processed_event(event, result, thumbs.get(id(env)))))
                 outputs.append(usage_event(event, "images_embedded", 1))
                 outputs.append(usage_event(event, "embedding_ms", round(per_image_ms, 3)))
             elif result.error_kind == "decode":
-                outputs.append(failed(env, "embedding_error", result.error or "", stage=STAGE))
+                outputs.append(failed(env, "corrupt", result.error or "", stage=STAGE))
             else:  # a device error on this item (e.g. out of memory even alone): later
                 outputs.append(Retry(env, f"Embedder device error: {result.error}",
                                      "EmbedderDeviceError"))

@@ -14,8 +14,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from deeplens.consumer_loop import Envelope
 from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
 from deeplens.kafka import Outbound
@@ -30,8 +28,7 @@ TOPICS = ("images.processed", "images.deleted")
 
 
 def record_of(event: ImageProcessed) -> VectorRecord:
-    return VectorRecord(event.tenant_id, event.image_id,
-                        np.asarray(event.features, dtype=np.float32),
+    return VectorRecord(event.tenant_id, event.image_id, event.vector(),
                         event.original_file_name, event.uploaded_at)
 
 

@@ -33,7 +33,7 @@ def main() -> None:
     from actors import indexer
     from benchmarks.common import machine, record
     from deeplens.broker import local_broker
-    from deeplens.events import ImageProcessed
+    from deeplens.events import ImageProcessed, encode_vector
     from deeplens.kafka import EventProducer, Outbound, admin_client
     from deeplens.settings import KafkaSettings, Settings
     from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
@@ -65,7 +65,7 @@ def main() -> None:
                         storage_provider="local", storage_path=path, file_size=1,
                         mime_type="image/jpeg", sha256="0" * 64, uploaded_at=now, width=1,
                         height=1, format="JPEG", validated_at=now,
-                        features=[round(float(x), 8) for x in v / np.linalg.norm(v)],
+                        features_f32=encode_vector(v / np.linalg.norm(v)),
                         feature_model="bench/random-init", processed_at=now))
                 EventProducer(kafka, prefix=prefix).send(
                     [Outbound(e.topic, e.image_id, e) for e in events])

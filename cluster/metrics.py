@@ -40,6 +40,7 @@ EXPORTED = {
     "deeplens_stage_in_flight", "deeplens_stage_actors", "deeplens_embedder_batches_total",
     "deeplens_embedder_items_total", "deeplens_embedder_busy_seconds_total",
     "deeplens_gpu_utilization_ratio", "deeplens_upload_to_indexed_seconds",
+    "deeplens_embedder_phase_busy_seconds_total", "deeplens_embedder_busy_ratio",
 }
 
 _STAGE_COUNTERS = {
@@ -160,10 +161,19 @@ class PipelineCollector:
         busy = CounterMetricFamily("deeplens_embedder_busy_seconds", "Seconds decoding + encoding",
                                    labels=["model"])
         model = stats["model_id"]
+        phase = CounterMetricFamily("deeplens_embedder_phase_busy_seconds",
+                                    "Seconds in each phase of a batch (decode, model)",
+                                    labels=["model", "phase"])
+        fraction = GaugeMetricFamily("deeplens_embedder_busy_ratio",
+                                     "Model-busy seconds / wall seconds over the last 30 s",
+                                     labels=["model"])
         batches.add_metric([model], stats["batches"])
         items.add_metric([model], stats["items"])
         busy.add_metric([model], stats["busy_s"])
-        yield from (batches, items, busy)
+        phase.add_metric([model, "decode"], stats.get("decode_busy_s", 0.0))
+        phase.add_metric([model, "model"], stats.get("model_busy_s", 0.0))
+        fraction.add_metric([model], stats.get("busy_fraction", 0.0))
+        yield from (batches, items, busy, phase, fraction)
         if stats.get("gpu_utilization") is not None:
             gpu = GaugeMetricFamily("deeplens_gpu_utilization_ratio", "GPU busy share (NVML)",
                                     labels=["model"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from deeplens.events import FailureReason
-from deeplens.formats import BY_NAME, sniff
+from deeplens.formats import BY_NAME, sniff, walk
 from deeplens.settings import IngestionSettings
 
 
@@ -65,3 +65,27 @@ def check_header(data: bytes, limits: IngestionSettings) -> Valid | Invalid:
     if max(width, height) > limits.max_side:
         return Invalid("too_large", f"{width}x{height}: a side is above {limits.max_side} px")
     return Valid(width, height, fmt)
+
+
+def check_structure(data: bytes, fmt: str) -> Invalid | None:
+    """The container's structure without decoding pixels: truncation and fatal defects.
+
+    JPEG: segments to EOI, tables and headers consistent. PNG: every chunk's CRC, to IEND.
+    WebP: the RIFF size. Corruption inside compressed pixel data that leaves the
+    structure intact is found by the Embedder's decode (reason ``corrupt``) or, where
+    every decoder accepts it with a warning (libjpeg), embedded as decoded.
+    """
+    end, problem = walk(data, BY_NAME[fmt])
+    if problem:
+        return Invalid("corrupt", f"damaged {fmt}: {problem}")
+    if end is None:
+        return Invalid("truncated", f"the {fmt} data ends before its end marker")
+    return None
+
+
+def check_image(data: bytes, limits: IngestionSettings) -> Valid | Invalid:
+    """Everything decided without decoding a pixel: header, limits, structure."""
+    verdict = check_header(data, limits)
+    if isinstance(verdict, Invalid):
+        return verdict
+    return check_structure(data, verdict.format) or verdict

@@ -42,6 +42,12 @@ def object_path(tenant_id: str, image_id: str, extension: str) -> str:
     return f"{tenant_id}/{image_id[:2]}/{image_id}.{extension}"
 
 
+def thumbnail_path(storage_path: str) -> str:
+    """Where an image's thumbnail is stored: beside it, ``tenant/ab/image_id.thumb.jpg``."""
+    stem = storage_path.rsplit(".", 1)[0] if "." in storage_path.rsplit("/", 1)[-1] else storage_path
+    return f"{stem}.thumb.jpg"
+
+
 class LocalStorage:
     """Files under one root folder; writes are atomic (temp file + rename)."""
 

@@ -24,7 +24,7 @@ from deeplens.events import ImageDeleted, ImageStatus, ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, EventProducer, Outbound
 from deeplens.settings import Settings
-from deeplens.storage import Storage, make_storage, object_path
+from deeplens.storage import ObjectMissing, Storage, make_storage, object_path, thumbnail_path
 from deeplens.tombstones import Tombstones
 from ingestion import metrics
 from ingestion.catalog import Catalog, ImageRow
@@ -194,6 +194,20 @@ def add_routes(app: FastAPI) -> None:
         return Response(data, media_type=row.mime_type,
                         headers={"X-Content-Type-Options": "nosniff"})
 
+    @app.get("/v1/images/{image_id}/thumbnail", tags=["images"], responses=_NOT_FOUND)
+    def get_thumbnail(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
+        """A JPEG of at most 320 px a side, made by the Embedder from its one decode;
+        404 until the image is embedded."""
+        row = _owned(svc, tenant, image_id)
+        try:
+            data = svc.storage.get(thumbnail_path(row.storage_path))
+        except ObjectMissing:
+            raise HTTPException(404, f"image {image_id} has no thumbnail (yet): it is "
+                                     f"{row.status}") from None
+        return Response(data, media_type="image/jpeg",
+                        headers={"X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "private, max-age=86400"})
+
     @app.delete("/v1/images/{image_id}", status_code=204, tags=["images"], responses=_NOT_FOUND)
     def delete_image(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
         row = _owned(svc, tenant, image_id)
@@ -207,6 +221,7 @@ def add_routes(app: FastAPI) -> None:
             svc.tombstones.unbury(tenant, image_id)
             raise HTTPException(503, f"event broker unavailable, nothing deleted: {exc}") from exc
         svc.storage.delete(row.storage_path)
+        svc.storage.delete(thumbnail_path(row.storage_path))  # a later write undoes itself
         svc.catalog.delete(tenant, image_id)
         return Response(status_code=204)
 

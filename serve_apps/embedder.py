@@ -4,14 +4,24 @@ Requests (one image or a list) are gathered by ``@serve.batch`` into batches of
 up to ``max_batch_size`` (tunable at run time through ``user_config``), decoded
 with DALI, encoded by open_clip, and answered item by item: a bad item gets an
 error result, never an exception that would fail its whole batch.
+
+The Embedder makes the only full-resolution decode of an image. Uploads
+(``embed_images``) get back, with their vector, the dedup hashes and a JPEG
+thumbnail made from that decode; query images (``embed``) get the vector only.
+
+Two batches are in flight at once: while the model encodes one, the next is
+decoded (a decode lock and a model lock keep each phase to one batch). The
+model's busy fraction over the last ``BUSY_WINDOW_S`` is in ``stats()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +40,9 @@ class Embedding:
     model_id: str
     error: str | None = None
     error_kind: str | None = None  # "decode" (permanent) or "device" (transient)
+    phash: int | None = None  # 64-bit perceptual hash (deeplens.image_hashes.phash)
+    fingerprint: str | None = None  # of the full-resolution pixels
+    thumbnail: bytes | None = None  # JPEG, uploads only
 
     @property
     def ok(self) -> bool:
@@ -47,12 +60,77 @@ class EmbedderArgs:
     max_image_pixels: int = 89_478_485  # the upload limit; decoders refuse larger images
 
 
-def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
-    """Decode and encode a batch; one result per item, failures isolated per item."""
+BUSY_WINDOW_S = 30.0
+
+
+class Phases:
+    """Locks and clocks of the two phases of a batch: decode (host, or DALI on the device)
+    and model. One batch per phase at a time, so two batches in flight overlap."""
+
+    def __init__(self) -> None:
+        self.decode_lock = threading.Lock()
+        self.model_lock = threading.Lock()
+        self.decode_s = 0.0
+        self.model_s = 0.0
+        self._model_spans: deque[tuple[float, float]] = deque()
+        self._first: float | None = None
+
+    @contextmanager
+    def decoding(self) -> Any:
+        with self.decode_lock:
+            start = time.perf_counter()
+            self._first = self._first or start
+            try:
+                yield
+            finally:
+                self.decode_s += time.perf_counter() - start
+
+    @contextmanager
+    def encoding(self) -> Any:
+        with self.model_lock:
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                end = time.perf_counter()
+                self.model_s += end - start
+                self._model_spans.append((start, end))
+
+    def busy_fraction(self, now: float | None = None) -> float:
+        """Model-busy seconds / wall seconds over the last BUSY_WINDOW_S (or since the
+        first batch, if sooner)."""
+        now = time.perf_counter() if now is None else now
+        if self._first is None:
+            return 0.0
+        since = max(now - BUSY_WINDOW_S, self._first)
+        while self._model_spans and self._model_spans[0][1] < since:
+            self._model_spans.popleft()
+        busy = sum(min(end, now) - max(start, since) for start, end in self._model_spans)
+        return max(0.0, min(1.0, busy / max(now - since, 1e-9)))
+
+
+
+def embed_items(clip: Any, decoder: Any, items: list[bytes],
+                thumbnails: list[bool] | None = None,
+                phases: Phases | None = None) -> list[Embedding]:
+    """Decode and encode a batch; one result per item, failures isolated per item.
+
+    Items with ``thumbnails[i]`` get hashes and a JPEG thumbnail from the same decode.
+    """
+    from deeplens.image_hashes import phash
+    from serve_apps.decode import Decoded, encode_thumbnails
     from serve_apps.model import encode_with_split
 
-    decoded = _decode_isolated(decoder, items)
-    good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+    phases = phases or Phases()
+    wanted = thumbnails or [False] * len(items)
+    with phases.decoding():
+        decoded = _decode_isolated(decoder, items)
+        good = [i for i, d in enumerate(decoded) if isinstance(d, Decoded)]
+        extras: dict[int, tuple[int, str, bytes]] = {}
+        keep = [i for i in good if wanted[i]]
+        for i, jpeg in zip(keep, encode_thumbnails([decoded[i].thumbnail for i in keep]),
+                           strict=True):
+            extras[i] = (phash(decoded[i].hash_image), decoded[i].fingerprint, jpeg)
     results: list[Embedding] = [
         Embedding(None, clip.model_id, error=str(d), error_kind="decode")
         for d in decoded
@@ -60,13 +138,17 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
     if good:
         import torch
 
-        pixels = torch.stack([decoded[i] for i in good])  # type: ignore[misc]
-        for index, vector in zip(good, encode_with_split(clip, pixels), strict=True):
+        with phases.encoding():
+            pixels = torch.stack([decoded[i].pixels for i in good])
+            vectors = encode_with_split(clip, pixels)
+        for index, vector in zip(good, vectors, strict=True):
             if isinstance(vector, Exception):
                 results[index] = Embedding(None, clip.model_id, error=str(vector),
                                            error_kind="device")
-            else:
-                results[index] = Embedding(vector.numpy().astype(np.float32), clip.model_id)
+                continue
+            ph, fp, jpeg = extras.get(index, (None, None, None))
+            results[index] = Embedding(vector.numpy().astype(np.float32), clip.model_id,
+                                       phash=ph, fingerprint=fp, thumbnail=jpeg)
     return results
 
 
@@ -87,19 +169,22 @@ def _decode_isolated(decoder: Any, items: list[bytes]) -> list[Any]:
     return out
 
 
-def embed_isolated(clip: Any, decoder: Any, items: list[bytes]) -> list[Embedding]:
+def embed_isolated(clip: Any, decoder: Any, items: list[bytes],
+                   thumbnails: list[bool] | None = None,
+                   phases: Phases | None = None) -> list[Embedding]:
     """``embed_items``; should the batch raise for any reason but the device, each item
     alone: no input can fail a batch-mate (another tenant's, say)."""
+    wanted = thumbnails or [False] * len(items)
     try:
-        return embed_items(clip, decoder, items)
+        return embed_items(clip, decoder, items, wanted, phases)
     except Exception as exc:  # noqa: BLE001
         if _is_device_fault(exc) or len(items) == 1:
             raise
         log.warning("batch of %d raised (%s); embedding item by item", len(items), exc)
     results: list[Embedding] = []
-    for item in items:
+    for item, want in zip(items, wanted, strict=True):
         try:
-            results.extend(embed_items(clip, decoder, [item]))
+            results.extend(embed_items(clip, decoder, [item], [want], phases))
         except Exception as exc:  # noqa: BLE001
             if _is_device_fault(exc):
                 raise
@@ -137,6 +222,7 @@ class Embedder:
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
         self.items = 0
         self.busy_s = 0.0
+        self.phases = Phases()
         self._broken: str | None = None
         log.info("Embedder ready: %s on %s (%s), decoder %s", self.clip.model_id,
                  self.clip.device, self.clip.dtype, self.decoder.name)
@@ -149,9 +235,15 @@ class Embedder:
             self._batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     async def embed(self, image: bytes | list[bytes]) -> Embedding | list[Embedding]:
+        """Vectors of query images (one, or a list): no thumbnail, no hashes."""
         if isinstance(image, list):
-            return list(await asyncio.gather(*(self._batch(item) for item in image)))
-        return await self._batch(image)  # type: ignore[no-any-return]
+            return list(await asyncio.gather(*(self._batch((item, False)) for item in image)))
+        return await self._batch((image, False))  # type: ignore[no-any-return]
+
+    async def embed_images(self, images: list[bytes]) -> list[Embedding]:
+        """Uploads, one call per consumer batch: vectors, dedup hashes and thumbnails.
+        Items still join ``@serve.batch`` batches one by one, across every caller."""
+        return list(await asyncio.gather(*(self._batch((item, True)) for item in images)))
 
     async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
         from serve_apps.model import encode_texts
@@ -175,6 +267,9 @@ class Embedder:
             "device": str(self.clip.device), "batches": len(sizes), "items": self.items,
             "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
             "max_batch_size_seen": max(sizes, default=0), "busy_s": round(self.busy_s, 3),
+            "decode_busy_s": round(self.phases.decode_s, 3),
+            "model_busy_s": round(self.phases.model_s, 3),
+            "busy_fraction": round(self.phases.busy_fraction(), 4),
             "dali_fallbacks": getattr(self.decoder, "fallbacks", 0),
             "gpu_utilization": _gpu_utilization(self.clip.device),
         }
@@ -184,13 +279,15 @@ class Embedder:
         if self._broken:
             raise RuntimeError(f"Embedder replica broken: {self._broken}")
 
-    async def _batch(self, items: list[bytes]) -> list[Embedding]:
+    async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Embedding]:
         raise NotImplementedError  # replaced by the @serve.batch method in build_embedder
 
-    def _run_batch(self, items: list[bytes]) -> list[Embedding]:
+    def _run_batch(self, requests: list[tuple[bytes, bool]]) -> list[Embedding]:
         start = time.perf_counter()
+        items = [data for data, _ in requests]
         try:
-            results = embed_isolated(self.clip, self.decoder, items)
+            results = embed_isolated(self.clip, self.decoder, items,
+                                     [want for _, want in requests], self.phases)
         except RuntimeError as exc:
             if _is_device_fault(exc):
                 self._broken = str(exc)[:300]  # a device fault: let Serve replace us
@@ -218,8 +315,9 @@ def embedder_class() -> type:
     from ray import serve
 
     class ServeEmbedder(Embedder):
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-        async def _batch(self, items: list[bytes]) -> list[Embedding]:
+        # Two batches in flight: one decodes while the other is on the model (Phases).
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
+        async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Embedding]:
             return await asyncio.to_thread(self._run_batch, items)
 
     ServeEmbedder.__name__ = ServeEmbedder.__qualname__ = "Embedder"

@@ -59,7 +59,10 @@ async function api(path, options = {}) {
 const thumbs = new Map();
 async function thumbnail(imageId) {
   if (!thumbs.has(imageId)) {
-    thumbs.set(imageId, api("/v1/images/" + imageId + "/content")
+    // The Embedder's thumbnail (a few KB); the original only for images embedded before
+    // thumbnails existed.
+    const base = "/v1/images/" + imageId;
+    thumbs.set(imageId, api(base + "/thumbnail").catch(() => api(base + "/content"))
       .then((r) => r.blob()).then((b) => URL.createObjectURL(b)).catch(() => ""));
   }
   return thumbs.get(imageId);

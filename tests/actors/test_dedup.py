@@ -27,7 +27,8 @@ def processed(image_id: str, data: bytes, vector, model: str = "m/random-init",
         storage_provider="local", storage_path=f"{tenant}/{image_id}.jpg", file_size=len(data),
         mime_type="image/jpeg", sha256=hashlib.sha256(data).hexdigest(), uploaded_at=NOW,
         width=256, height=256, format="JPEG", validated_at=NOW,
-        features=[float(x) for x in vector], feature_model=model, processed_at=NOW)
+        schema_version=1, features=[float(x) for x in vector], feature_model=model,
+        processed_at=NOW)
 
 
 def resave_without_metadata(data: bytes) -> bytes:
@@ -60,14 +61,17 @@ def test_tiers_and_random_model_turns_similar_off(tmp_path) -> None:
     copy = resave_without_metadata(original)
     near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=35)
     vec = np.ones(8) / np.sqrt(8)
-    first = find_duplicates(processed("a", original, vec), original, index, store, limits)
+    first = find_duplicates(processed("a", original, vec), content_hashes(original), index,
+                            store, limits)
     assert first.matches == [] and first.tiers == ["exact", "near"]
-    second = find_duplicates(processed("b", copy, vec), copy, index, store, limits)
+    second = find_duplicates(processed("b", copy, vec), content_hashes(copy), index, store,
+                             limits)
     assert [(m.image_id, m.kind) for m in second.matches] == [("a", "exact")]
-    third = find_duplicates(processed("c", near, vec), near, index, store, limits)
+    third = find_duplicates(processed("c", near, vec), content_hashes(near), index, store,
+                            limits)
     assert {(m.image_id, m.kind) for m in third.matches} == {("a", "near"), ("b", "near")}
-    other_tenant = find_duplicates(processed("z", original, vec, tenant="beta"), original,
-                                   index, store, limits)
+    other_tenant = find_duplicates(processed("z", original, vec, tenant="beta"),
+                                   content_hashes(original), index, store, limits)
     assert other_tenant.matches == []
 
 
@@ -78,8 +82,10 @@ def test_similar_tier_runs_for_a_real_model(tmp_path) -> None:
     v1 = np.array([1.0, 0, 0, 0])
     v2 = np.array([0.97, 0.24, 0, 0])
     a, b = jpeg_bytes(scene(6)), jpeg_bytes(scene(7))
-    find_duplicates(processed("a", a, v1, model="m/real"), a, index, store, limits)
-    found = find_duplicates(processed("b", b, v2, model="m/real"), b, index, store, limits)
+    find_duplicates(processed("a", a, v1, model="m/real"), content_hashes(a), index, store,
+                    limits)
+    found = find_duplicates(processed("b", b, v2, model="m/real"), content_hashes(b), index,
+                            store, limits)
     assert found.tiers == ["exact", "near", "similar"]
     assert [(m.image_id, m.kind) for m in found.matches] == [("a", "similar")]
 
@@ -161,3 +167,46 @@ def test_one_undecodable_image_fails_alone_and_deleted_images_leave_nothing(tmp_
     assert by_id["bad"].topic == "images.failed"
     assert by_id["bad"].event.reason == "dedup_error" and by_id["bad"].event.stage == "dedup"
     assert index.exact("alpha", "q", events[2].sha256, content_hashes(gone)[0]) == []
+
+
+def test_hashes_from_the_embedder_give_the_same_tiers_and_dedup_reads_no_bytes(tmp_path) -> None:
+    """The decode-once path: the Embedder's DALI decode yields the hashes, version-2 events
+    carry them, and dedup answers exact for a pixel-identical re-save, near for a re-encode
+    and a resize, nothing for another picture, without touching storage."""
+    from actors.dedup import dedup_batch
+    from actors.embedding_feeder import processed_event
+    from deeplens.consumer_loop import Envelope
+    from deeplens.settings import ModelSettings, Settings
+    from deeplens.tombstones import Tombstones
+    from serve_apps.decode import make_decoder
+    from serve_apps.embedder import embed_items
+    from serve_apps.model import load_clip
+
+    class NoReads:
+        def get(self, path):
+            raise AssertionError(f"dedup read {path}")
+
+    clip = load_clip(ModelSettings(name="deeplens-tiny", pretrained="random"), device="cpu")
+    decoder = make_decoder("dali", clip=clip, max_batch_size=8)
+    original = jpeg_bytes(scene(13))
+    half = io.BytesIO()
+    Image.open(io.BytesIO(original)).resize((128, 128)).save(half, "JPEG", quality=85)
+    uploads = {"a": original, "b": resave_without_metadata(original),
+               "c": jpeg_bytes(Image.open(io.BytesIO(original)), quality=35),
+               "d": half.getvalue(), "e": jpeg_bytes(scene(14))}
+    results = embed_items(clip, decoder, list(uploads.values()), [True] * len(uploads))
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    index, tombstones = HashIndex(url), Tombstones(url)
+    store = LanceStore(tmp_path / "v", VectorStoreSettings())
+    found = {}
+    for offset, ((image_id, data), result) in enumerate(zip(uploads.items(), results, strict=True)):
+        event = processed_event(processed(image_id, data, np.ones(4)), result, None)
+        assert event.schema_version == 2 and event.phash and event.pixel_fingerprint
+        env = Envelope(topic="images.processed", partition=0, offset=offset, key=image_id,
+                       timestamp=None, event=event)
+        [out] = dedup_batch(Settings(data_dir=tmp_path), NoReads(), index, store, tombstones,
+                            [env])
+        found[image_id] = {(m.image_id, m.kind) for m in out.event.matches}
+    assert found["b"] == {("a", "exact")}
+    assert ("a", "near") in found["c"] and ("a", "near") in found["d"]
+    assert found["e"] == set()

@@ -71,9 +71,14 @@ def test_feeders_embed_every_validated_image(api, embedder_app) -> None:
     for event in processed:
         assert isinstance(event, ImageProcessed)
         assert event.feature_model == "deeplens-tiny/random-init-seed0"
-        assert len(event.features) == 64
-        assert abs(float(np.linalg.norm(event.features)) - 1.0) < 1e-4
+        assert event.schema_version == 2 and event.features is None
+        assert len(event.vector()) == 64
+        assert abs(float(np.linalg.norm(event.vector())) - 1.0) < 1e-4
         assert event.storage_path and event.processed_at >= event.validated_at
+        # What the Embedder's one decode yielded besides the vector:
+        assert len(event.phash) == 16 and event.pixel_fingerprint.startswith("px1:")
+        thumb = make_storage(api.settings).get(event.thumbnail_path)
+        assert event.thumbnail_path.endswith(".thumb.jpg") and thumb[:3] == b"\xff\xd8\xff"
     usage = read_topic(api.settings.kafka, "tenant.usage", expect=48, timeout_s=30)
     assert Counter(u.metric for u in usage) == {"images_embedded": 24, "embedding_ms": 24}
 
@@ -85,7 +90,7 @@ def test_image_the_embedder_cannot_decode_fails_alone(api, embedder_app) -> None
         [failure] = read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=60)
     finally:
         stop_stage(actors)
-    assert (failure.stage, failure.reason) == ("embedding", "embedding_error")
+    assert (failure.stage, failure.reason) == ("embedding", "corrupt")
     assert failure.origin_topic == "images.validated"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from actors.indexer import index_batch
 from deeplens.consumer_loop import Envelope
-from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
+from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed, encode_vector
 from deeplens.settings import VectorStoreSettings
 from deeplens.tombstones import Tombstones
 from deeplens.vector_lancedb import LanceStore
@@ -28,7 +28,7 @@ def processed(i: int) -> ImageProcessed:
         tenant_id="alpha", image_id=f"img{i}", original_file_name=f"{i}.jpg",
         storage_provider="local", storage_path=f"alpha/img{i}.jpg", file_size=1,
         mime_type="image/jpeg", sha256=f"{i:064x}", uploaded_at=NOW, width=1, height=1,
-        format="JPEG", validated_at=NOW, features=list(v), feature_model="m/x",
+        format="JPEG", validated_at=NOW, features_f32=encode_vector(v), feature_model="m/x",
         processed_at=NOW)
 
 

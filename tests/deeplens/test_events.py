@@ -17,6 +17,7 @@ from deeplens.events import (
     ImageValidated,
     TenantUsage,
     decode_event,
+    encode_vector,
 )
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -30,8 +31,11 @@ VALID = UPLOAD | dict(width=640, height=480, format="JPEG", validated_at=NOW)
 SAMPLES = [
     ImageUploaded(**UPLOAD),
     ImageValidated(**VALID),
-    ImageProcessed(**VALID, features=[0.25, -0.5], feature_model="ViT-B-32/random-init",
-                   processed_at=NOW),
+    ImageProcessed(**VALID, schema_version=1, features=[0.25, -0.5],
+                   feature_model="ViT-B-32/random-init", processed_at=NOW),
+    ImageProcessed(**VALID, features_f32=encode_vector([0.25, -0.5]), phash="00ff00ff00ff00ff",
+                   pixel_fingerprint="px1:" + "0" * 64, thumbnail_path="alpha/img-1.thumb.jpg",
+                   feature_model="ViT-B-32/random-init", processed_at=NOW),
     ImageIndexed(tenant_id="alpha", image_id="img-1", collection="c", feature_model="m"),
     ImageFailed(tenant_id="alpha", image_id="img-1", event=UPLOAD | {"uploaded_at": "x"},
                 reason="corrupt", message="bad", stage="validation", attempt=2,
@@ -54,7 +58,7 @@ def test_every_topic_has_a_model() -> None:
 def test_json_round_trip(event) -> None:
     raw = event.to_json()
     data = json.loads(raw)
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == getattr(event, "schema_version", 1)
     assert decode_event(type(event), raw) == event
 
 
@@ -70,6 +74,27 @@ def test_processed_carries_seed_fields() -> None:
     assert data["features"] == [0.25, -0.5]
     assert data["feature_model"] == "ViT-B-32/random-init"
     assert "processed_at" in data
+
+
+def test_processed_version_2_is_compact_and_version_1_stays_readable() -> None:
+    import numpy as np
+
+    vector = np.random.default_rng(0).standard_normal(512).astype(np.float32)
+    v1 = SAMPLES[2].model_copy(update={"features": [float(x) for x in vector]})
+    v2 = SAMPLES[3].model_copy(update={"features_f32": encode_vector(vector)})
+    assert len(v2.to_json()) < len(v1.to_json()) / 2  # 2.7 KB of base64 vs 9+ KB of floats
+    for event in (v1, v2):
+        decoded = decode_event(ImageProcessed, event.to_json())
+        assert decoded.vector().dtype == np.float32
+        np.testing.assert_array_equal(decoded.vector(), vector)  # float32 exactly, both ways
+    assert decode_event(ImageProcessed, v1.to_json()).phash is None  # v1: dedup hashes itself
+    mixed = json.loads(v2.to_json()) | {"features": [1.0]}
+    with pytest.raises(EventDecodeError) as info:
+        decode_event(ImageProcessed, json.dumps(mixed))
+    assert info.value.reason == "invalid_event"
+    with pytest.raises(EventDecodeError) as info:
+        decode_event(ImageProcessed, json.dumps(json.loads(v2.to_json()) | {"schema_version": 3}))
+    assert info.value.reason == "unknown_schema_version"
 
 
 @pytest.mark.parametrize(

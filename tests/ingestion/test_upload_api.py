@@ -111,6 +111,30 @@ def test_other_tenants_image_is_a_404_like_a_missing_one(api) -> None:
         assert client.get(f"/v1/images/{image_id}").status_code == 200
 
 
+def test_thumbnails_are_served_to_their_owner_only_and_deleted_with_the_image(api) -> None:
+    from deeplens.storage import make_storage, thumbnail_path
+
+    with api.client() as client:
+        image_id = upload(client, images.jpeg(7)).json()["image_id"]
+        [uploaded] = read_topic(api.settings.kafka, "images.uploaded", expect=1)
+        path = f"/v1/images/{image_id}/thumbnail"
+        early = client.get(path)  # not embedded yet: nothing to serve
+        assert early.status_code == 404 and "uploaded" in early.json()["detail"]
+        thumb = images.jpeg(7, 48, 36)  # what the embedding feeder stores
+        make_storage(api.settings).put(thumbnail_path(uploaded.storage_path), thumb)
+        served = client.get(path)
+        assert served.status_code == 200 and served.content == thumb
+        assert served.headers["content-type"] == "image/jpeg"
+    with api.client(api.key_b) as intruder:
+        theirs = intruder.get(path)
+        missing = intruder.get(path.replace(image_id, "0" * 32))
+        assert theirs.status_code == missing.status_code == 404
+        assert theirs.json() == missing.json()
+    with api.client() as client:
+        assert client.delete(f"/v1/images/{image_id}").status_code == 204
+    assert not (api.settings.storage_root / thumbnail_path(uploaded.storage_path)).exists()
+
+
 def test_delete_removes_bytes_and_row_and_publishes(api) -> None:
     with api.client() as client:
         image_id = upload(client, images.jpeg(6)).json()["image_id"]

@@ -52,10 +52,10 @@ def test_weights_file_loads_and_is_identified(clip, tmp_path) -> None:
 @pytest.mark.parametrize("maker", [images.jpeg, images.png, images.webp])
 def test_dali_matches_open_clip_preprocess(clip, maker) -> None:
     photos = [maker(seed) for seed in range(4)]
-    reference = torch.stack(PillowDecoder(clip.preprocess).decode(photos))  # type: ignore[arg-type]
+    reference = torch.stack([d.pixels for d in PillowDecoder(clip.preprocess).decode(photos)])
     dali = make_decoder("dali", clip=clip, max_batch_size=8)
     assert isinstance(dali, DaliDecoder) and dali.name == "dali-cpu"
-    ours = torch.stack(dali.decode(photos))  # type: ignore[arg-type]
+    ours = torch.stack([d.pixels for d in dali.decode(photos)])
     assert ours.shape == reference.shape == (4, 3, 64, 64)
     assert (ours - reference).abs().max().item() < PIXEL_TOLERANCE
     assert (ours - reference).abs().mean().item() < MEAN_TOLERANCE
@@ -154,3 +154,93 @@ def test_random_weights_are_the_same_on_every_start_and_the_seed_is_in_the_id() 
     other = load_clip(TINY.model_copy(update={"random_seed": 7}), device="cpu")
     assert other.model_id == "deeplens-tiny/random-init-seed7" != first.model_id
     assert not torch.allclose(encode_images(other, pixels), reference)
+
+
+# -- decode once: hashes and thumbnails from the Embedder's own decode ---------------------
+
+def _rotated_by_exif(seed: int) -> bytes:
+    """A 120x80 landscape stored as 80x120 portrait pixels with orientation tag 6/8."""
+    import io
+
+    from PIL import Image
+
+    from cluster.samples import photo
+
+    upright = photo(120, 80, seed)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view"
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["pillow", "dali"])
+def test_uploads_get_hashes_and_a_thumbnail_from_the_one_decode(clip, kind) -> None:
+    from PIL import Image
+
+    decoder = make_decoder(kind, clip=clip, max_batch_size=4)
+    big = images.jpeg(5, 800, 600)
+    results = embed_items(clip, decoder, [big, images.png(1), images.jpeg(2)],
+                          thumbnails=[True, True, False])
+    assert all(r.ok for r in results)
+    thumb = Image.open(__import__("io").BytesIO(results[0].thumbnail))
+    assert thumb.format == "JPEG" and thumb.size == (320, 240)  # longest side 320
+    small = Image.open(__import__("io").BytesIO(results[1].thumbnail))
+    assert small.size == (96, 72)  # never enlarged
+    assert results[0].phash is not None and results[0].fingerprint.startswith("px1:")
+    assert results[2].thumbnail is None and results[2].phash is None  # a query: vector only
+
+
+def test_both_decoders_agree_on_hashes(clip) -> None:
+    """A PNG decodes to the same pixels everywhere: same fingerprint on either path; the
+    pHash may move by a few bits between resize filters, far inside the near threshold."""
+    from deeplens.image_hashes import phash
+
+    photos = [images.png(seed, 200, 150) for seed in range(3)]
+    pillow = PillowDecoder(clip.preprocess).decode(photos)
+    dali = make_decoder("dali", clip=clip, max_batch_size=4).decode(photos)
+    for p, d in zip(pillow, dali, strict=True):
+        assert p.fingerprint == d.fingerprint
+        assert bin(phash(p.hash_image) ^ phash(d.hash_image)).count("1") <= 4
+    assert len({d.fingerprint for d in dali}) == 3
+
+
+@pytest.mark.parametrize("kind", ["pillow", "dali"])
+def test_an_exif_rotated_image_is_decoded_upright(clip, kind) -> None:
+    from PIL import Image
+
+    from cluster.samples import photo
+
+    decoder = make_decoder(kind, clip=clip, max_batch_size=2)
+    [rotated] = embed_items(clip, decoder, [_rotated_by_exif(3)], thumbnails=[True])
+    assert rotated.ok
+    assert Image.open(__import__("io").BytesIO(rotated.thumbnail)).size == (120, 80)
+    upright = images.encode(photo(120, 80, 3), "JPEG", quality=95)
+    [plain] = embed_items(clip, decoder, [upright], thumbnails=[True])
+    assert bin(rotated.phash ^ plain.phash).count("1") <= 6  # the same picture, upright
+    assert float(np.dot(rotated.vector, plain.vector)) > 0.98
+
+
+def test_damage_only_a_decode_finds_fails_as_a_decode_error_alone(clip) -> None:
+    """A PNG whose CRCs are right but whose compressed pixels are not passes validation
+    (it decodes nothing); the Embedder's decode refuses it, and its batch-mates embed."""
+    import struct
+    import zlib
+
+    from actors.validation import validate_image
+    from deeplens.settings import IngestionSettings
+
+    good = images.png(4, 64, 64)
+    at = good.find(b"IDAT") - 4
+    length = struct.unpack(">I", good[at : at + 4])[0]
+    body = bytearray(good[at + 8 : at + 8 + length])
+    body[2:12] = b"\xff" * 10  # garbage deflate data
+    chunk = struct.pack(">I", length) + b"IDAT" + bytes(body)
+    chunk += struct.pack(">I", zlib.crc32(b"IDAT" + bytes(body)) & 0xFFFFFFFF)
+    bad = good[:at] + chunk + good[at + 12 + length :]
+    assert validate_image(bad, IngestionSettings()).format == "PNG"  # structure is intact
+    decoder = make_decoder("dali", clip=clip, max_batch_size=4)
+    results = embed_items(clip, decoder, [images.jpeg(1), bad, images.jpeg(2)], [True] * 3)
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_kind == "decode"
