@@ -1,16 +1,21 @@
-"""Pipeline efficiency: how much of the bare model's speed the whole path keeps.
+"""Pipeline efficiency: how much of the bare Embedder's speed the whole path keeps.
 
     python -m benchmarks.pipeline_bench [--model ViT-B-32] [--images 192] [--batch 32]
 
 Three measurements in one run, same model, same batch size, same JPEGs:
 
-1. bare   - decoded tensors through ``encode_images`` in batches (no decode, no Serve);
-2. serve  - JPEG bytes through the Embedder deployment's handle (DALI decode + model),
+1. bare   - the Embedder's own work in one process: the same DALI decoder (with the
+            dedup hashes and thumbnails), then the model, in batches (no Serve, no Kafka);
+2. serve  - JPEG bytes through the Embedder deployment's handle (``embed_images``),
             requests concurrent so ``@serve.batch`` forms full batches;
-3. path   - ``images.validated`` events on Kafka -> feeder actors -> Embedder ->
-            ``images.processed`` acknowledged, timed from the first event to the last.
+3. path   - ``images.uploaded`` events on Kafka -> validators -> feeders -> Embedder ->
+            indexer and dedup -> ``images.indexed``, timed from the moment the stages
+            are up to the last ``images.indexed``.
 
-Prints images/s for each and the ratios to bare; writes results/pipeline.json.
+During the path the Embedder's ``stats()`` are sampled every second; the busy fraction
+(model-busy seconds / wall seconds) is reported over the sustained part, between 10 %
+and 90 % of the images embedded. Prints images/s, the ratios to bare and the busy
+fraction; writes results/pipeline.json.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,53 +32,100 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def bare_rate(model_settings, photos: list[bytes], batch: int) -> float:
-    import torch
-
-    from serve_apps.decode import PillowDecoder
-    from serve_apps.model import encode_images, load_clip
+    from serve_apps.decode import make_decoder
+    from serve_apps.embedder import embed_items
+    from serve_apps.model import load_clip
 
     clip = load_clip(model_settings)
-    tensors = torch.stack(PillowDecoder(clip.preprocess).decode(photos))  # type: ignore[arg-type]
-    encode_images(clip, tensors[:batch])  # warm-up
+    decoder = make_decoder("dali", clip=clip, max_batch_size=batch)
+    embed_items(clip, decoder, photos[:batch], [True] * batch)  # warm-up
     start = time.perf_counter()
-    for i in range(0, len(tensors), batch):
-        encode_images(clip, tensors[i : i + batch])
-    return len(tensors) / (time.perf_counter() - start)
+    for i in range(0, len(photos), batch):
+        chunk = photos[i : i + batch]
+        assert all(r.ok for r in embed_items(clip, decoder, chunk, [True] * len(chunk)))
+    return len(photos) / (time.perf_counter() - start)
 
 
 def serve_rate(handle, photos: list[bytes]) -> float:
-    handle.embed.remote(photos[0]).result(timeout_s=300)  # warm-up
+    handle.embed_images.remote(photos[:1]).result(timeout_s=300)  # warm-up
     start = time.perf_counter()
-    responses = [handle.embed.remote(p) for p in photos]
-    results = [r.result(timeout_s=600) for r in responses]
+    responses = [handle.embed_images.remote([p]) for p in photos]
+    results = [r.result(timeout_s=600)[0] for r in responses]
     elapsed = time.perf_counter() - start
     assert all(r.ok for r in results)
     return len(photos) / elapsed
 
 
-def path_rate(settings, photos: list[bytes], feeders: int) -> float:
-    from actors import embedding_feeder
+def put_uploaded(settings, tenant: str, payloads: list[bytes]) -> None:
+    """Store images and publish images.uploaded for them, as the upload edge would."""
+    import hashlib
+
+    from deeplens.events import ImageUploaded, utcnow
+    from deeplens.kafka import EventProducer, Outbound
+    from deeplens.storage import make_storage, object_path
+
+    storage = make_storage(settings)
+    events = []
+    for i, data in enumerate(payloads):
+        image_id = f"{i:06d}" + "b" * 26
+        path = object_path(tenant, image_id, "jpg")
+        storage.put(path, data)
+        events.append(ImageUploaded(
+            tenant_id=tenant, image_id=image_id, original_file_name=f"{i}.jpg",
+            storage_provider="local", storage_path=path, file_size=len(data),
+            mime_type="image/jpeg", sha256=hashlib.sha256(data).hexdigest(),
+            uploaded_at=utcnow()))
+    EventProducer(settings.kafka, prefix=settings.kafka.topic_prefix).send(
+        [Outbound(e.topic, e.image_id, e) for e in events])
+
+
+def path_rate(settings, handle, photos: list[bytes]) -> tuple[float, float, list]:
+    from actors import dedup, embedding_feeder, indexer, validator
     from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
-    from tests.actors.test_embedding_pipeline import put_validated
     from tests.kafka_helpers import read_topic
 
-    spec = StageSpec(embedding_feeder.STAGE, embedding_feeder.TOPICS,
-                     "actors.embedding_feeder:build_handler",
-                     batch_size=settings.serve.max_batch_size,
-                     max_in_flight=settings.actors.feeder_batches_in_flight)
-    # The events wait on Kafka first; the clock runs from the moment the feeders are up
-    # until the last images.processed is read back: the path's steady throughput.
-    put_validated(settings, "bench", len(photos), payloads=photos)
-    actors = launch_stage(settings, spec, feeders)
+    batch = settings.serve.max_batch_size
+    specs = [
+        (StageSpec(validator.STAGE, validator.TOPICS, "actors.validator:build_handler",
+                   batch_size=batch), 1),
+        (StageSpec(embedding_feeder.STAGE, embedding_feeder.TOPICS,
+                   "actors.embedding_feeder:build_handler", batch_size=batch,
+                   max_in_flight=settings.actors.feeder_batches_in_flight),
+         settings.actors.feeders),
+        (StageSpec(indexer.STAGE, indexer.TOPICS, "actors.indexer:build_handler",
+                   batch_size=batch), 1),
+        (StageSpec(dedup.STAGE, dedup.TOPICS, "actors.dedup:build_handler",
+                   batch_size=batch), 1),
+    ]
+    put_uploaded(settings, "bench", photos)
+    samples: list[tuple[float, float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            stats = handle.stats.remote().result(timeout_s=30)
+            samples.append((time.perf_counter(), stats["model_busy_s"], stats["items"]))
+            done.wait(1.0)
+
+    first = handle.stats.remote().result(timeout_s=30)["items"]
+    actors = [a for spec, count in specs for a in launch_stage(settings, spec, count)]
+    sampler = threading.Thread(target=sample, daemon=True)
     try:
         start = time.perf_counter()
-        processed = read_topic(settings.kafka, "images.processed", expect=len(photos),
-                               timeout_s=1200)
+        sampler.start()
+        indexed = read_topic(settings.kafka, "images.indexed", expect=len(photos),
+                             timeout_s=1800)
         elapsed = time.perf_counter() - start
     finally:
+        done.set()
+        sampler.join()
         stop_stage(actors)
-    assert len({p.image_id for p in processed}) == len(photos)
-    return len(photos) / elapsed
+    assert len({e.image_id for e in indexed}) == len(photos), "every image indexed"
+    n = len(photos)
+    steady = [s for s in samples if first + 0.1 * n <= s[2] <= first + 0.9 * n]
+    busy = ((steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+            if len(steady) >= 2 else float("nan"))
+    return n / elapsed, busy, samples
 
 
 def main() -> None:
@@ -81,6 +134,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--feeders", type=int, default=1)
+    parser.add_argument("--side", type=int, default=320, help="photo size (px, square-ish)")
     args = parser.parse_args()
 
     import ray
@@ -96,35 +150,41 @@ def main() -> None:
     from serve_apps.embedder import build_embedder
 
     model = ModelSettings(name=args.model, pretrained="random")
-    photos = [jpeg_bytes(scene(i, 320)) for i in range(args.images)]
+    photos = [jpeg_bytes(scene(i, args.side)) for i in range(args.images)]
     bare = bare_rate(model, photos, args.batch)
-    print(f"bare model:  {bare:7.1f} images/s", flush=True)
+    print(f"bare (decode + hashes + thumbnail + model): {bare:7.1f} images/s", flush=True)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap,
-                          one_record_per_batch=True, batch_size=args.batch)
+                              one_record_per_batch=True, batch_size=args.batch)
         ensure_topics(admin_client(kafka), TopicNames(""))
         settings = Settings(
             data_dir=Path(tmp), kafka=kafka, model=model,
             serve=ServeSettings(max_batch_size=args.batch, batch_wait_timeout_s=0.05,
-                                num_cpus=0.5),
-            actors=ActorSettings(feeders=args.feeders, feeder_batches_in_flight=2),
+                                num_cpus=0.5, max_ongoing_requests=args.batch * 4),
+            actors=ActorSettings(feeders=args.feeders, feeder_batches_in_flight=2,
+                                 num_cpus=0.1),
         )
         handle = serve.run(build_embedder(settings), name=EMBEDDER_APP, route_prefix=None)
         served = serve_rate(handle, photos)
         print(f"serve:       {served:7.1f} images/s  ({served / bare:.0%} of bare)", flush=True)
-        whole = path_rate(settings, photos, args.feeders)
+        whole, busy, samples = path_rate(settings, handle, photos)
         stats = handle.stats.remote().result()
-        print(f"whole path:  {whole:7.1f} images/s  ({whole / bare:.0%} of bare)", flush=True)
+        print(f"whole path:  {whole:7.1f} images/s  ({whole / bare:.0%} of bare), "
+              f"Embedder busy {busy:.0%} in the sustained part", flush=True)
         serve.shutdown()
     ray.shutdown()
     figures = {"model": args.model, "batch": args.batch, "images": args.images,
-               "feeders": args.feeders, "bare_images_per_s": round(bare, 1),
-               "serve_images_per_s": round(served, 1), "path_images_per_s": round(whole, 1),
+               "side": args.side, "feeders": args.feeders,
+               "bare_images_per_s": round(bare, 1), "serve_images_per_s": round(served, 1),
+               "path_images_per_s": round(whole, 1),
                "serve_over_bare": round(served / bare, 3), "path_over_bare": round(whole / bare, 3),
-               "embedder_mean_batch": round(stats["mean_batch_size"], 1)}
-    print(f"machine: {machine()}\n{figures}")
+               "path_busy_fraction": round(busy, 3),
+               "embedder_mean_batch": round(stats["mean_batch_size"], 1),
+               "busy_samples": [(round(t - samples[0][0], 1), round(b, 2), i)
+                                for t, b, i in samples] if samples else []}
+    print(f"machine: {machine()}\n{ {k: v for k, v in figures.items() if k != 'busy_samples'} }")
     print(f"recorded in {record('pipeline', figures)}")
 
 

@@ -76,47 +76,26 @@ class PipelineCollector:
 
     # -- broker ---------------------------------------------------------------------
     def _kafka(self) -> Iterator[Any]:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
         from deeplens.kafka import admin_client, make_consumer
 
         if self._admin is None:
             self._admin = admin_client(self.settings.kafka)
             self._consumer = make_consumer(self.settings.kafka, "deeplens-metrics-reader")
-        present = self._admin.list_topics(timeout=5).topics
-        ends: dict[tuple[str, int], int] = {}
+        ends, lags = offsets_and_lag(self._admin, self._consumer, self.names,
+                                     set(self.stage_names))
         messages = CounterMetricFamily("deeplens_topic_messages",
                                        "Messages ever written to the topic (rate = msgs/s)",
                                        labels=["topic"])
         for logical in TOPICS:
             topic = self.names.physical(logical)
-            if topic not in present:
-                continue
-            total = 0
-            for pid in present[topic].partitions:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=5)
-                ends[(topic, pid)] = high
-                total += max(high, 0)
-            messages.add_metric([logical], total)
+            if any(t == topic for t, _ in ends):
+                messages.add_metric([logical], sum(max(h, 0) for (t, _), h in ends.items()
+                                                   if t == topic))
         yield messages
-
         lag = GaugeMetricFamily("deeplens_consumer_lag", "Messages not yet committed by the group",
                                 labels=["group", "topic", "partition"])
-        groups = {stage for spec in TOPICS.values() for stage in spec.groups}
-        for stage in sorted(groups & set(self.stage_names)):
-            group = self.names.group(stage)
-            request = [ConsumerGroupTopicPartitions(group)]
-            answer = self._admin.list_consumer_group_offsets(request, request_timeout=5)
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in answer[group].result().topic_partitions}
-            for logical, spec in TOPICS.items():
-                if stage not in spec.groups:
-                    continue
-                topic = self.names.physical(logical)
-                for pid in range(spec.partitions):
-                    end = ends.get((topic, pid), 0)
-                    done = committed.get((topic, pid), -1)
-                    lag.add_metric([stage, logical, str(pid)], max(end - max(done, 0), 0))
+        for (stage, logical, partition), behind in sorted(lags.items()):
+            lag.add_metric([stage, logical, str(partition)], behind)
         yield lag
 
     # -- stage actors ---------------------------------------------------------------
@@ -196,6 +175,39 @@ class PipelineCollector:
                                        "Time from upload to indexed", labels=[])
         family.add_metric([], buckets=buckets, sum_value=seconds)
         yield family
+
+
+def offsets_and_lag(admin: Any, consumer: Any, names: TopicNames, stages: set[str]
+                    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, str, int], int]]:
+    """End offsets per (physical topic, partition), and per (stage, logical topic,
+    partition) the messages the stage's group has not committed yet. Partitions are the
+    broker's (topics may have more than the table's counts)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    present = admin.list_topics(timeout=5).topics
+    ends: dict[tuple[str, int], int] = {}
+    for logical in TOPICS:
+        topic = names.physical(logical)
+        for pid in present[topic].partitions if topic in present else ():
+            ends[(topic, pid)] = consumer.get_watermark_offsets(TopicPartition(topic, pid),
+                                                                timeout=5)[1]
+    lags: dict[tuple[str, str, int], int] = {}
+    groups = {stage for spec in TOPICS.values() for stage in spec.groups}
+    for stage in sorted(groups & stages):
+        group = names.group(stage)
+        request = [ConsumerGroupTopicPartitions(group)]
+        answer = admin.list_consumer_group_offsets(request, request_timeout=5)
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in answer[group].result().topic_partitions}
+        for logical, spec in TOPICS.items():
+            if stage not in spec.groups:
+                continue
+            topic = names.physical(logical)
+            for (t, pid), end in ends.items():
+                if t == topic:
+                    lags[(stage, logical, pid)] = max(end - max(committed.get((t, pid), -1), 0),
+                                                      0)
+    return ends, lags
 
 
 def register_pipeline_metrics(settings: Settings, catalog: Any,

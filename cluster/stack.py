@@ -19,7 +19,7 @@ from deeplens.kafka import admin_client
 from deeplens.runtime import clear_runtime, write_runtime
 from deeplens.settings import Settings
 from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
-from deeplens.topics import TopicNames, ensure_topics
+from deeplens.topics import TopicNames, ensure_topics, wanted_partitions
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,9 @@ class LocalStack:
             kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap,
                                              "one_record_per_batch": True})
             self.settings = self.settings.model_copy(update={"kafka": kafka})
-        report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix))
+        report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix),
+                               partitions=wanted_partitions(kafka.partitions,
+                                                            kafka.min_partitions))
         for line in report.drift:
             log.warning("topic drift: %s", line)
         self.topics_created = report.created

@@ -36,10 +36,12 @@ def _kafka_or_exit(settings: Settings) -> Settings:
 
 def _cmd_topics_ensure(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.kafka import admin_client
-    from deeplens.topics import TopicNames, ensure_topics
+    from deeplens.topics import TopicNames, ensure_topics, wanted_partitions
 
     settings = _kafka_or_exit(settings)
-    report = ensure_topics(admin_client(settings.kafka), TopicNames(settings.kafka.topic_prefix))
+    kafka = settings.kafka
+    report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix),
+                           partitions=wanted_partitions(kafka.partitions, kafka.min_partitions))
     for topic in report.created:
         print(f"created  {topic}")
     for topic in report.existing:
@@ -51,16 +53,17 @@ def _cmd_topics_ensure(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.kafka import admin_client, make_consumer
-    from deeplens.topics import TopicNames, list_topics
+    from deeplens.topics import TopicNames, list_topics, wanted_partitions
 
     settings = _kafka_or_exit(settings)
-    consumer = make_consumer(settings.kafka, "deeplens-cli-topics")
+    kafka = settings.kafka
+    consumer = make_consumer(kafka, "deeplens-cli-topics")
     try:
-        rows = list_topics(admin_client(settings.kafka), consumer,
-                           TopicNames(settings.kafka.topic_prefix))
+        rows = list_topics(admin_client(kafka), consumer, TopicNames(kafka.topic_prefix),
+                           partitions=wanted_partitions(kafka.partitions, kafka.min_partitions))
     finally:
         consumer.close()
-    print(f"{'topic':32} {'partitions':>10} {'declared':>8} {'retention':>10} {'end offsets':>12}")
+    print(f"{'topic':32} {'partitions':>10} {'wanted':>8} {'retention':>10} {'end offsets':>12}")
     for row in rows:
         retention = f"{row.retention_ms / 86_400_000:g}d" if row.retention_ms else "-"
         parts = str(row.partitions) if row.partitions else "missing"
@@ -73,12 +76,13 @@ def _cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     from deeplens.broker import start_local_broker
     from deeplens.kafka import admin_client
     from deeplens.settings import KafkaSettings
-    from deeplens.topics import TopicNames, ensure_topics
+    from deeplens.topics import TopicNames, ensure_topics, wanted_partitions
 
     broker = start_local_broker(args.port or settings.kafka.local_broker_port)
     kafka = KafkaSettings(**(settings.kafka.model_dump() | {"bootstrap_servers": broker.bootstrap,
                                                            "one_record_per_batch": True}))
-    report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix))
+    report = ensure_topics(admin_client(kafka), TopicNames(kafka.topic_prefix),
+                           partitions=wanted_partitions(kafka.partitions, kafka.min_partitions))
     print(f"local broker (tansu, in memory) on {broker.bootstrap}; "
           f"{len(report.created)} topics created")
     print(f"  export DEEPLENS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "

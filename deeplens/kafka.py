@@ -109,6 +109,16 @@ def _settle(future: Future[Message], result: Message | None = None,
         pass
 
 
+def _outcome(futures: list[Future[Message]], done: set[Future[Message]]) -> list[Message]:
+    """Every message's report, or DeliveryError naming how many failed or went unanswered."""
+    errors = [f.exception() for f in done if f.exception() is not None]
+    pending = len(futures) - len(done)
+    if errors or pending:
+        first = str(errors[0]) if errors else f"{pending} message(s) unacknowledged"
+        raise DeliveryError(f"{len(errors) + pending} of {len(futures)} not delivered: {first}")
+    return [f.result() for f in futures]
+
+
 class EventProducer:
     """A thread-safe producer whose :meth:`send` returns once every message is acknowledged.
 
@@ -171,21 +181,33 @@ class EventProducer:
         ``delivery.timeout.ms`` bounds how long librdkafka tries, so by the time this
         returns or raises the outcome of every message is final.
         """
+        futures = self._produce_all(messages)
+        if not futures:
+            return []
+        done, _pending = wait(futures, timeout=timeout_s or self._wait_s)
+        return _outcome(futures, done)
+
+    async def send_async(self, messages: Iterable[Outbound],
+                         timeout_s: float | None = None) -> list[Message]:
+        """:meth:`send` for an event loop: the delivery reports resolve asyncio futures,
+        so a request waiting for its acknowledgement holds no thread."""
+        import asyncio
+
+        futures = self._produce_all(messages)
+        if not futures:
+            return []
+        waiting = {asyncio.wrap_future(f): f for f in futures}
+        done, _pending = await asyncio.wait(waiting, timeout=timeout_s or self._wait_s)
+        return _outcome(futures, {waiting[d] for d in done})
+
+    def _produce_all(self, messages: Iterable[Outbound]) -> list[Future[Message]]:
         self._rebuild_if_fatal()
         futures: list[Future[Message]] = []
         for out in messages:
             future: Future[Message] = Future()
             self._produce(out, future)
             futures.append(future)
-        if not futures:
-            return []
-        done, pending = wait(futures, timeout=timeout_s or self._wait_s)
-        errors = [f.exception() for f in done if f.exception() is not None]
-        if errors or pending:
-            first = str(errors[0]) if errors else f"{len(pending)} message(s) unacknowledged"
-            raise DeliveryError(f"{len(errors) + len(pending)} of {len(futures)} not delivered: "
-                                f"{first}")
-        return [f.result() for f in futures]
+        return futures
 
     def _produce(self, out: Outbound, future: Future[Message]) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:

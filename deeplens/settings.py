@@ -37,6 +37,13 @@ class KafkaSettings(BaseModel):
     compression_type: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
     delivery_timeout_ms: int = Field(30_000, ge=1_000)
     batch_size: int = Field(64, ge=1, le=10_000, description="Messages per consumer batch")
+    min_partitions: int = Field(
+        0, ge=0, le=10_000, description="Every topic gets at least this many partitions when "
+        "created (the table's seed counts otherwise): a stage runs at most one consumer per "
+        "partition")
+    partitions: dict[str, int] = Field(
+        default_factory=dict, description='Partitions per topic where more are wanted, e.g. '
+        '{"images.validated": 12}; applied when topics are created (ensure reports drift)')
     poll_timeout_s: float = Field(0.5, gt=0)
     session_timeout_ms: int = Field(10_000, ge=1_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -127,7 +134,8 @@ class ActorSettings(BaseModel):
 
     validators: int = Field(1, ge=1)
     projectors: int = Field(1, ge=1)
-    feeders: int = Field(1, ge=1, description="Embedding feeders (at most 3: the partitions)")
+    feeders: int = Field(1, ge=1, description="Embedding feeders (at most one per partition "
+                         "of images.validated)")
     indexers: int = Field(1, ge=1)
     dedupers: int = Field(1, ge=1)
     feeder_batches_in_flight: int = Field(

@@ -62,6 +62,10 @@ class StageWorker:
     def stats(self) -> dict[str, Any]:
         return {"stage": self.spec.stage, "alive": self.loop.alive, **asdict(self.loop.stats)}
 
+    def pid(self) -> int:
+        """The actor's process id (benchmarks attribute CPU time to stages by it)."""
+        return os.getpid()
+
     def stop(self) -> None:
         self.loop.stop()
 

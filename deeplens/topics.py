@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -101,25 +102,41 @@ class EnsureReport:
         return not self.drift
 
 
+def wanted_partitions(overrides: Mapping[str, int] | None = None,
+                      minimum: int = 0) -> dict[str, int]:
+    """Partitions per topic: the table's (the seed's counts), raised to ``minimum`` and to
+    any per-topic override (``DEEPLENS_KAFKA__MIN_PARTITIONS``, ``..._PARTITIONS``)."""
+    overrides = overrides or {}
+    unknown = set(overrides) - set(TOPICS)
+    if unknown:
+        raise ValueError(f"partitions set for unknown topics: {', '.join(sorted(unknown))}")
+    return {name: max(spec.partitions, minimum, overrides.get(name, 0))
+            for name, spec in TOPICS.items()}
+
+
 def ensure_topics(
-    admin: AdminClient, names: TopicNames, timeout_s: float = 15.0
+    admin: AdminClient, names: TopicNames, timeout_s: float = 15.0,
+    partitions: Mapping[str, int] | None = None,
 ) -> EnsureReport:
-    """Create every missing topic of the table; report (never silently fix) drift."""
+    """Create every missing topic of the table (with ``partitions``, default the table's
+    counts); report (never silently fix) drift."""
     present = admin.list_topics(timeout=timeout_s).topics
+    wanted = dict(partitions or wanted_partitions())
     created, existing, drift = [], [], []
     missing = []
     for spec in TOPICS.values():
         physical = names.physical(spec.name)
+        count = wanted.get(spec.name, spec.partitions)
         if physical in present:
             existing.append(physical)
             have = len(present[physical].partitions)
-            if have < spec.partitions:
-                drift.append(f"{physical}: {have} partitions, table declares {spec.partitions}")
+            if have < count:
+                drift.append(f"{physical}: {have} partitions, {count} wanted")
             continue
         missing.append(
             NewTopic(
                 physical,
-                num_partitions=spec.partitions,
+                num_partitions=count,
                 replication_factor=-1,
                 config={"retention.ms": str(spec.retention_ms)},
             )
@@ -173,8 +190,10 @@ class TopicInfo:
     end_offsets: int  # messages ever written, summed over partitions
 
 
-def list_topics(admin: AdminClient, consumer, names: TopicNames, timeout_s: float = 15.0):
+def list_topics(admin: AdminClient, consumer, names: TopicNames, timeout_s: float = 15.0,
+                partitions: Mapping[str, int] | None = None):
     """Table topics as the broker sees them; ``consumer`` reads the watermarks."""
+    wanted = dict(partitions or wanted_partitions())
     present = admin.list_topics(timeout=timeout_s).topics
     physical = [names.physical(n) for n in TOPICS if names.physical(n) in present]
     retention = describe_retention(admin, physical, timeout_s)
@@ -182,13 +201,14 @@ def list_topics(admin: AdminClient, consumer, names: TopicNames, timeout_s: floa
     for spec in TOPICS.values():
         topic = names.physical(spec.name)
         if topic not in present:
-            rows.append(TopicInfo(topic, 0, spec.partitions, None, 0))
+            rows.append(TopicInfo(topic, 0, wanted[spec.name], None, 0))
             continue
         total = 0
         for pid in present[topic].partitions:
             _low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=timeout_s)
             total += max(high, 0)
         rows.append(
-            TopicInfo(topic, len(present[topic].partitions), spec.partitions, retention[topic], total)
+            TopicInfo(topic, len(present[topic].partitions), wanted[spec.name], retention[topic],
+                      total)
         )
     return rows

@@ -139,11 +139,26 @@ def add_routes(app: FastAPI) -> None:
     @app.post("/v1/images", status_code=202, response_model=UploadOut, tags=["images"],
               responses={413: {"model": Problem}, 415: {"model": Problem},
                          422: {"model": Problem}, 503: {"model": Problem}})
-    def upload_image(svc: ServicesDep, tenant: TenantDep,
-                     file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")]
-                     ) -> UploadOut | JSONResponse:
+    async def upload_image(svc: ServicesDep, tenant: TenantDep,
+                           file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")]
+                           ) -> UploadOut | JSONResponse:
+        # Checks, storage and catalog run on the thread pool; the broker's acknowledgement
+        # is awaited on the event loop, so a request waiting for it holds no thread.
         with metrics.UPLOAD_SECONDS.time():
-            return _upload(svc, tenant, file)
+            data = await file.read(svc.settings.ingestion.max_upload_bytes + 1)
+            staged = await run_in_threadpool(_stage_upload, svc, tenant, data,
+                                             file.filename or "")
+            if not isinstance(staged, ImageUploaded):
+                return staged
+            try:
+                await svc.producer.send_async([Outbound(staged.topic, staged.image_id, staged)])
+            except DeliveryError as exc:
+                return await run_in_threadpool(_unstage, svc, staged, exc)
+            await run_in_threadpool(svc.catalog.acknowledge, staged.image_id)
+            metrics.UPLOADS.labels(outcome="accepted").inc()
+            metrics.UPLOAD_BYTES.inc(len(data))
+            return UploadOut(image_id=staged.image_id, tenant_id=tenant, status="uploaded",
+                             sha256=staged.sha256)
 
     @app.get("/v1/images", response_model=ImagePage, tags=["images"])
     def list_images(svc: ServicesDep, tenant: TenantDep,
@@ -246,9 +261,11 @@ def _owned(svc: Services, tenant: str, image_id: str) -> ImageRow:
     return row
 
 
-def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONResponse:
+def _stage_upload(svc: Services, tenant: str, data: bytes,
+                  filename: str) -> ImageUploaded | UploadOut | JSONResponse:
+    """Check the bytes, store them and insert a pending row: the event to publish, or the
+    answer when there is nothing to publish (a duplicate, a request to retry)."""
     limit = svc.settings.ingestion.max_upload_bytes
-    data = file.file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"file exceeds the upload limit ({limit} bytes)")
     if not data:
@@ -272,7 +289,7 @@ def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONRes
     image_id = uuid.uuid4().hex
     path = object_path(tenant, image_id, fmt.extension)
     event = ImageUploaded(
-        tenant_id=tenant, image_id=image_id, original_file_name=(file.filename or "")[:512],
+        tenant_id=tenant, image_id=image_id, original_file_name=filename[:512],
         storage_provider=svc.storage.provider, storage_path=path, file_size=len(data),
         mime_type=fmt.mime_type, sha256=sha256, uploaded_at=utcnow(),
     )
@@ -287,21 +304,17 @@ def _upload(svc: Services, tenant: str, file: UploadFile) -> UploadOut | JSONRes
         if isinstance(settled, ImageRow):
             return _duplicate(settled)
         return settled or _retry_soon()
-    try:
-        svc.producer.send([Outbound(event.topic, image_id, event)])
-    except DeliveryError as exc:
-        # Leave nothing behind that no event will ever process.
-        svc.catalog.delete(tenant, image_id)
-        svc.storage.delete(path)
-        metrics.UPLOADS.labels(outcome="unavailable").inc()
-        log.error("upload %s not acknowledged by the broker: %s", image_id, exc)
-        return JSONResponse({"detail": "event broker unavailable; the upload was not kept, "
-                                       "retry later"}, status_code=503,
-                            headers={"Retry-After": "5"})
-    svc.catalog.acknowledge(image_id)
-    metrics.UPLOADS.labels(outcome="accepted").inc()
-    metrics.UPLOAD_BYTES.inc(len(data))
-    return UploadOut(image_id=image_id, tenant_id=tenant, status="uploaded", sha256=sha256)
+    return event
+
+
+def _unstage(svc: Services, event: ImageUploaded, exc: DeliveryError) -> JSONResponse:
+    """The broker did not acknowledge: leave nothing behind that no event will process."""
+    svc.catalog.delete(event.tenant_id, event.image_id)
+    svc.storage.delete(event.storage_path)
+    metrics.UPLOADS.labels(outcome="unavailable").inc()
+    log.error("upload %s not acknowledged by the broker: %s", event.image_id, exc)
+    return JSONResponse({"detail": "event broker unavailable; the upload was not kept, "
+                                   "retry later"}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _settled(svc: Services, row: ImageRow | None) -> ImageRow | JSONResponse | None:

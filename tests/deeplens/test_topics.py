@@ -66,3 +66,34 @@ def test_cli_without_broker_explains(monkeypatch) -> None:
         assert "DEEPLENS_KAFKA__BOOTSTRAP_SERVERS" in str(exc)
     else:
         raise AssertionError("expected a SystemExit explaining the missing broker")
+
+
+def test_more_partitions_where_asked_and_the_seed_counts_elsewhere(broker, prefix, monkeypatch,
+                                                                    capsys) -> None:
+    import pytest
+
+    from deeplens.topics import wanted_partitions
+
+    monkeypatch.setenv("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS", broker)
+    monkeypatch.setenv("DEEPLENS_KAFKA__TOPIC_PREFIX", prefix)
+    monkeypatch.setenv("DEEPLENS_KAFKA__MIN_PARTITIONS", "4")
+    monkeypatch.setenv("DEEPLENS_KAFKA__PARTITIONS", '{"images.validated": 12}')
+    assert main(["topics", "ensure"]) == 0
+    capsys.readouterr()
+    from deeplens.settings import KafkaSettings
+
+    admin = admin_client(KafkaSettings(bootstrap_servers=broker, topic_prefix=prefix))
+    metadata = admin.list_topics(timeout=10).topics
+    assert len(metadata[prefix + "images.validated"].partitions) == 12
+    assert len(metadata[prefix + "images.uploaded"].partitions) == 4  # raised to the minimum
+    assert len(metadata[prefix + "tenant.usage"].partitions) == 6  # the seed's, above it
+    assert main(["topics", "list"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines()
+               if ln.startswith(prefix + "images.validated "))
+    assert row.split()[1:3] == ["12", "12"]
+    monkeypatch.setenv("DEEPLENS_KAFKA__PARTITIONS", '{"images.validated": 16}')
+    assert main(["topics", "ensure"]) == 3  # fewer than wanted: drift, reported
+    assert "16 wanted" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown topics: images.typo"):
+        wanted_partitions({"images.typo": 2})
+    assert wanted_partitions() == {name: spec.partitions for name, spec in TOPICS.items()}

@@ -107,6 +107,8 @@ def wait_rows(page, count: int, timeout_s: float = 120) -> list[str]:
 
 def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
     page.fill("#key", "not-a-key")
     page.click("#save-key")
     page.wait_for_selector("#error:has-text('not accepted')")
@@ -146,6 +148,9 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     assert "exact" in dups and "Tiers checked: exact, near" in dups
     assert "copy.png" in dups, "a duplicate is shown by its file name, not a bare id"
     page.wait_for_selector("#detail-dups .card img[src^='blob:']")  # and its thumbnail
+    # Cards show the Embedder's thumbnails; no original is downloaded to draw them.
+    assert any(url.endswith("/thumbnail") for url in fetched)
+    assert not any(url.endswith("/content") for url in fetched), "an original was fetched"
     page.wait_for_selector("#detail-similar .card")
     assert page.locator("#detail-similar .card").count() == 4  # the image itself excluded
 
@@ -236,7 +241,7 @@ def test_a_hundred_file_drop_loses_nothing_to_429s(page, tmp_path) -> None:
         if request.url.endswith("/v1/images/statuses"):
             seen["bulk_polls"] += 1
         elif "/v1/images/" in request.url and request.method == "GET" \
-                and not request.url.endswith("/content"):
+                and not request.url.endswith(("/content", "/thumbnail")):
             seen["per_image_polls"] += 1
 
     page.route("**/v1/images", lambda route: throttle(route) if route.request.method == "POST"

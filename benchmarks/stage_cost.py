@@ -1,0 +1,253 @@
+"""CPU milliseconds per image, stage by stage, from the upload edge to indexed.
+
+    python -m benchmarks.stage_cost [--quick]
+
+Every stage runs its real handler over real events with its real dependencies
+(local broker, catalog database, local storage, LanceDB), on distinct photos of
+four kinds: 0.3, 2 and 12 MP JPEGs and a 2 MP PNG.
+
+- **edge**: the upload API in its own process (uvicorn, the broker ack awaited),
+  its CPU time read from /proc before and after the uploads;
+- **validation, feeder, dedup, indexer, projection, usage**: each handler called on
+  batches of the previous stage's events, with the JSON decode of its input and the
+  encode of its output (what its consumer loop does per event; librdkafka's own cost
+  is not here: see ``ceiling_bench``), CPU time of this process (all threads);
+- **feeder**: with the Embedder called in-process, the request and answer pickled
+  and unpickled as Ray's hop would; the Embedder's own CPU is split out as
+- **Embedder decode** (DALI CPU decode, hashes, thumbnail) and **Embedder model**
+  (the tiny model here: on a GPU replica both run on the device).
+
+"Outside the model" sums every stage but the Embedder's two. Prints a table and
+writes results/stage_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import os
+import pickle
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+KEY = "bench-key-0123456789ab"
+KINDS = {  # name: (width, height, format, images)
+    "jpeg 0.3 MP": (640, 480, "JPEG", 48),
+    "jpeg 2 MP": (1632, 1224, "JPEG", 24),
+    "jpeg 12 MP": (4000, 3000, "JPEG", 8),
+    "png 2 MP": (1632, 1224, "PNG", 12),
+}
+STAGES = ["edge", "validation", "feeder", "embedder decode", "embedder model", "dedup",
+          "indexer", "projection", "usage"]
+OUTSIDE = [s for s in STAGES if not s.startswith("embedder")]
+
+
+def photo_bytes(width: int, height: int, fmt: str, seed: int) -> bytes:
+    from cluster.samples import photo
+
+    buf = io.BytesIO()
+    photo(width, height, seed).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _serve_api(settings: Any, ready: Any) -> None:
+    from ingestion.api import create_app
+    from tests.http_server import serve_app
+
+    with serve_app(create_app(settings)) as url:
+        ready.put(url)
+        while True:
+            time.sleep(3600)
+
+
+class CpuPhases:
+    """The Embedder's Phases with process CPU time instead of wall time."""
+
+    def __init__(self) -> None:
+        from serve_apps.embedder import Phases
+
+        self.inner = Phases()
+        self.cpu: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def _timed(self, name: str, context: Any) -> Any:
+        with context:
+            start = time.process_time()
+            try:
+                yield
+            finally:
+                self.cpu[name] += time.process_time() - start
+
+    def decoding(self) -> Any:
+        return self._timed("embedder decode", self.inner.decoding())
+
+    def encoding(self) -> Any:
+        return self._timed("embedder model", self.inner.encoding())
+
+
+class LocalEmbedder:
+    """Stands in for the Serve handle: ``embed_images.remote(items).result()`` runs the
+    Embedder's own code here, after a pickle round trip of what Ray would carry."""
+
+    def __init__(self, clip: Any, decoder: Any, phases: CpuPhases) -> None:
+        self.clip, self.decoder, self.phases = clip, decoder, phases
+        self.embed_images = self
+
+    def remote(self, items: list[bytes]) -> Any:
+        from serve_apps.embedder import embed_isolated
+
+        items = pickle.loads(pickle.dumps(items, protocol=5))
+        results = embed_isolated(self.clip, self.decoder, items, [True] * len(items),
+                                 self.phases)  # type: ignore[arg-type]
+        answer = pickle.loads(pickle.dumps(results, protocol=5))
+        return type("Answer", (), {"result": lambda _self, timeout_s=None: answer})()
+
+
+def run_stage(handler: Any, envelopes: list[Any], batch: int) -> tuple[float, list[Any]]:
+    """CPU seconds of decode-input + handler + encode-output over every batch, and outputs."""
+    from deeplens.consumer_loop import Envelope
+    from deeplens.events import EVENT_TYPES, decode_event
+
+    raws = [(e.topic, e.event.to_json()) for e in envelopes]
+    outputs: list[Any] = []
+    start = time.process_time()
+    for i in range(0, len(raws), batch):
+        chunk = [Envelope(topic=t, partition=0, offset=i + n, key=None, timestamp=None,
+                          event=decode_event(EVENT_TYPES[t], raw))
+                 for n, (t, raw) in enumerate(raws[i : i + batch])]
+        out = handler(chunk)
+        for o in out:
+            if hasattr(o, "event"):
+                o.event.to_json()
+        outputs.extend(out)
+    return time.process_time() - start, outputs
+
+
+def as_envelopes(outbounds: list[Any], topic: str | None = None) -> list[Any]:
+    from deeplens.consumer_loop import Envelope
+
+    return [Envelope(topic=o.topic, partition=0, offset=i, key=o.key, timestamp=None,
+                     event=o.event)
+            for i, o in enumerate(outbounds) if hasattr(o, "topic")
+            and (topic is None or o.topic == topic)]
+
+
+def measure_kind(settings: Any, url: str, api_pid: int, payloads: list[bytes],
+                 clip: Any, batch: int) -> dict[str, float]:
+    import httpx
+
+    from actors import dedup, embedding_feeder, indexer, validator
+    from deeplens.consumer_loop import Envelope
+    from ingestion import projection, usage
+    from serve_apps.decode import make_decoder
+    from tests.kafka_helpers import read_topic
+
+    n = len(payloads)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    client.get("/healthz")
+    before = _proc_cpu_s(api_pid)
+    for i, data in enumerate(payloads):
+        answer = client.post("/v1/images", files={"file": (f"p{i}", data)})
+        assert answer.status_code == 202, answer.text
+    cost = {"edge": _proc_cpu_s(api_pid) - before}
+    uploaded = read_topic(settings.kafka, "images.uploaded", expect=len(_seen) + n, timeout_s=60)
+    uploaded = [e for e in uploaded if e.image_id not in _seen]
+    _seen.update(e.image_id for e in uploaded)
+    assert len(uploaded) == n, f"{len(uploaded)} of {n} uploads read back"
+    envs = [Envelope(topic="images.uploaded", partition=0, offset=i, key=None, timestamp=None,
+                     event=e) for i, e in enumerate(uploaded)]
+
+    cost["validation"], out = run_stage(validator.build_handler(settings), envs, batch)
+    validated = as_envelopes(out, "images.validated")
+    assert len(validated) == n, [o.event for o in out if o.topic == "images.failed"]
+    usage_events = as_envelopes(out, "tenant.usage")
+
+    phases = CpuPhases()
+    decoder = make_decoder("dali", clip=clip, max_batch_size=batch)
+    feeder = embedding_feeder.build_handler(settings, LocalEmbedder(clip, decoder, phases))
+    total, out = run_stage(feeder, validated, batch)
+    cost.update(phases.cpu)
+    cost["feeder"] = total - sum(phases.cpu.values())
+    processed = as_envelopes(out, "images.processed")
+    assert len(processed) == n
+    usage_events += as_envelopes(out, "tenant.usage")
+
+    cost["dedup"], found = run_stage(dedup.build_handler(settings), processed, batch)
+    cost["indexer"], indexed = run_stage(indexer.build_handler(settings), processed, batch)
+    projected = validated + processed + as_envelopes(indexed) + as_envelopes(found)
+    cost["projection"], _ = run_stage(projection.build_handler(settings), projected, batch)
+    cost["usage"], _ = run_stage(usage.build_handler(settings), usage_events, batch)
+    return {stage: 1000 * seconds / n for stage, seconds in cost.items()}
+
+
+_seen: set[str] = set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the images")
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+
+    from benchmarks.common import machine, record
+    from deeplens.broker import local_broker
+    from deeplens.kafka import admin_client
+    from deeplens.settings import IngestionSettings, KafkaSettings, ModelSettings, Settings
+    from deeplens.topics import TopicNames, ensure_topics
+    from serve_apps.model import load_clip
+
+    clip = load_clip(ModelSettings(name="deeplens-tiny", pretrained="random"), device="cpu")
+    table: dict[str, dict[str, float]] = {}
+    with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True)
+        ensure_topics(admin_client(kafka), TopicNames(""))
+        settings = Settings(data_dir=Path(tmp), api_keys=f"bench:{KEY}", kafka=kafka,
+                            model=ModelSettings(name="deeplens-tiny", pretrained="random"),
+                            ingestion=IngestionSettings(rate_limit_per_minute=10**7,
+                                                        rate_limit_burst=10**6))
+        ready: Any = multiprocessing.get_context("fork").Queue()
+        api = multiprocessing.get_context("fork").Process(target=_serve_api,
+                                                          args=(settings, ready), daemon=True)
+        api.start()
+        url = ready.get(timeout=60)
+        seed = 0
+        try:
+            for kind, (width, height, fmt, count) in KINDS.items():
+                count = max(4, count // 4) if args.quick else count
+                payloads = [photo_bytes(width, height, fmt, seed + i) for i in range(count)]
+                seed += count
+                row = measure_kind(settings, url, api.pid, payloads, clip, args.batch)
+                row["outside the model"] = sum(row[s] for s in OUTSIDE)
+                row["bytes"] = sum(map(len, payloads)) / count / 1000
+                table[kind] = row
+                print(kind, {k: round(v, 2) for k, v in row.items()}, flush=True)
+        finally:
+            api.terminate()
+    print(f"\nmachine: {machine()}\nCPU ms per image (tiny model; Embedder decode = DALI CPU)")
+    print("| stage | " + " | ".join(table) + " |")
+    print("|---|" + "---|" * len(table))
+    for stage in [*STAGES, "outside the model"]:
+        print(f"| {stage} | " + " | ".join(f"{table[k][stage]:.2f}" for k in table) + " |")
+    print("| KB per image | " + " | ".join(f"{table[k]['bytes']:.0f}" for k in table) + " |")
+    figures = {"batch": args.batch, "quick": args.quick,
+               "cpu_ms_per_image": {k: {s: round(v, 3) for s, v in row.items()}
+                                    for k, row in table.items()}}
+    print(f"recorded in {record('stage_cost', figures)}")
+
+
+if __name__ == "__main__":
+    main()
