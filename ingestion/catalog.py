@@ -8,6 +8,9 @@ schema for queries; it is created and upgraded by ``deeplens/migrations``.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -126,9 +129,36 @@ def _aware(value: Any) -> Any:
 
 class Catalog:
     def __init__(self, url: str) -> None:
+        import threading
+
         from deeplens.db import make_engine
 
         self.engine = make_engine(url)  # the schema comes from deeplens/migrations
+        self._batch = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for every write made inside (a consumer batch's): one commit
+        instead of one per event. Writes are the same conditional statements, so applying
+        a batch twice (a redelivery) changes nothing more than applying it once."""
+        if getattr(self._batch, "conn", None) is not None:
+            yield
+            return
+        with self.engine.begin() as conn:
+            self._batch.conn = conn
+            try:
+                yield
+            finally:
+                self._batch.conn = None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Any]:
+        conn = getattr(self._batch, "conn", None)
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
 
     def _row(self, row: Any) -> ImageRow:
         return ImageRow(**{k: _aware(v) for k, v in row._mapping.items()})
@@ -202,7 +232,7 @@ class Catalog:
         """Record matches in both directions; a stronger kind replaces a weaker one.
 
         Links to or from an image that is no longer catalogued (deleted) are not written."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             # Write first: the transaction then holds the write lock (SQLite) before it
             # reads which images still exist, so a delete cannot slip in between.
             if not conn.execute(images.update().where(images.c.image_id == image_id,
@@ -246,7 +276,7 @@ class Catalog:
         rank = STATUS_RANK[status]
         by_id = images.c.image_id == image_id
         current_rank = sa.case(STATUS_RANK, value=images.c.status, else_=99)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(images.update().where(by_id).values({f"{status}_at": at, **fields}))
             moved = conn.execute(
                 images.update().where(by_id, sa.or_(
@@ -260,12 +290,12 @@ class Catalog:
     def dedup_failed(self, image_id: str) -> bool:
         """Dedup could not run for this image: say so, and leave its status alone (a dedup
         failure never demotes an indexed image)."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return conn.execute(images.update().where(images.c.image_id == image_id)
                                 .values(dedup_tiers="failed")).rowcount > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             done = conn.execute(
                 images.update()
                 .where(images.c.image_id == image_id)
@@ -301,6 +331,37 @@ class Catalog:
             return True
         except IntegrityError:
             return False
+
+    def add_usage_batch(self, entries: list[tuple[str, str, datetime, str, float]]) -> int:
+        """``add_usage`` for a consumer batch of (event_id, tenant, at, metric, quantity):
+        one transaction, one total per (tenant, hour, metric). Ids already counted are
+        skipped; should another actor count one of them meanwhile (a unique clash), the
+        batch falls back to one transaction per event. Returns how many were counted."""
+        if not entries:
+            return 0
+        ids = [e[0] for e in entries]
+        try:
+            with self.engine.begin() as conn:
+                seen = {row[0] for row in conn.execute(
+                    sa.select(usage_seen.c.event_id).where(usage_seen.c.event_id.in_(ids)))}
+                fresh = {e[0]: e for e in entries if e[0] not in seen}  # one per id
+                if not fresh:
+                    return 0
+                conn.execute(usage_seen.insert(), [{"event_id": i} for i in fresh])
+                totals: dict[tuple[str, datetime, str], float] = defaultdict(float)
+                for _, tenant_id, at, metric, quantity in fresh.values():
+                    hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+                    totals[(tenant_id, hour, metric)] += quantity
+                for (tenant_id, hour, metric), quantity in totals.items():
+                    key = (usage_hourly.c.tenant_id == tenant_id, usage_hourly.c.hour == hour,
+                           usage_hourly.c.metric == metric)
+                    if not conn.execute(usage_hourly.update().where(*key).values(
+                            quantity=usage_hourly.c.quantity + quantity)).rowcount:
+                        conn.execute(usage_hourly.insert().values(
+                            tenant_id=tenant_id, hour=hour, metric=metric, quantity=quantity))
+                return len(fresh)
+        except IntegrityError:  # a concurrent actor counted some of these ids first
+            return sum(self.add_usage(*entry) for entry in entries)
 
     def usage(self, tenant_id: str, since: datetime) -> dict[datetime, dict[str, float]]:
         query = (sa.select(usage_hourly.c.hour, usage_hourly.c.metric, usage_hourly.c.quantity)

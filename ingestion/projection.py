@@ -52,8 +52,9 @@ def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Out
     catalog = Catalog(settings.effective_catalog_url)
 
     def handle(batch: Sequence[Envelope]) -> list[Outbound]:
-        for envelope in batch:
-            apply(catalog, envelope)
+        with catalog.transaction():  # one commit per consumer batch
+            for envelope in batch:
+                apply(catalog, envelope)
         return []
 
     return handle

@@ -31,11 +31,10 @@ def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Out
         events = [env.event for env in batch if isinstance(env.event, TenantUsage)]
         dead = tombstones.dead((e.tenant_id, e.image_id) for e in events
                                if e.image_id and e.metric not in BILLED_EVEN_IF_DELETED)
-        for event in events:
-            if (event.metric in BILLED_EVEN_IF_DELETED
-                    or (event.tenant_id, event.image_id) not in dead):
-                catalog.add_usage(str(event.event_id), event.tenant_id, event.occurred_at,
-                                  event.metric, event.quantity)
+        catalog.add_usage_batch([  # one transaction per consumer batch
+            (str(e.event_id), e.tenant_id, e.occurred_at, e.metric, e.quantity)
+            for e in events
+            if e.metric in BILLED_EVEN_IF_DELETED or (e.tenant_id, e.image_id) not in dead])
         return []
 
     return handle

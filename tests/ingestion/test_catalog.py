@@ -99,3 +99,31 @@ def test_hash_index_and_tombstones(catalog_url) -> None:
     tombstones.bury("acme", "a")
     assert tombstones.dead([("acme", "a"), ("acme", "b")]) == {("acme", "a")}
     assert [(t, i) for t, i, _ in tombstones.since(NOW - timedelta(days=3650))] == [("acme", "a")]
+
+
+def test_usage_and_projection_batches_count_once_and_commit_together(catalog_url) -> None:
+    catalog = Catalog(catalog_url)
+    later = NOW + timedelta(hours=1)
+    batch = [("u1", "acme", NOW, "uploads", 1), ("u2", "acme", NOW, "uploads", 1),
+             ("u1", "acme", NOW, "uploads", 1),  # redelivered inside the batch
+             ("b1", "acme", NOW, "upload_bytes", 300), ("u3", "acme", later, "uploads", 1),
+             ("z1", "zeta", NOW, "uploads", 1)]
+    assert catalog.add_usage_batch(batch) == 5
+    assert catalog.add_usage_batch(batch) == 0  # the whole batch redelivered
+    assert catalog.add_usage("u2", "acme", NOW, "uploads", 1) is False
+    assert catalog.usage("acme", NOW) == {NOW: {"uploads": 2.0, "upload_bytes": 300.0},
+                                          later: {"uploads": 1.0}}
+    assert catalog.usage("zeta", NOW) == {NOW: {"uploads": 1.0}}
+    # A projection batch is one transaction: a failure inside it leaves nothing behind.
+    catalog.insert(row("p1"))
+    try:
+        with catalog.transaction():
+            catalog.advance("p1", "validated", NOW, width=10, height=10, format="JPEG")
+            raise RuntimeError("the handler failed mid-batch")
+    except RuntimeError:
+        pass
+    assert catalog.get("acme", "p1").status == "uploaded"
+    with catalog.transaction():
+        catalog.advance("p1", "validated", NOW, width=10, height=10, format="JPEG")
+        catalog.advance("p1", "processed", NOW, feature_model="m")
+    assert catalog.get("acme", "p1").status == "processed"
