@@ -4,7 +4,9 @@ Three tiers, cheapest first, each within the tenant:
 
 - **exact**: the same bytes (sha256) or the same decoded pixels (a re-save that
   only changed metadata or PNG compression: the pixel fingerprint);
-- **near**: perceptual hash (pHash, 64 bits) within a Hamming distance;
+- **near**: perceptual hash (pHash, 64 bits) within a Hamming distance, whole image
+  against whole image, or one image whole against a window of the other (crops,
+  small rotations; ``deeplens.hash_index.near_distances``);
 - **similar**: cosine similarity of the model's vectors above a threshold; off
   for random-weight models, whose scores mean nothing.
 
@@ -20,6 +22,7 @@ the Embedder sent hashes, makes it fetch and decode the image.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 from collections.abc import Callable, Sequence
@@ -37,7 +40,7 @@ from deeplens.events import (
     ImageProcessed,
 )
 from deeplens.hash_index import HashIndex
-from deeplens.image_hashes import HASH_SIDE, fingerprint_of, phash
+from deeplens.image_hashes import HASH_SIDE, fingerprint_of, window_hashes
 from deeplens.kafka import Outbound
 from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
@@ -56,9 +59,12 @@ STAGE = "dedup"
 TOPICS = ("images.processed", "images.deleted")
 
 
-def content_hashes(data: bytes) -> tuple[str, int]:
-    """(pixel fingerprint, 64-bit pHash) by decoding the bytes with Pillow, as the
-    Embedder's Pillow path does. Only for version-1 events, which carry no hashes."""
+Hashes = tuple[str, int, "np.ndarray | None"]  # fingerprint, pHash, window pHashes
+
+
+def content_hashes(data: bytes) -> Hashes:
+    """(pixel fingerprint, 64-bit pHash, window pHashes) by decoding the bytes with
+    Pillow, as the Embedder's Pillow path does. Only for events that carry no hashes."""
     from PIL import Image, ImageOps
 
     from serve_apps.decode import thumb_size
@@ -66,15 +72,19 @@ def content_hashes(data: bytes) -> tuple[str, int]:
     with Image.open(io.BytesIO(data)) as img:
         rgb = ImageOps.exif_transpose(img).convert("RGB")
     thumb = rgb.resize(thumb_size(*rgb.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    grey = thumb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
-    return fingerprint_of(np.asarray(rgb)), phash(np.asarray(grey))
+    grey = np.asarray(thumb.convert("L").resize((HASH_SIDE, HASH_SIDE),
+                                                Image.Resampling.BILINEAR))
+    windows = window_hashes(grey)
+    return fingerprint_of(np.asarray(rgb)), int(windows[0]), windows
 
 
-def event_hashes(event: ImageProcessed, storage: Storage) -> tuple[str, int]:
+def event_hashes(event: ImageProcessed, storage: Storage) -> Hashes:
     """The hashes the event carries; a version-1 event's from its bytes (ObjectMissing
     if the image is gone)."""
     if event.pixel_fingerprint is not None and event.phash is not None:
-        return event.pixel_fingerprint, int(event.phash, 16)
+        windows = (np.frombuffer(base64.b64decode(event.window_hashes), dtype=">u8")
+                   .astype(np.uint64) if event.window_hashes else None)
+        return event.pixel_fingerprint, int(event.phash, 16), windows
     return content_hashes(storage.get(event.storage_path))
 
 
@@ -84,15 +94,16 @@ def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
     return ["exact", "near", "similar"]
 
 
-def find_duplicates(event: ImageProcessed, hashes: tuple[str, int], index: HashIndex,
+def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
                     store: VectorStore, limits: DedupThresholds) -> DuplicatesFound:
-    pixel_sha, phash = hashes
+    pixel_sha, phash, windows = hashes
     tenant, image_id = event.tenant_id, event.image_id
-    index.add(tenant, image_id, event.sha256, pixel_sha, phash)  # write first, then look
+    index.add(tenant, image_id, event.sha256, pixel_sha, phash, windows)  # write, then look
     matches: dict[str, DuplicateMatch] = {}
     for other in index.exact(tenant, image_id, event.sha256, pixel_sha):
         matches[other] = DuplicateMatch(image_id=other, kind="exact", score=1.0)
-    for other, distance in index.near(tenant, image_id, phash, limits.near_max_distance):
+    for other, distance in index.near(tenant, image_id, phash, limits.near_max_distance,
+                                      windows, limits.near_window_max_distance):
         if other not in matches:
             matches[other] = DuplicateMatch(image_id=other, kind="near",
                                             score=round(1 - distance / 64, 4))

@@ -16,6 +16,7 @@ overloaded, device error) raises, so the batch is retried and nothing is failed 
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
@@ -53,6 +54,7 @@ def processed_event(event: ImageValidated, result: Any, thumbnail: str | None) -
         features_f32=encode_vector(result.vector), feature_model=result.model_id,
         processed_at=utcnow(),
         phash=hex64(result.phash) if result.phash is not None else None,
+        window_hashes=base64.b64encode(result.windows).decode() if result.windows else None,
         pixel_fingerprint=result.fingerprint, thumbnail_path=thumbnail,
     )
 

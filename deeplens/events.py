@@ -113,6 +113,7 @@ class ImageProcessed(ImageValidated):
     feature_model: str
     processed_at: datetime
     phash: str | None = Field(None, pattern=r"^[0-9a-f]{16}$")  # 64-bit pHash, hex
+    window_hashes: str | None = None  # base64 of big-endian u64 pHashes of image_hashes.WINDOWS
     pixel_fingerprint: str | None = None  # deeplens.image_hashes.fingerprint
     thumbnail_path: str | None = None
 

@@ -1,10 +1,18 @@
 """Content hashes of every image, per tenant: the exact and near tiers of dedup.
 
 A table in the catalog database (``image_hashes``), written by the dedup actors.
-Near-duplicate search keeps each tenant's perceptual hashes in memory as a numpy
-array and refreshes it incrementally (rows carry an increasing ``seq``), so a
+Near-duplicate search keeps each tenant's perceptual hashes in memory as numpy
+arrays and refreshes them incrementally (rows carry an increasing ``seq``), so a
 tenant's millionth image is compared with a vectorised popcount, not a scan of
 the database, and rows written by other dedup actors are seen too.
+
+Two near distances per pair of images (``near_distances``):
+
+- **whole**: the Hamming distance of the two whole-image pHashes (re-encodes,
+  resizes, brightness, format changes);
+- **windowed**: the smallest distance between one image whole and a window of the
+  other, either way round, or between their centred windows (crops of up to 15 %
+  a side, small rotations whose corners changed). See ``deeplens.image_hashes``.
 
 Several dedup actors share the table, and each keeps its own cache, so:
 
@@ -35,6 +43,7 @@ image_hashes = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("pixel_sha256", sa.String(64), nullable=False),
     sa.Column("phash", sa.BigInteger, nullable=False),  # 64-bit pHash, stored signed
+    sa.Column("windows", sa.LargeBinary, nullable=True),  # window pHashes, big-endian u64
     sa.UniqueConstraint("tenant_id", "image_id", name="uq_hashes_tenant_image"),
     sqlite_autoincrement=True,  # never reuse a deleted row's seq
 )
@@ -54,12 +63,46 @@ def hamming(a: np.ndarray, b: int) -> np.ndarray:
     return _POPCOUNT[x.view(np.uint8)].reshape(-1, 8).sum(axis=1)
 
 
+def near_distances(stored: np.ndarray, query: np.ndarray,
+                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(whole, windowed) distances between each row of ``stored`` (N x W window hashes,
+    whole image first) and ``query`` (W). Rows go through in chunks that stay in the
+    CPU's cache: the XOR buffer is reused, and only one byte per row comes out."""
+    from deeplens.image_hashes import CENTRED
+
+    n, width = stored.shape
+    whole = np.empty(n, dtype=np.uint8)
+    windowed = np.empty(n, dtype=np.uint8)
+    buffer = np.empty((min(chunk, max(n, 1)), width), dtype=np.uint64)
+    for start in range(0, n, chunk):
+        rows = stored[start : start + chunk]
+        xor = buffer[: len(rows)]
+        np.bitwise_xor(rows, query[0], out=xor)  # the query is a crop of a stored image
+        best = np.bitwise_count(xor).min(axis=1)
+        whole[start : start + len(rows)] = np.bitwise_count(xor[:, 0])
+        np.bitwise_xor(rows[:, :1], query[None, :], out=xor)  # or a stored one of the query
+        np.minimum(best, np.bitwise_count(xor).min(axis=1), out=best)
+        for k in CENTRED:  # both cropped, or both rotated: their centres agree
+            np.minimum(best, np.bitwise_count(rows[:, k] ^ query[k]), out=best)
+        windowed[start : start + len(rows)] = best
+    return whole.astype(np.int64), windowed.astype(np.int64)
+
+
+def _windows_of(phash: int, windows: bytes | None) -> np.ndarray:
+    from deeplens.image_hashes import WINDOWS
+
+    if windows:
+        return np.frombuffer(windows, dtype=">u8").astype(np.uint64)
+    # A row from before window hashes: its whole-image pHash stands in for every window.
+    return np.full(len(WINDOWS), np.uint64(phash & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+
+
 @dataclass
 class _TenantHashes:
     last_seq: int = 0
     ids: list[str] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
-    hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint64))
 
 
 class HashIndex:
@@ -71,13 +114,14 @@ class HashIndex:
         self._lock = threading.Lock()
 
     def add(self, tenant_id: str, image_id: str, sha256: str, pixel_sha256: str,
-            phash: int) -> None:
+            phash: int, windows: np.ndarray | None = None) -> None:
         """Record an image's hashes (idempotent: a redelivery changes nothing)."""
+        blob = np.asarray(windows, dtype=">u8").tobytes() if windows is not None else None
         try:
             with self.engine.begin() as conn:
                 conn.execute(image_hashes.insert().values(
                     tenant_id=tenant_id, image_id=image_id, sha256=sha256,
-                    pixel_sha256=pixel_sha256, phash=to_signed(phash)))
+                    pixel_sha256=pixel_sha256, phash=to_signed(phash), windows=blob))
         except IntegrityError:
             pass
 
@@ -90,16 +134,24 @@ class HashIndex:
         with self.engine.connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
-    def near(self, tenant_id: str, image_id: str, phash: int,
-             max_distance: int) -> list[tuple[str, int]]:
-        """(image_id, Hamming distance) of the tenant's images within ``max_distance``."""
+    def near(self, tenant_id: str, image_id: str, phash: int, max_distance: int,
+             windows: np.ndarray | None = None,
+             window_max_distance: int = -1) -> list[tuple[str, int]]:
+        """(image_id, distance) of the tenant's images whose whole-image pHash is within
+        ``max_distance``, or, given the image's window hashes, whose windowed distance
+        is within ``window_max_distance``. The distance reported is the smaller one."""
+        query = _windows_of(phash, None if windows is None else
+                            np.asarray(windows, dtype=">u8").tobytes())
         with self._lock:
             cached = self._refresh(tenant_id)
             if not cached.ids:
                 return []
-            distances = hamming(cached.hashes, phash)
-            close = np.nonzero(distances <= max_distance)[0]
-            found = [(cached.ids[i], int(distances[i])) for i in close
+            whole, windowed = near_distances(cached.windows, query)
+            if windows is None or window_max_distance < 0:
+                windowed = np.full_like(whole, 999)
+            hit = (whole <= max_distance) | (windowed <= window_max_distance)
+            best = np.minimum(whole, windowed)
+            found = [(cached.ids[i], int(best[i])) for i in np.nonzero(hit)[0]
                      if cached.ids[i] != image_id]
         if not found:
             return []
@@ -117,7 +169,8 @@ class HashIndex:
 
     def _refresh(self, tenant_id: str) -> _TenantHashes:
         cached = self._cache.setdefault(tenant_id, _TenantHashes())
-        query = (sa.select(image_hashes.c.seq, image_hashes.c.image_id, image_hashes.c.phash)
+        query = (sa.select(image_hashes.c.seq, image_hashes.c.image_id, image_hashes.c.phash,
+                           image_hashes.c.windows)
                  .where(image_hashes.c.tenant_id == tenant_id,
                         image_hashes.c.seq > cached.last_seq - REFRESH_OVERLAP)
                  .order_by(image_hashes.c.seq))
@@ -126,8 +179,9 @@ class HashIndex:
         if rows:
             cached.ids.extend(r[1] for r in rows)
             cached.known.update(r[1] for r in rows)
-            fresh = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
-            cached.hashes = np.concatenate([cached.hashes, fresh])
+            fresh = np.stack([_windows_of(int(r[2]), r[3]) for r in rows])
+            cached.windows = (fresh if not len(cached.windows)
+                              else np.concatenate([cached.windows, fresh]))
             cached.last_seq = max(cached.last_seq, rows[-1][0])
         return cached
 

@@ -13,7 +13,13 @@ them from the event and never touches the image. Two inputs are enough:
 - the **hash image**: the picture reduced to ``HASH_SIDE`` x ``HASH_SIDE`` grey
   levels (by the decoder, from its thumbnail). The 64-bit pHash (the DCT of
   its 32x32 reduction, bits above the median of the 8x8 lowest frequencies, as
-  ``imagehash.phash`` defines it) is computed from it.
+  ``imagehash.phash`` defines it) is computed from it;
+- the **window hashes**: the same pHash of ``len(WINDOWS)`` sub-windows of the hash
+  image (the whole image first, then 85 % and 70 % of each side, left, centred and
+  right, top, centred and bottom), so a copy cropped by up to 15 % a side is,
+  whole, close to one window of its original. All windows come from two matrix
+  products per image (area resampling and the DCT folded into per-axis matrices):
+  ~0.1 ms on a CPU.
 
 Pure numpy: no torch, no Pillow, so every stage can import it.
 """
@@ -65,3 +71,49 @@ def phash(hash_image: np.ndarray) -> int:
 
 def hex64(value: int) -> str:
     return f"{value & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _axis_windows() -> list[tuple[float, float]]:
+    """(start, size) along one axis, as fractions: whole, then 85 % and 70 % placed at
+    the start, centre and end."""
+    out = [(0.0, 1.0)]
+    for size in (0.85, 0.7):
+        out.extend((pos * (1 - size), size) for pos in (0.0, 0.5, 1.0))
+    return out
+
+
+AXIS_WINDOWS = _axis_windows()
+# Window k covers x-window k // 7 and y-window k % 7; window 0 is the whole image.
+WINDOWS = [(x, y) for x in AXIS_WINDOWS for y in AXIS_WINDOWS]
+CENTRED = [i * len(AXIS_WINDOWS) + i for i in (2, 5)]  # 85 % and 70 %, centred both ways
+
+
+def _area_matrix(start: float, size: float, n_in: int = HASH_SIDE, n_out: int = 32) -> np.ndarray:
+    """n_out x n_in weights: output k is the mean of the input over its share of the
+    window (exact area integration, so the whole window reduces like a 2x2 mean)."""
+    out = np.zeros((n_out, n_in))
+    for k in range(n_out):
+        lo = (start + size * k / n_out) * n_in
+        hi = (start + size * (k + 1) / n_out) * n_in
+        for p in range(int(np.floor(lo)), int(np.ceil(hi))):
+            out[k, p] = max(0.0, min(hi, p + 1) - max(lo, p))
+        out[k] /= hi - lo
+    return out
+
+
+@cache
+def _window_dct() -> np.ndarray:
+    """(len(AXIS_WINDOWS) * 8) x HASH_SIDE: the 8 lowest DCT rows of each axis window."""
+    dct = _dct_matrix(32)
+    return np.concatenate([(dct @ _area_matrix(start, size))[:8] for start, size in AXIS_WINDOWS])
+
+
+def window_hashes(hash_image: np.ndarray) -> np.ndarray:
+    """The pHash of every window in WINDOWS (uint64), whole image first."""
+    grey = np.asarray(hash_image, dtype=np.float64).reshape(HASH_SIDE, HASH_SIDE)
+    m = _window_dct()
+    n = len(AXIS_WINDOWS)
+    low = (m @ grey @ m.T).reshape(n, 8, n, 8).transpose(2, 0, 1, 3)  # [x-win, y-win, 8, 8]
+    low = low.reshape(n * n, 64)  # rows of window k = (x k//n, y k%n): vertical freq first
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)

@@ -182,7 +182,11 @@ class OpsSettings(BaseModel):
 class DedupThresholds(BaseModel):
     """Where a match counts as a duplicate (defaults measured by benchmarks/dedup_bench.py)."""
 
-    near_max_distance: int = Field(10, ge=0, le=32, description="pHash Hamming distance")
+    near_max_distance: int = Field(10, ge=0, le=32, description="pHash Hamming distance, "
+                                   "whole image against whole image")
+    near_window_max_distance: int = Field(
+        12, ge=-1, le=32, description="pHash Hamming distance between one image whole and a "
+        "window of the other (crops, small rotations); -1 turns the windowed match off")
     similar_min_score: float = Field(0.92, ge=0, le=1, description="cosine similarity")
     similar_k: int = Field(10, ge=1, le=100)
 

@@ -41,6 +41,7 @@ class Embedding:
     error: str | None = None
     error_kind: str | None = None  # "decode" (permanent) or "device" (transient)
     phash: int | None = None  # 64-bit perceptual hash (deeplens.image_hashes.phash)
+    windows: bytes | None = None  # window pHashes, big-endian u64 (image_hashes.WINDOWS)
     fingerprint: str | None = None  # of the full-resolution pixels
     thumbnail: bytes | None = None  # JPEG, uploads only
 
@@ -117,7 +118,7 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes],
 
     Items with ``thumbnails[i]`` get hashes and a JPEG thumbnail from the same decode.
     """
-    from deeplens.image_hashes import phash
+    from deeplens.image_hashes import window_hashes
     from serve_apps.decode import Decoded, encode_thumbnails
     from serve_apps.model import encode_with_split
 
@@ -126,11 +127,12 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes],
     with phases.decoding():
         decoded = _decode_isolated(decoder, items)
         good = [i for i, d in enumerate(decoded) if isinstance(d, Decoded)]
-        extras: dict[int, tuple[int, str, bytes]] = {}
+        extras: dict[int, tuple[bytes, str, bytes]] = {}
         keep = [i for i in good if wanted[i]]
         for i, jpeg in zip(keep, encode_thumbnails([decoded[i].thumbnail for i in keep]),
                            strict=True):
-            extras[i] = (phash(decoded[i].hash_image), decoded[i].fingerprint, jpeg)
+            windows = window_hashes(decoded[i].hash_image).astype(">u8").tobytes()
+            extras[i] = (windows, decoded[i].fingerprint, jpeg)
     results: list[Embedding] = [
         Embedding(None, clip.model_id, error=str(d), error_kind="decode")
         for d in decoded
@@ -146,9 +148,11 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes],
                 results[index] = Embedding(None, clip.model_id, error=str(vector),
                                            error_kind="device")
                 continue
-            ph, fp, jpeg = extras.get(index, (None, None, None))
-            results[index] = Embedding(vector.numpy().astype(np.float32), clip.model_id,
-                                       phash=ph, fingerprint=fp, thumbnail=jpeg)
+            windows, fp, jpeg = extras.get(index, (None, None, None))
+            results[index] = Embedding(
+                vector.numpy().astype(np.float32), clip.model_id,
+                phash=int.from_bytes(windows[:8], "big") if windows else None,
+                windows=windows, fingerprint=fp, thumbnail=jpeg)
     return results
 
 

@@ -68,3 +68,27 @@ def corrupt_png(seed: int = 0) -> bytes:
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
 PHP = b"<?php echo shell_exec($_GET['cmd']); ?>"
+
+
+def real_photos() -> dict[str, Image.Image]:
+    """Photographs shipped inside installed packages: scikit-learn's two sample images
+    and matplotlib's photos (scikit-image's are kept for an independent check)."""
+    from pathlib import Path
+
+    import matplotlib
+    from sklearn.datasets import load_sample_images
+
+    photos = {name: Image.fromarray(pixels) for name, pixels in
+              zip(("china", "flower"), load_sample_images().images, strict=True)}
+    sample_data = Path(matplotlib.get_data_path()) / "sample_data"
+    for name, file in (("hopper", "grace_hopper.jpg"), ("backpack", "Minduka_Present_Blue_Pack.png")):
+        with Image.open(sample_data / file) as img:
+            photos[name] = img.convert("RGB")
+    return photos
+
+
+def quadrants(img: Image.Image) -> list[Image.Image]:
+    """Four different pictures of the same scene: the photo's quarters."""
+    w, h = img.size
+    return [img.crop((x * w // 2, y * h // 2, (x + 1) * w // 2, (y + 1) * h // 2))
+            for y in (0, 1) for x in (0, 1)]

@@ -46,9 +46,9 @@ def test_pixel_identical_copies_share_the_pixel_hash() -> None:
 
 def test_phash_is_close_for_a_reencoded_copy_and_far_for_another_picture() -> None:
     original = jpeg_bytes(scene(3))
-    _, a = content_hashes(original)
-    _, b = content_hashes(jpeg_bytes(Image.open(io.BytesIO(original)), quality=40))
-    _, c = content_hashes(jpeg_bytes(scene(4)))
+    _, a, _ = content_hashes(original)
+    _, b, _ = content_hashes(jpeg_bytes(Image.open(io.BytesIO(original)), quality=40))
+    _, c, _ = content_hashes(jpeg_bytes(scene(4)))
     assert int(hamming(np.array([a], dtype=np.uint64), b)[0]) <= 4
     assert int(hamming(np.array([a], dtype=np.uint64), c)[0]) > 16
 
@@ -96,7 +96,7 @@ def test_two_actors_at_the_same_moment_still_link(tmp_path) -> None:
     actor_1, actor_2 = HashIndex(url), HashIndex(url)
     original = jpeg_bytes(scene(8))
     near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=50)
-    (p1, h1), (p2, h2) = content_hashes(original), content_hashes(near)
+    (p1, h1, _), (p2, h2, _) = content_hashes(original), content_hashes(near)
     actor_1.near("alpha", "x", h1, 10)  # both caches warm and empty
     actor_2.near("alpha", "y", h2, 10)
     actor_1.add("alpha", "a", "s1", p1, h1)
@@ -112,7 +112,7 @@ def test_an_image_forgotten_by_another_actor_is_not_reported(tmp_path) -> None:
     actor_1, actor_2 = HashIndex(url), HashIndex(url)
     original = jpeg_bytes(scene(9))
     near = jpeg_bytes(Image.open(io.BytesIO(original)), quality=50)
-    (p1, h1), (p2, h2) = content_hashes(original), content_hashes(near)
+    (p1, h1, _), (p2, h2, _) = content_hashes(original), content_hashes(near)
     actor_1.add("alpha", "a", "s1", p1, h1)
     assert [i for i, _ in actor_2.near("alpha", "x", h2, 10)] == ["a"]  # actor 2 cached "a"
     actor_1.forget("alpha", "a")  # the delete went to actor 1
@@ -127,7 +127,7 @@ def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/h.db"
     reader = HashIndex(url)
     original = jpeg_bytes(scene(10))
-    _, h = content_hashes(original)
+    _, h, _ = content_hashes(original)
     reader.add("alpha", "later", "s2", "p2", h ^ 0xFF00)  # far enough to be no match
     with reader.engine.begin() as conn:  # a row numbered above it, then the refresh
         conn.execute(image_hashes.insert().values(seq=50, tenant_id="alpha", image_id="high",
@@ -210,3 +210,47 @@ def test_hashes_from_the_embedder_give_the_same_tiers_and_dedup_reads_no_bytes(t
     assert found["b"] == {("a", "exact")}
     assert ("a", "near") in found["c"] and ("a", "near") in found["d"]
     assert found["e"] == set()
+
+
+def test_crops_and_rotations_of_a_real_photo_are_near_and_other_photos_are_not(tmp_path) -> None:
+    """Hashes as the Embedder makes them (its DALI decode): copies cropped by up to 15 % a
+    side or rotated by up to 5 degrees link as near; the photo's own quarters, different
+    pictures of the same scene, link to nothing."""
+    from deeplens.image_hashes import window_hashes
+    from deeplens.settings import ModelSettings
+    from serve_apps.decode import make_decoder
+    from serve_apps.model import load_clip
+    from tests.images import encode, quadrants, real_photos
+
+    photo = real_photos()["china"]
+    w, h = photo.size
+    copies = {
+        "crop 15% left and top": photo.crop((int(0.15 * w), int(0.15 * h), w, h)),
+        "crop 12% all round": photo.crop((int(0.12 * w), int(0.12 * h),
+                                          w - int(0.12 * w), h - int(0.12 * h))),
+        "rotate 5": photo.rotate(5, Image.Resampling.BICUBIC),
+        "rotate -4": photo.rotate(-4, Image.Resampling.BICUBIC),
+    }
+    others = dict(enumerate(quadrants(photo)))
+    uploads = {"original": photo, **copies, **{f"quarter {k}": q for k, q in others.items()}}
+    clip = load_clip(ModelSettings(name="deeplens-tiny", pretrained="random"), device="cpu")
+    decoded = make_decoder("dali", clip=clip, max_batch_size=16).decode(
+        [encode(img, "JPEG", quality=90) for img in uploads.values()])
+    index = HashIndex(f"sqlite:///{tmp_path}/h.db")
+    limits = DedupThresholds()
+    found, plain_hits = {}, set()
+    for name, d in zip(uploads, decoded, strict=True):
+        windows = window_hashes(d.hash_image)
+        index.add("alpha", name, name, name, int(windows[0]), windows)
+        found[name] = {other for other, _ in index.near(
+            "alpha", name, int(windows[0]), limits.near_max_distance, windows,
+            limits.near_window_max_distance)}
+        plain = index.near("alpha", name, int(windows[0]), limits.near_max_distance)
+        if "original" in {o for o, _ in plain}:
+            plain_hits.add(name)
+    assert not {n for n in copies if n.startswith("crop")} <= plain_hits, \
+        "the whole-image pHash alone already caught every crop: the test shows nothing"
+    for name in copies:
+        assert "original" in found[name], (name, found[name])
+    for k in others:
+        assert found[f"quarter {k}"] == set(), (k, found[f"quarter {k}"])
