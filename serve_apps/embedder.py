@@ -73,7 +73,7 @@ class Phases:
         self.model_lock = threading.Lock()
         self.decode_s = 0.0
         self.model_s = 0.0
-        self._model_spans: deque[tuple[float, float]] = deque()
+        self._model_spans: deque[tuple[float, float]] = deque(maxlen=100_000)
         self._first: float | None = None
 
     @contextmanager
