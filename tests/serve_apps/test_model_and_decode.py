@@ -244,3 +244,23 @@ def test_damage_only_a_decode_finds_fails_as_a_decode_error_alone(clip) -> None:
     results = embed_items(clip, decoder, [images.jpeg(1), bad, images.jpeg(2)], [True] * 3)
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error_kind == "decode"
+
+
+def test_busy_fraction_is_model_time_over_the_recent_window() -> None:
+    import time
+
+    from serve_apps.embedder import BUSY_WINDOW_S, Phases
+
+    phases = Phases()
+    assert phases.busy_fraction() == 0.0  # nothing ran yet
+    phases._first = 100.0
+    phases._model_spans.extend([(100.0, 103.0), (110.0, 115.0), (125.0, 126.0)])
+    assert phases.busy_fraction(now=100.0 + BUSY_WINDOW_S) == pytest.approx(9 / BUSY_WINDOW_S)
+    assert phases.busy_fraction(now=150.0) == pytest.approx(1 / BUSY_WINDOW_S)  # old spans out
+    live = Phases()
+    with live.decoding():
+        time.sleep(0.02)
+    with live.encoding():
+        time.sleep(0.05)
+    assert live.model_s >= 0.05 and live.decode_s >= 0.02
+    assert 0.3 < live.busy_fraction() <= 1.0
