@@ -141,8 +141,15 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     page.wait_for_selector("#search-info:has-text('deeplens-tiny/random-init-seed0')")
     assert page.locator("#results .card").count() == 5
 
-    page.locator("#results .card", has_text="p2.jpg").first.click()
-    page.wait_for_selector("#detail-status-line:has-text('indexed')")
+    # Dedup runs beside indexing: the link appears once the later of p2 and its copy is
+    # deduplicated, which may be after both are indexed. Reopen until it is there.
+    for _ in range(30):
+        page.locator("#results .card", has_text="p2.jpg").first.click()
+        page.wait_for_selector("#detail-status-line:has-text('indexed')")
+        page.wait_for_selector("#detail-dups p")  # the panel has rendered its answer
+        if page.locator("#detail-dups .dup").count():
+            break
+        time.sleep(1)
     page.wait_for_selector("#detail-dups .dup")
     dups = page.locator("#detail-dups").inner_text()
     assert "exact" in dups and "Tiers checked: exact, near" in dups
