@@ -115,8 +115,12 @@ def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
             if hit.score >= limits.similar_min_score and hit.image_id not in matches:
                 matches[hit.image_id] = DuplicateMatch(image_id=hit.image_id, kind="similar",
                                                        score=round(hit.score, 4))
+    ranked = sorted(matches.values(), key=lambda m: (_KIND_ORDER[m.kind], -m.score))
     return DuplicatesFound(tenant_id=tenant, image_id=image_id, tiers=tiers,
-                           matches=sorted(matches.values(), key=lambda m: -m.score))
+                           matches=ranked[: limits.max_matches])
+
+
+_KIND_ORDER = {"exact": 0, "near": 1, "similar": 2}
 
 
 # Failures that are the infrastructure's, not the image's: the batch is retried.

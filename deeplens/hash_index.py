@@ -89,8 +89,11 @@ def near_distances(stored: np.ndarray, query: np.ndarray,
     n = len(stored)
     whole = np.empty(n, dtype=np.uint8)
     windowed = np.empty(n, dtype=np.uint8)
-    kernel = _compiled_kernel()
-    if kernel is not None and n:
+    kernels = _compiled_kernels()
+    if kernels is not None and n:
+        # Threads only where they pay: a parallel region's workers spin for a while after
+        # it ends, which on a small tenant costs more CPU than the pass itself.
+        kernel = kernels[1] if n >= _PARALLEL_ROWS else kernels[0]
         kernel(np.ascontiguousarray(stored), np.ascontiguousarray(query), CENTRED[0],
                CENTRED[1], whole, windowed)
         return whole.astype(np.int64), windowed.astype(np.int64)
@@ -115,8 +118,9 @@ def numpy_distances(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,
 
 
 @cache
-def _compiled_kernel() -> Any:
-    """The fused distance loop compiled by numba (cached on disk), or None without numba."""
+def _compiled_kernels() -> tuple[Any, Any] | None:
+    """The fused distance loop compiled by numba (cached on disk), one thread and all
+    cores; None without numba."""
     try:
         import numba
     except ImportError:
@@ -131,9 +135,8 @@ def _compiled_kernel() -> Any:
         x = (x + (x >> u64(4))) & u64(0x0F0F0F0F0F0F0F0F)
         return (x * u64(0x0101010101010101)) >> u64(56)  # type: ignore[no-any-return]
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def kernel(stored: np.ndarray, query: np.ndarray, centre_a: int, centre_b: int,
-               whole: np.ndarray, windowed: np.ndarray) -> None:
+    def body(stored: np.ndarray, query: np.ndarray, centre_a: int, centre_b: int,
+             whole: np.ndarray, windowed: np.ndarray) -> None:
         rows, width = stored.shape
         for r in numba.prange(rows):
             full = stored[r, 0]
@@ -145,7 +148,8 @@ def _compiled_kernel() -> Any:
             whole[r] = popcount(full ^ query[0])
             windowed[r] = best
 
-    return kernel
+    return (numba.njit(cache=True, nogil=True)(body),
+            numba.njit(parallel=True, cache=True, nogil=True)(body))
 
 
 def _distances_into(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,

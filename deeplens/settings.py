@@ -188,6 +188,9 @@ class DedupThresholds(BaseModel):
         12, ge=-1, le=32, description="pHash Hamming distance between one image whole and a "
         "window of the other (crops, small rotations); -1 turns the windowed match off")
     similar_min_score: float = Field(0.92, ge=0, le=1, description="cosine similarity")
+    max_matches: int = Field(
+        20, ge=1, le=1000, description="Matches kept per image, strongest first: bounds what "
+        "one image of a very uniform collection costs the projection")
     similar_k: int = Field(10, ge=1, le=100)
 
 

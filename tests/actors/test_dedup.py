@@ -254,3 +254,20 @@ def test_crops_and_rotations_of_a_real_photo_are_near_and_other_photos_are_not(t
         assert "original" in found[name], (name, found[name])
     for k in others:
         assert found[f"quarter {k}"] == set(), (k, found[f"quarter {k}"])
+
+
+def test_matches_per_image_are_capped_strongest_first(tmp_path) -> None:
+    index = HashIndex(f"sqlite:///{tmp_path}/h.db")
+    store = LanceStore(tmp_path / "v", VectorStoreSettings())
+    original = jpeg_bytes(scene(15))
+    vec = np.ones(8) / np.sqrt(8)
+    copies = {"b": resave_without_metadata(original),
+              "c": jpeg_bytes(Image.open(io.BytesIO(original)), quality=40),
+              "d": jpeg_bytes(Image.open(io.BytesIO(original)), quality=60)}
+    for image_id, data in copies.items():
+        find_duplicates(processed(image_id, data, vec), content_hashes(data), index, store,
+                        DedupThresholds())
+    found = find_duplicates(processed("a", original, vec), content_hashes(original), index,
+                            store, DedupThresholds(max_matches=2))
+    assert len(found.matches) == 2
+    assert found.matches[0].image_id == "b" and found.matches[0].kind == "exact"
