@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,10 +53,15 @@ OUTSIDE = [s for s in STAGES if not s.startswith("embedder")]
 
 
 def photo_bytes(width: int, height: int, fmt: str, seed: int) -> bytes:
-    from cluster.samples import photo
+    """A distinct photo-like scene (the smoother test pictures look so alike that the
+    near tier would link many of them, and the run would measure link writing)."""
+    from PIL import Image
 
+    from cluster.samples import scene
+
+    img = scene(seed, 1024).resize((width, height), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
-    photo(width, height, seed).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 
@@ -211,6 +218,11 @@ def main() -> None:
     from serve_apps.model import load_clip
 
     clip = load_clip(ModelSettings(name="deeplens-tiny", pretrained="random"), device="cpu")
+    from deeplens.hash_index import near_distances
+    from deeplens.image_hashes import WINDOWS
+
+    near_distances(np.zeros((1, len(WINDOWS)), np.uint64), np.zeros(len(WINDOWS), np.uint64))
+    # ^ compiles (or loads) the look-up kernel once, as a long-running dedup actor has
     table: dict[str, dict[str, float]] = {}
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True)
