@@ -40,7 +40,7 @@ from deeplens.events import (
     ImageProcessed,
 )
 from deeplens.hash_index import HashIndex
-from deeplens.image_hashes import HASH_SIDE, fingerprint_of, window_hashes
+from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
 from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
@@ -67,15 +67,11 @@ def content_hashes(data: bytes) -> Hashes:
     Pillow, as the Embedder's Pillow path does. Only for events that carry no hashes."""
     from PIL import Image, ImageOps
 
-    from serve_apps.decode import thumb_size
-
     with Image.open(io.BytesIO(data)) as img:
         rgb = ImageOps.exif_transpose(img).convert("RGB")
-    thumb = rgb.resize(thumb_size(*rgb.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    grey = np.asarray(thumb.convert("L").resize((HASH_SIDE, HASH_SIDE),
-                                                Image.Resampling.BILINEAR))
+    grey, print_, _ = pillow_parts(rgb)
     windows = window_hashes(grey)
-    return fingerprint_of(np.asarray(rgb)), int(windows[0]), windows
+    return print_, int(windows[0]), windows
 
 
 def event_hashes(event: ImageProcessed, storage: Storage) -> Hashes:

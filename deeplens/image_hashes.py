@@ -28,11 +28,30 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from typing import Any
 
 import numpy as np
 
 HASH_SIDE = 64
+THUMB_SIDE = 320
 FINGERPRINT_SCHEME = "px1"
+
+
+def thumb_size(width: int, height: int) -> tuple[int, int]:
+    """The thumbnail's size: longest side THUMB_SIDE, aspect kept, never enlarged."""
+    scale = min(1.0, THUMB_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def pillow_parts(rgb: Any) -> tuple[np.ndarray, str, Any]:
+    """(hash image, fingerprint, thumbnail) of an upright RGB Pillow image: what the
+    Embedder's Pillow path yields besides the model input, and how dedup hashes a
+    version-1 event. Pillow is imported by the caller, not here."""
+    from PIL import Image
+
+    thumb = rgb.resize(thumb_size(*rgb.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    grey = thumb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
+    return np.asarray(grey), fingerprint_of(np.asarray(rgb)), thumb
 
 
 def fingerprint(width: int, height: int, column_sums: np.ndarray, row_sums: np.ndarray) -> str:

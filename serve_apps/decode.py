@@ -28,11 +28,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from deeplens.image_hashes import HASH_SIDE, fingerprint, fingerprint_of
+from deeplens.image_hashes import (
+    HASH_SIDE,
+    fingerprint,
+    fingerprint_of,
+    pillow_parts,
+    thumb_size,
+)
 
 log = logging.getLogger(__name__)
 
-THUMB_SIDE = 320
 THUMB_QUALITY = 80
 
 
@@ -56,12 +61,6 @@ class Decoder(Protocol):
     def decode(self, items: list[bytes]) -> list[Decoded | DecodeError]: ...
 
 
-def thumb_size(width: int, height: int) -> tuple[int, int]:
-    """The thumbnail's size: longest side THUMB_SIDE, aspect kept, never enlarged."""
-    scale = min(1.0, THUMB_SIDE / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 class PillowDecoder:
     """open_clip's own preprocessing on Pillow-decoded images (the reference path)."""
 
@@ -76,11 +75,8 @@ class PillowDecoder:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 rgb = ImageOps.exif_transpose(img).convert("RGB")
-            pixels = self.preprocess(rgb)
-            thumb = rgb.resize(thumb_size(*rgb.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            grey = thumb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
-            return Decoded(pixels, np.asarray(grey), fingerprint_of(np.asarray(rgb)),
-                           np.asarray(thumb))
+            grey, print_, thumb = pillow_parts(rgb)
+            return Decoded(self.preprocess(rgb), grey, print_, np.asarray(thumb))
         except UnidentifiedImageError as exc:
             raise DecodeError(f"undecodable image: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - bombs, truncation, parser bugs: this item only
