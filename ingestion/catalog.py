@@ -9,8 +9,6 @@ schema for queries; it is created and upgraded by ``deeplens/migrations``.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -129,36 +127,9 @@ def _aware(value: Any) -> Any:
 
 class Catalog:
     def __init__(self, url: str) -> None:
-        import threading
-
         from deeplens.db import make_engine
 
         self.engine = make_engine(url)  # the schema comes from deeplens/migrations
-        self._batch = threading.local()
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One transaction for every write made inside (a consumer batch's): one commit
-        instead of one per event. Writes are the same conditional statements, so applying
-        a batch twice (a redelivery) changes nothing more than applying it once."""
-        if getattr(self._batch, "conn", None) is not None:
-            yield
-            return
-        with self.engine.begin() as conn:
-            self._batch.conn = conn
-            try:
-                yield
-            finally:
-                self._batch.conn = None
-
-    @contextmanager
-    def _begin(self) -> Iterator[Any]:
-        conn = getattr(self._batch, "conn", None)
-        if conn is not None:
-            yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
 
     def _row(self, row: Any) -> ImageRow:
         return ImageRow(**{k: _aware(v) for k, v in row._mapping.items()})
@@ -232,7 +203,7 @@ class Catalog:
         """Record matches in both directions; a stronger kind replaces a weaker one.
 
         Links to or from an image that is no longer catalogued (deleted) are not written."""
-        with self._begin() as conn:
+        with self.engine.begin() as conn:
             # Write first: the transaction then holds the write lock (SQLite) before it
             # reads which images still exist, so a delete cannot slip in between.
             if not conn.execute(images.update().where(images.c.image_id == image_id,
@@ -276,7 +247,7 @@ class Catalog:
         rank = STATUS_RANK[status]
         by_id = images.c.image_id == image_id
         current_rank = sa.case(STATUS_RANK, value=images.c.status, else_=99)
-        with self._begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(images.update().where(by_id).values({f"{status}_at": at, **fields}))
             moved = conn.execute(
                 images.update().where(by_id, sa.or_(
@@ -290,12 +261,12 @@ class Catalog:
     def dedup_failed(self, image_id: str) -> bool:
         """Dedup could not run for this image: say so, and leave its status alone (a dedup
         failure never demotes an indexed image)."""
-        with self._begin() as conn:
+        with self.engine.begin() as conn:
             return conn.execute(images.update().where(images.c.image_id == image_id)
                                 .values(dedup_tiers="failed")).rowcount > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
-        with self._begin() as conn:
+        with self.engine.begin() as conn:
             done = conn.execute(
                 images.update()
                 .where(images.c.image_id == image_id)

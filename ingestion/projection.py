@@ -52,9 +52,6 @@ def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Out
     catalog = Catalog(settings.effective_catalog_url)
 
     def handle(batch: Sequence[Envelope]) -> list[Outbound]:
-        # One transaction per event: a batch-wide transaction (Catalog.transaction) was
-        # measured slower in the running stack (ceiling_bench: projection 44 ms of CPU per
-        # image and a stuck lag, against 5 ms per event), so it is not used here yet.
         for envelope in batch:
             apply(catalog, envelope)
         return []

@@ -101,7 +101,7 @@ def test_hash_index_and_tombstones(catalog_url) -> None:
     assert [(t, i) for t, i, _ in tombstones.since(NOW - timedelta(days=3650))] == [("acme", "a")]
 
 
-def test_usage_and_projection_batches_count_once_and_commit_together(catalog_url) -> None:
+def test_usage_batches_count_once(catalog_url) -> None:
     catalog = Catalog(catalog_url)
     later = NOW + timedelta(hours=1)
     batch = [("u1", "acme", NOW, "uploads", 1), ("u2", "acme", NOW, "uploads", 1),
@@ -114,16 +114,3 @@ def test_usage_and_projection_batches_count_once_and_commit_together(catalog_url
     assert catalog.usage("acme", NOW) == {NOW: {"uploads": 2.0, "upload_bytes": 300.0},
                                           later: {"uploads": 1.0}}
     assert catalog.usage("zeta", NOW) == {NOW: {"uploads": 1.0}}
-    # A projection batch is one transaction: a failure inside it leaves nothing behind.
-    catalog.insert(row("p1"))
-    try:
-        with catalog.transaction():
-            catalog.advance("p1", "validated", NOW, width=10, height=10, format="JPEG")
-            raise RuntimeError("the handler failed mid-batch")
-    except RuntimeError:
-        pass
-    assert catalog.get("acme", "p1").status == "uploaded"
-    with catalog.transaction():
-        catalog.advance("p1", "validated", NOW, width=10, height=10, format="JPEG")
-        catalog.advance("p1", "processed", NOW, feature_model="m")
-    assert catalog.get("acme", "p1").status == "processed"
