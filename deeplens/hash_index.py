@@ -57,17 +57,9 @@ image_hashes = sa.Table(
 
 REFRESH_OVERLAP = 1000
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
 
 def to_signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def hamming(a: np.ndarray, b: int) -> np.ndarray:
-    """Bit differences between each of ``a`` (uint64) and ``b``."""
-    x = np.bitwise_xor(a, np.uint64(b & 0xFFFFFFFFFFFFFFFF))
-    return _POPCOUNT[x.view(np.uint8)].reshape(-1, 8).sum(axis=1)
 
 
 _POOL: ThreadPoolExecutor | None = None
