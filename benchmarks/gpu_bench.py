@@ -13,8 +13,9 @@ Needs only torch (+ torchvision); uses what else is there:
 The peak is measured, not quoted: a large bf16 matmul on this card. Each model's
 share of it is images/s x FLOPs per image (counted by torch's FlopCounterMode) / peak.
 
-**The whole Embedder** (when DALI and open_clip import, i.e. the project installed):
-``serve_apps.embedder.embed_items`` with DALI ``mixed`` decoding, the dedup hashes and
+**The whole Embedder** (when open_clip and pydantic import):
+``serve_apps.embedder.embed_items`` with DALI ``mixed`` decoding (Pillow on the host where
+DALI is not installed, as on this workplace's lent cards), the dedup hashes and
 thumbnails, and ViT-B-32 in bf16, over 0.3 MP and 12 MP JPEGs, two batches in flight
 (one decoding while the other is on the model, as the Serve deployment runs them).
 Reports images/s and the model's busy fraction.
@@ -152,11 +153,17 @@ def encode_rate(tower, size: int, batch: int, device: torch.device, dtype: torch
 def embedder_rates(device: torch.device, smoke: bool) -> list[dict]:
     """The Embedder's own code end to end, per input size; [] without DALI/open_clip."""
     try:
-        import nvidia.dali  # noqa: F401
         import open_clip  # noqa: F401
     except ImportError as exc:
         print(f"whole Embedder: skipped ({exc})")
         return []
+    try:
+        import nvidia.dali  # noqa: F401
+
+        kind = "dali"
+    except ImportError:  # a lent card without DALI (its wheel is too big to carry there)
+        kind = "pillow"
+        print("whole Embedder: DALI not installed, decoding with Pillow on the host (one thread)")
     from concurrent.futures import ThreadPoolExecutor
 
     from cluster.samples import photo
@@ -174,13 +181,14 @@ def embedder_rates(device: torch.device, smoke: bool) -> list[dict]:
         if smoke:
             width, height = width // 8, height // 8
         batch = 4 if smoke else (256 if width < 1000 else 32)
+        rounds = 2 if smoke or (kind == "pillow" and width > 1000) else 8
         distinct = [photo(width, height, seed) for seed in range(8)]
         jpegs = []
-        for i in range(batch * (2 if smoke else 8)):
+        for i in range(batch * rounds):
             buf = io.BytesIO()
             distinct[i % 8].save(buf, "JPEG", quality=90)
             jpegs.append(buf.getvalue())
-        decoder = make_decoder("dali", clip=clip, max_batch_size=batch)
+        decoder = make_decoder(kind, clip=clip, max_batch_size=batch)
         chunks = [jpegs[i : i + batch] for i in range(0, len(jpegs), batch)]
         embed_items(clip, decoder, chunks[0], [True] * batch)  # warm-up
         phases = Phases()
