@@ -31,7 +31,6 @@ import numpy as np
 from sqlalchemy.exc import OperationalError
 
 from actors.indexer import record_of
-from deeplens.consumer_loop import Envelope
 from deeplens.events import (
     DuplicateKind,
     DuplicateMatch,
@@ -42,8 +41,8 @@ from deeplens.events import (
 from deeplens.hash_index import HashIndex
 from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
-from deeplens.retry import failure
 from deeplens.settings import DedupThresholds, Settings
+from deeplens.stage_sdk import Envelope, failure
 from deeplens.storage import ObjectMissing, Storage, StorageUnavailable, make_storage
 from deeplens.tombstones import Tombstones
 from deeplens.vector_store import (

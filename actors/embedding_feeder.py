@@ -25,12 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.validator import failed
-from deeplens.consumer_loop import Envelope
-from deeplens.events import ImageProcessed, ImageValidated, TenantUsage, encode_vector, utcnow
+from deeplens.events import ImageProcessed, ImageValidated, encode_vector, utcnow
 from deeplens.image_hashes import hex64
 from deeplens.kafka import Outbound
-from deeplens.retry import Retry
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope, Retry, usage_event
 from deeplens.storage import ObjectMissing, Storage, make_storage, thumbnail_path
 from deeplens.tombstones import Tombstones
 
@@ -59,11 +58,9 @@ def processed_event(event: ImageValidated, result: Any, thumbnail: str | None) -
     )
 
 
-def usage_event(event: ImageValidated, metric: str, quantity: float) -> Outbound:
-    event_id = uuid.uuid5(_USAGE_NS, f"{event.image_id}/{metric}")
-    return Outbound("tenant.usage", event.tenant_id, TenantUsage(
-        event_id=event_id, tenant_id=event.tenant_id, metric=metric,  # type: ignore[arg-type]
-        quantity=quantity, image_id=event.image_id))
+def usage(event: ImageValidated, metric: str, quantity: float) -> Outbound:
+    return usage_event(event.tenant_id, metric, quantity, image_id=event.image_id,
+                       namespace=_USAGE_NS)
 
 
 def _fetch(storage: Storage, pool: ThreadPoolExecutor,
@@ -132,8 +129,8 @@ def build_handler(settings: Settings,
             if result.ok:
                 outputs.append(Outbound("images.processed", event.image_id,
                                         processed_event(event, result, thumbs.get(id(env)))))
-                outputs.append(usage_event(event, "images_embedded", 1))
-                outputs.append(usage_event(event, "embedding_ms", round(per_image_ms, 3)))
+                outputs.append(usage(event, "images_embedded", 1))
+                outputs.append(usage(event, "embedding_ms", round(per_image_ms, 3)))
             elif result.error_kind == "decode":
                 outputs.append(failed(env, "corrupt", result.error or "", stage=STAGE))
             else:  # a device error on this item (e.g. out of memory even alone): later

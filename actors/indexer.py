@@ -14,10 +14,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from deeplens.consumer_loop import Envelope
 from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
 from deeplens.vector_store import VectorRecord, VectorStore, collection_name, make_vector_store
 

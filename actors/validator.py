@@ -12,18 +12,16 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from actors.validation import Invalid, validate_image
-from deeplens.consumer_loop import Envelope
 from deeplens.events import (
     FailureReason,
     ImageUploaded,
     ImageValidated,
     Stage,
-    TenantUsage,
     utcnow,
 )
 from deeplens.kafka import Outbound
-from deeplens.retry import failure
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope, failure, usage_event
 from deeplens.storage import ObjectMissing, Storage, make_storage
 
 log = logging.getLogger(__name__)
@@ -39,11 +37,9 @@ def failed(env: Envelope, reason: FailureReason, message: str, stage: Stage = ST
 
 
 def usage(upload: ImageUploaded) -> list[Outbound]:
-    def one(metric, quantity: float) -> Outbound:
-        event_id = uuid.uuid5(_USAGE_NS, f"{upload.image_id}/{metric}")
-        return Outbound("tenant.usage", upload.tenant_id, TenantUsage(
-            event_id=event_id, tenant_id=upload.tenant_id, metric=metric, quantity=quantity,
-            image_id=upload.image_id, occurred_at=upload.uploaded_at))
+    def one(metric: str, quantity: float) -> Outbound:
+        return usage_event(upload.tenant_id, metric, quantity, image_id=upload.image_id,
+                           namespace=_USAGE_NS, occurred_at=upload.uploaded_at)
     return [one("uploads", 1), one("upload_bytes", upload.file_size)]
 
 

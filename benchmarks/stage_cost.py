@@ -126,8 +126,8 @@ class LocalEmbedder:
 
 def run_stage(handler: Any, envelopes: list[Any], batch: int) -> tuple[float, list[Any]]:
     """CPU seconds of decode-input + handler + encode-output over every batch, and outputs."""
-    from deeplens.consumer_loop import Envelope
     from deeplens.events import EVENT_TYPES, decode_event
+    from deeplens.stage_sdk import Envelope
 
     raws = [(e.topic, e.event.to_json()) for e in envelopes]
     outputs: list[Any] = []
@@ -145,7 +145,7 @@ def run_stage(handler: Any, envelopes: list[Any], batch: int) -> tuple[float, li
 
 
 def as_envelopes(outbounds: list[Any], topic: str | None = None) -> list[Any]:
-    from deeplens.consumer_loop import Envelope
+    from deeplens.stage_sdk import Envelope
 
     return [Envelope(topic=o.topic, partition=0, offset=i, key=o.key, timestamp=None,
                      event=o.event)
@@ -158,7 +158,7 @@ def measure_kind(settings: Any, url: str, api_pid: int, payloads: list[bytes],
     import httpx
 
     from actors import dedup, embedding_feeder, indexer, validator
-    from deeplens.consumer_loop import Envelope
+    from deeplens.stage_sdk import Envelope
     from ingestion import projection, usage
     from serve_apps.decode import make_decoder
     from tests.kafka_helpers import read_topic

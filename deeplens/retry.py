@@ -16,50 +16,22 @@ the catalog never moves an image backwards, so this reordering is harmless.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from deeplens.events import EVENT_TYPES, Event, FailureReason, ImageFailed, Stage
-from deeplens.kafka import Outbound
+from deeplens.events import EVENT_TYPES, ImageFailed, Stage
+from deeplens.stage_sdk import (
+    H_ATTEMPT,
+    H_ERROR,
+    H_ERROR_CLASS,
+    H_EVENT_TYPE,
+    H_NOT_BEFORE,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    Envelope,
+    Outbound,
+    failure,
+)
 from deeplens.topics import TOPICS, retry_ladder, retry_topic
-
-if TYPE_CHECKING:
-    from deeplens.consumer_loop import Envelope
-
-H_EVENT_TYPE = "event-type"
-H_ATTEMPT = "attempt"
-H_NOT_BEFORE = "not-before-ms"
-H_ORIGIN_TOPIC = "origin-topic"
-H_ORIGIN_PARTITION = "origin-partition"
-H_ORIGIN_OFFSET = "origin-offset"
-H_ERROR_CLASS = "error-class"
-H_ERROR = "error-message"
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A handler's verdict for one item: transient failure, try it again later."""
-
-    envelope: Envelope
-    error: str
-    error_class: str = ""
-
-
-def event_type_of(event: Event) -> str:
-    return type(event).topic
-
-
-def failure(env: Envelope, reason: FailureReason, message: str, stage: Stage,
-            error_class: str = "") -> Outbound:
-    """A permanent failure (or a dead letter) of one event, as an ``images.failed`` value."""
-    event = env.event
-    return Outbound("images.failed", env.key, ImageFailed(
-        tenant_id=getattr(event, "tenant_id", None), image_id=getattr(event, "image_id", None),
-        event=event.model_dump(mode="json"), event_type=event_type_of(event), reason=reason,
-        message=message[:2000], stage=stage, attempt=env.attempt, error_class=error_class,
-        origin_topic=env.origin_topic, origin_partition=env.origin_partition,
-        origin_offset=env.origin_offset,
-    ))
 
 
 def retry_or_dead_letter(env: Envelope, stage: Stage, error: str, error_class: str,
@@ -73,7 +45,7 @@ def retry_or_dead_letter(env: Envelope, stage: Stage, error: str, error_class: s
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     spec = ladder[rung - 1]
     return Outbound(spec.name, env.key, env.event, headers={
-        H_EVENT_TYPE: event_type_of(env.event),
+        H_EVENT_TYPE: type(env.event).topic,
         H_ATTEMPT: str(env.attempt + 1),
         H_NOT_BEFORE: str(now_ms + int(spec.delay_ms * delay_scale)),
         H_ORIGIN_TOPIC: env.origin_topic,

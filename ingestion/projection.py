@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from deeplens.consumer_loop import Envelope
 from deeplens.events import (
     DuplicatesFound,
     ImageFailed,
@@ -19,6 +18,7 @@ from deeplens.events import (
 )
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope
 from ingestion.catalog import Catalog
 
 STAGE = "projection"

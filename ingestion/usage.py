@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from deeplens.consumer_loop import Envelope
 from deeplens.events import TenantUsage
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
 from ingestion.catalog import Catalog
 

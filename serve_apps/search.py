@@ -220,13 +220,11 @@ def search_meter(producer: Any) -> Any:
     """Meters each search as a ``tenant.usage`` event (acknowledged before answering)."""
     from starlette.concurrency import run_in_threadpool
 
-    from deeplens.events import TenantUsage
-    from deeplens.kafka import Outbound
+    from deeplens.stage_sdk import usage_event
 
     async def meter(tenant: str) -> None:
-        event = TenantUsage(tenant_id=tenant, metric="searches", quantity=1)
         try:
-            await run_in_threadpool(producer.send, [Outbound(event.topic, tenant, event)])
+            await run_in_threadpool(producer.send, [usage_event(tenant, "searches", 1)])
         except Exception as exc:  # noqa: BLE001 - a metering hiccup must not fail the search
             log.warning("search not metered: %s", exc)
 

@@ -143,8 +143,8 @@ def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path) -> None:
 
 def test_one_undecodable_image_fails_alone_and_deleted_images_leave_nothing(tmp_path) -> None:
     from actors.dedup import dedup_batch
-    from deeplens.consumer_loop import Envelope
     from deeplens.settings import Settings
+    from deeplens.stage_sdk import Envelope
     from deeplens.storage import LocalStorage
     from deeplens.tombstones import Tombstones
 
@@ -175,8 +175,8 @@ def test_hashes_from_the_embedder_give_the_same_tiers_and_dedup_reads_no_bytes(t
     and a resize, nothing for another picture, without touching storage."""
     from actors.dedup import dedup_batch
     from actors.embedding_feeder import processed_event
-    from deeplens.consumer_loop import Envelope
     from deeplens.settings import ModelSettings, Settings
+    from deeplens.stage_sdk import Envelope
     from deeplens.tombstones import Tombstones
     from serve_apps.decode import make_decoder
     from serve_apps.embedder import embed_items

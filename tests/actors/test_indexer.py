@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from actors.indexer import index_batch
-from deeplens.consumer_loop import Envelope
 from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed, encode_vector
 from deeplens.settings import VectorStoreSettings
+from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
 from deeplens.vector_lancedb import LanceStore
 

@@ -7,7 +7,7 @@ import time
 from deeplens.consumer_loop import ConsumerLoop
 from deeplens.dead_letters import read_failures, replay_letters, select
 from deeplens.events import ImageFailed
-from deeplens.retry import Retry
+from deeplens.stage_sdk import Retry
 from tests.deeplens.test_consumer_loop import publish, to_validated, upload
 from tests.kafka_helpers import read_topic
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from actors.validator import validate_one
-from deeplens.consumer_loop import Envelope
 from deeplens.events import DuplicateMatch, DuplicatesFound, ImageFailed, ImageUploaded
 from deeplens.settings import Settings
+from deeplens.stage_sdk import Envelope
 from deeplens.storage import LocalStorage
 from ingestion.catalog import Catalog
 from ingestion.projection import apply

@@ -1,0 +1,100 @@
+"""The consumer loop's rules without a broker: commits, backpressure, retry holds, pauses."""
+
+from concurrent.futures import Future
+from datetime import UTC, datetime
+
+import pytest
+
+from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, RetryHolds, pause_plan
+from deeplens.events import ImageUploaded
+from deeplens.stage_sdk import H_ATTEMPT, H_ORIGIN_OFFSET, H_ORIGIN_TOPIC, envelope_of, usage_event
+
+
+def batch(*coords: tuple[str, int, int]) -> Batch:
+    b = Batch(list(coords))
+    b.future = Future()
+    return b
+
+
+def finish(b: Batch, result: bool = True) -> None:
+    b.future.set_result(result)
+
+
+def test_only_the_finished_prefix_is_committed() -> None:
+    tracker = OffsetTracker()
+    first, second, third = batch(("t", 0, 5), ("t", 1, 9)), batch(("t", 0, 6)), batch(("t", 0, 7))
+    for b in (first, second, third):
+        tracker.add(b)
+    finish(second)  # done out of order: nothing may be committed past the first
+    assert tracker.pop_finished() == ({}, [])
+    assert tracker.in_flight() == 2
+    finish(first)
+    offsets, done = tracker.pop_finished()
+    assert offsets == {("t", 0): 7, ("t", 1): 10}  # next offset to read, per partition
+    assert done == [first, second]
+    assert tracker.pending() == [third.future]
+
+
+def test_a_stopped_or_failed_batch_is_never_committed() -> None:
+    tracker = OffsetTracker()
+    stopped, failed = batch(("t", 0, 1)), batch(("t", 0, 2))
+    tracker.add(stopped)
+    tracker.add(failed)
+    finish(stopped, False)  # the runner gave up on stop: leave it for redelivery
+    failed.future.set_exception(RuntimeError("boom"))
+    assert tracker.pop_finished() == ({}, [])
+    assert tracker.in_flight() == 2
+
+
+def test_backpressure_pauses_at_the_bound_and_resumes_below_half() -> None:
+    bp = Backpressure(max_in_flight=4)
+    assert [bp.update(n) for n in (1, 3, 4, 4, 3, 2, 4)] == [False, False, True, True, True,
+                                                            False, True]
+    assert bp.pauses == 2
+    one = Backpressure(max_in_flight=1)
+    assert [one.update(n) for n in (1, 0)] == [True, False]
+
+
+def test_retry_holds_rewind_to_the_first_message_not_due() -> None:
+    holds = RetryHolds()
+    coords = [("r", 0, 10, 500), ("r", 0, 11, 2000), ("r", 0, 12, 900),
+              ("r", 1, 3, None), ("r", 2, 7, 5000)]
+    keep, rewind = holds.split(coords, now_ms=1000)
+    assert keep == [True, False, False, True, False]
+    assert rewind == {("r", 0): 11, ("r", 2): 7}
+    assert holds.expire(now_ms=2500) == {("r", 2)}
+    holds.forget([("r", 2)])
+    assert holds.expire(now_ms=2500) == set()
+
+
+def test_pause_plan() -> None:
+    owned = {("a", 0), ("a", 1), ("r", 0)}
+    pause, resume, now = pause_plan(owned, set(), backpressured=True, held=set())
+    assert pause == owned and resume == set() and now == owned
+    pause, resume, now = pause_plan(owned, now, backpressured=False, held={("r", 0), ("x", 9)})
+    assert pause == set() and resume == {("a", 0), ("a", 1)} and now == {("r", 0)}
+
+
+def test_envelope_keeps_a_retried_events_origin() -> None:
+    event = ImageUploaded(tenant_id="t", image_id="i", original_file_name="a.jpg",
+                          storage_provider="local", storage_path="t/i", file_size=1,
+                          mime_type="image/jpeg", sha256="0" * 64, uploaded_at=datetime.now(UTC))
+    fresh = envelope_of(event, topic="images.uploaded", partition=2, offset=40, key="i",
+                        timestamp=None, headers={})
+    assert (fresh.attempt, fresh.origin_topic, fresh.origin_offset) == (1, "images.uploaded", 40)
+    retried = envelope_of(event, topic="validation.retry.1", partition=0, offset=3, key="i",
+                          timestamp=None, headers={H_ATTEMPT: "2", H_ORIGIN_TOPIC: "images.uploaded",
+                                                   H_ORIGIN_OFFSET: "40"})
+    assert (retried.attempt, retried.origin_topic, retried.origin_offset) == (2, "images.uploaded", 40)
+
+
+def test_usage_of_an_image_has_a_stable_id() -> None:
+    import uuid
+
+    ns = uuid.uuid4()
+    a = usage_event("t", "uploads", 1, image_id="img", namespace=ns)
+    b = usage_event("t", "uploads", 1, image_id="img", namespace=ns)
+    assert a.event.event_id == b.event.event_id and a.topic == "tenant.usage" and a.key == "t"
+    assert usage_event("t", "searches", 1).event.event_id != usage_event("t", "searches", 1).event.event_id
+    with pytest.raises(ValueError):
+        usage_event("t", "uploads", 1, image_id="img")
