@@ -45,12 +45,8 @@ from deeplens.settings import DedupThresholds, Settings
 from deeplens.stage_sdk import Envelope, failure
 from deeplens.storage import ObjectMissing, Storage, StorageUnavailable, make_storage
 from deeplens.tombstones import Tombstones
-from deeplens.vector_store import (
-    VectorStore,
-    VectorStoreUnavailable,
-    is_random_init,
-    make_search_store,
-)
+from deeplens.vectors.base import VectorStore, VectorStoreUnavailable, is_random_init
+from deeplens.vectors.factory import make_search_store
 
 log = logging.getLogger(__name__)
 

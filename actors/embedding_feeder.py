@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.validator import failed
+from deeplens import serve_names
 from deeplens.events import ImageProcessed, ImageValidated, encode_vector, utcnow
 from deeplens.image_hashes import hex64
 from deeplens.kafka import Outbound
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "embedding"
 TOPICS = ("images.validated",)
-EMBEDDER_APP = "embedder"
 _USAGE_NS = uuid.UUID("0b6f3d0e-51c4-4a4f-9a55-1f0f3c9c7e21")
 IO_THREADS = 8  # storage reads and thumbnail writes of one batch run side by side (S3)
 
@@ -87,10 +87,8 @@ def build_handler(settings: Settings,
     def embedder_handle() -> Any:
         # Looked up on first use, so feeders may start before the Embedder and wait for it.
         if not handles:
-            from ray import serve
-
             try:
-                handles.append(serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP))
+                handles.append(serve_names.embedder_handle())
             except Exception as exc:  # noqa: BLE001 - Serve or the app not up (yet)
                 raise EmbedderUnavailable(f"no Embedder deployment: {exc}") from exc
         return handles[0]

@@ -19,7 +19,8 @@ from deeplens.kafka import Outbound
 from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
-from deeplens.vector_store import VectorRecord, VectorStore, collection_name, make_vector_store
+from deeplens.vectors.base import VectorRecord, VectorStore, collection_name
+from deeplens.vectors.factory import make_vector_store
 
 log = logging.getLogger(__name__)
 

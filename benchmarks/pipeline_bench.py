@@ -140,11 +140,11 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from actors.embedding_feeder import EMBEDDER_APP
     from benchmarks.common import machine, record
     from cluster.samples import jpeg_bytes, scene
     from deeplens.broker import local_broker
     from deeplens.kafka import admin_client
+    from deeplens.serve_names import EMBEDDER_APP
     from deeplens.settings import ActorSettings, KafkaSettings, ModelSettings, ServeSettings, Settings
     from deeplens.topics import TopicNames, ensure_topics
     from serve_apps.embedder import build_embedder

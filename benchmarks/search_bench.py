@@ -77,9 +77,9 @@ def candidates(size: int, n_queries: int, lance_ann: bool, rng: np.random.Genera
     from usearch.index import Index
 
     from deeplens.settings import VectorStoreSettings
-    from deeplens.vector_lancedb import LanceStore
-    from deeplens.vector_memory import HNSW_EXPANSION_SEARCH, TenantIndex, _Row
-    from deeplens.vector_store import VectorRecord
+    from deeplens.vectors.base import VectorRecord
+    from deeplens.vectors.lancedb import LanceStore
+    from deeplens.vectors.memory import HNSW_EXPANSION_SEARCH, TenantIndex, _Row
 
     vectors = clustered(size, rng)
     queries = queries_for(vectors, n_queries, rng)
@@ -144,9 +144,9 @@ def multi_tenant(total: int, big: int, n_queries: int, rng: np.random.Generator)
     import pyarrow as pa
 
     from deeplens.settings import VectorStoreSettings
-    from deeplens.vector_lancedb import LanceStore
-    from deeplens.vector_memory import MemoryIndexedStore
-    from deeplens.vector_store import VectorRecord, object_id
+    from deeplens.vectors.base import VectorRecord, object_id
+    from deeplens.vectors.lancedb import LanceStore
+    from deeplens.vectors.memory import MemoryIndexedStore
 
     tenants = {"t000": big} | {f"t{i:03}": (total - big) // 99 for i in range(1, 100)}
     figures: dict = {"total_vectors": sum(tenants.values()), "tenants": len(tenants),

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.stages import RETRYING
 from deeplens.settings import Settings
 
 
@@ -110,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, func, text in (("list", _cmd_dlq_list, "show dead letters"),
                              ("replay", _cmd_dlq_replay, "re-publish dead letters after a fix")):
         p = dsub.add_parser(name, help=text)
-        p.add_argument("--stage", choices=["validation", "embedding", "indexing", "dedup"])
+        p.add_argument("--stage", choices=RETRYING)
         p.add_argument("--since", type=_since, help="ISO time or an age like 2h, 30m")
         if name == "list":
             p.add_argument("--all", action="store_true", help="permanent failures too")

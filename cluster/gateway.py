@@ -12,15 +12,15 @@ def build_gateway(settings: Settings) -> Any:
     from ray import serve
 
     def build_asgi_app() -> Any:
-        from actors.embedding_feeder import EMBEDDER_APP
         from cluster.metrics import register_pipeline_metrics
-        from cluster.stack import stage_specs
-        from deeplens.vector_store import make_search_store
+        from cluster.stages import stage_specs
+        from deeplens.serve_names import embedder_handle
+        from deeplens.vectors.factory import make_search_store
         from ingestion.api import create_app
         from serve_apps.search import HandleEncoder, mount_search
 
         app = create_app(settings)
-        handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
+        handle = embedder_handle()
         mount_search(app, make_search_store(settings), HandleEncoder(handle),
                      producer=app.state.services.producer)
         register_pipeline_metrics(settings, app.state.services.catalog,

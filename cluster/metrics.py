@@ -127,11 +127,9 @@ class PipelineCollector:
 
     # -- Embedder -------------------------------------------------------------------
     def _embedder(self) -> Iterator[Any]:
-        from ray import serve
+        from deeplens.serve_names import embedder_handle
 
-        from actors.embedding_feeder import EMBEDDER_APP
-
-        handle = serve.get_deployment_handle("Embedder", app_name=EMBEDDER_APP)
+        handle = embedder_handle()
         stats = handle.stats.remote().result(timeout_s=5)  # one replica answers per scrape
         batches = CounterMetricFamily("deeplens_embedder_batches", "Batches formed by @serve.batch",
                                       labels=["model"])

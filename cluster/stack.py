@@ -14,11 +14,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from cluster.stages import stage_specs
 from deeplens.broker import LocalBroker, start_local_broker
 from deeplens.kafka import admin_client
 from deeplens.runtime import clear_runtime, write_runtime
 from deeplens.settings import Settings
-from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
+from deeplens.stage_actor import launch_stage, stop_stage
 from deeplens.topics import TopicNames, ensure_topics, wanted_partitions
 
 log = logging.getLogger(__name__)
@@ -64,28 +65,6 @@ def _deployment_error(exc: BaseException) -> str:
     if marker in text:
         return text[text.index(marker) + len(marker):].split("\n")[0]
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-
-
-def stage_specs(settings: Settings) -> list[tuple[StageSpec, int]]:
-    """Every consumer stage the stack runs, with its actor count from settings."""
-    from actors import dedup, embedding_feeder, indexer, validator
-    from ingestion import projection, usage
-
-    return [
-        (StageSpec(validator.STAGE, validator.TOPICS, "actors.validator:build_handler"),
-         settings.actors.validators),
-        (StageSpec(embedding_feeder.STAGE, embedding_feeder.TOPICS,
-                   "actors.embedding_feeder:build_handler",
-                   max_in_flight=settings.actors.feeder_batches_in_flight),
-         settings.actors.feeders),
-        (StageSpec(indexer.STAGE, indexer.TOPICS, "actors.indexer:build_handler"),
-         settings.actors.indexers),
-        (StageSpec(dedup.STAGE, dedup.TOPICS, "actors.dedup:build_handler"),
-         settings.actors.dedupers),
-        (StageSpec(projection.STAGE, projection.TOPICS, "ingestion.projection:build_handler"),
-         settings.actors.projectors),
-        (StageSpec(usage.STAGE, usage.TOPICS, "ingestion.usage:build_handler"), 1),
-    ]
 
 
 def ensure_demo_key(settings: Settings) -> tuple[Settings, str | None]:
@@ -204,8 +183,8 @@ class LocalStack:
     def _start_serve(self) -> None:
         from ray import serve
 
-        from actors.embedding_feeder import EMBEDDER_APP
         from cluster.gateway import build_gateway
+        from deeplens.serve_names import EMBEDDER_APP, GATEWAY_APP
         from serve_apps.embedder import build_embedder
 
         serve.start(proxy_location=self.settings.serve.proxy_location,
@@ -216,7 +195,7 @@ class LocalStack:
             serve.run(build_embedder(self.settings), name=EMBEDDER_APP, route_prefix=None)
         except Exception as exc:  # the replica's start-up error, e.g. weights missing
             raise StackError(f"the Embedder did not start: {_deployment_error(exc)}") from exc
-        serve.run(build_gateway(self.settings), name="gateway", route_prefix="/")
+        serve.run(build_gateway(self.settings), name=GATEWAY_APP, route_prefix="/")
 
     def print_banner(self) -> None:
         kafka = self.settings.kafka

@@ -13,8 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -118,12 +116,3 @@ def start_local_broker(port: int = 0, log_path: str | None = None) -> LocalBroke
         raise
     log.info("local broker (tansu, in-memory) listening on %s", broker.bootstrap)
     return broker
-
-
-@contextmanager
-def local_broker(port: int = 0, log_path: str | None = None) -> Iterator[LocalBroker]:
-    broker = start_local_broker(port, log_path)
-    try:
-        yield broker
-    finally:
-        broker.stop()

@@ -18,10 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 SCHEMA_VERSION = 1  # every event's, except where a model lists more ``versions``
 
-Stage = Literal[
-    "ingestion", "validation", "embedding", "indexing", "dedup", "projection", "usage", "replay",
-    "search",
-]
+Stage = Literal["ingestion", "validation", "embedding", "indexing", "dedup", "projection", "usage"]
 ImageStatus = Literal["uploaded", "validated", "processed", "indexed", "failed"]
 
 # Reason codes a failure may carry; decoding failures use the first three.

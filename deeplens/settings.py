@@ -85,7 +85,7 @@ class VectorStoreSettings(BaseModel):
     weaviate_timeout_s: float = Field(30.0, gt=0)
     ann_min_rows: int = Field(
         0, ge=0, description="LanceDB: build its own IVF_HNSW_SQ index past this many rows "
-        "(0: never; searches go through the in-memory index of deeplens/vector_memory.py, and "
+        "(0: never; searches go through the in-memory index of deeplens/vectors/memory.py, and "
         "building it would stall the indexer that crosses the threshold for minutes)")
     ann_nprobes: int = Field(32, ge=1, description="LanceDB: IVF partitions probed per query")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplens.serve_names import EMBEDDER_DEPLOYMENT
 from deeplens.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ def embedder_class() -> type:
         async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Embedding]:
             return await asyncio.to_thread(self._run_batch, items)
 
-    ServeEmbedder.__name__ = ServeEmbedder.__qualname__ = "Embedder"
+    ServeEmbedder.__name__ = ServeEmbedder.__qualname__ = EMBEDDER_DEPLOYMENT
     return ServeEmbedder
 
 
@@ -338,7 +339,7 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
                                 torch_threads=cfg.torch_threads,
                                 max_image_pixels=settings.ingestion.max_image_pixels)
     options: dict[str, Any] = {
-        "name": "Embedder",
+        "name": EMBEDDER_DEPLOYMENT,
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
                               **({"resources": cfg.resources} if cfg.resources else {})},

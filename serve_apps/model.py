@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from deeplens.settings import ModelSettings
-from deeplens.vector_store import is_random_init
+from deeplens.vectors.base import is_random_init
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from deeplens.auth import TenantDep, declare_auth_responses
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
-from deeplens.vector_store import Hit, VectorStore, is_random_init
+from deeplens.vectors.base import Hit, VectorStore, is_random_init
 
 log = logging.getLogger(__name__)
 

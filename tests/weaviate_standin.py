@@ -4,7 +4,7 @@ answered from numpy arrays in memory.
 No Weaviate server can run on the development machines (DESIGN.md), so the real
 weaviate-client talks to this over real HTTP and real gRPC, with the generated
 stubs that ship inside weaviate-client. It implements only what
-``deeplens/vector_weaviate.py`` uses: schema create/get/list, tenants
+``deeplens/vectors/weaviate.py`` uses: schema create/get/list, tenants
 create/get, batch object writes, near-vector search with property filters,
 fetch by id, count, delete by id. Unknown routes answer 501 so that a client
 change shows up as a failing test, not as silent success.

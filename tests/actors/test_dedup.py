@@ -13,7 +13,7 @@ from cluster.samples import jpeg_bytes, scene
 from deeplens.events import ImageProcessed
 from deeplens.hash_index import HashIndex
 from deeplens.settings import DedupThresholds, VectorStoreSettings
-from deeplens.vector_lancedb import LanceStore
+from deeplens.vectors.lancedb import LanceStore
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 

@@ -11,6 +11,7 @@ import pytest
 from actors import embedding_feeder
 from deeplens.events import ImageProcessed, ImageValidated, utcnow
 from deeplens.kafka import EventProducer, Outbound
+from deeplens.serve_names import EMBEDDER_APP
 from deeplens.settings import ModelSettings, ServeSettings
 from deeplens.stage_actor import StageSpec, launch_stage, stop_stage
 from deeplens.storage import make_storage, object_path
@@ -28,11 +29,11 @@ def embedder_app(ray_session):
     from serve_apps.embedder import build_embedder
 
     settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5, max_batch_size=16))
-    serve.run(build_embedder(settings), name=embedding_feeder.EMBEDDER_APP, route_prefix=None)
+    serve.run(build_embedder(settings), name=EMBEDDER_APP, route_prefix=None)
     try:
         yield
     finally:
-        serve.delete(embedding_feeder.EMBEDDER_APP)
+        serve.delete(EMBEDDER_APP)
 
 
 def feeder_spec(**kw) -> StageSpec:
@@ -121,7 +122,7 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
     from deeplens.settings import Settings
     from serve_apps.embedder import build_embedder
 
-    serve.delete(embedding_feeder.EMBEDDER_APP)  # the module's Embedder, if still up
+    serve.delete(EMBEDDER_APP)  # the module's Embedder, if still up
     put_validated(api.settings, api.tenant_a, 6)
     actors = launch_stage(api.settings, feeder_spec(), 1)
     try:
@@ -131,9 +132,9 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
         assert "Embedder" in stats["last_error"]
         assert read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=2) == []
         settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5))
-        serve.run(build_embedder(settings), name=embedding_feeder.EMBEDDER_APP, route_prefix=None)
+        serve.run(build_embedder(settings), name=EMBEDDER_APP, route_prefix=None)
         processed = read_topic(api.settings.kafka, "images.processed", expect=6, timeout_s=120)
         assert len({p.image_id for p in processed}) == 6
     finally:
         stop_stage(actors)
-        serve.delete(embedding_feeder.EMBEDDER_APP)
+        serve.delete(EMBEDDER_APP)

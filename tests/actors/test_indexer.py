@@ -11,7 +11,7 @@ from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed, encode_v
 from deeplens.settings import VectorStoreSettings
 from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
-from deeplens.vector_lancedb import LanceStore
+from deeplens.vectors.lancedb import LanceStore
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 

@@ -2,15 +2,17 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 import deeplens.broker as broker_mod
-from deeplens.broker import BrokerError, local_broker
+from deeplens.broker import BrokerError, start_local_broker
 
 
 def test_local_broker_starts_answers_and_stops() -> None:
-    with local_broker() as broker:
+    broker = start_local_broker()
+    try:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         assert admin.list_topics(timeout=5).brokers
-        process = broker.process
-    assert process.poll() is not None
+    finally:
+        broker.stop()
+    assert broker.process.poll() is not None
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch) -> None:

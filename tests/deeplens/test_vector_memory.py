@@ -12,9 +12,9 @@ import pytest
 
 from deeplens.settings import VectorStoreSettings
 from deeplens.tombstones import Tombstones
-from deeplens.vector_lancedb import LanceStore
-from deeplens.vector_memory import MemoryIndexedStore, TenantIndex, _Row
-from deeplens.vector_store import VectorRecord
+from deeplens.vectors.base import VectorRecord
+from deeplens.vectors.lancedb import LanceStore
+from deeplens.vectors.memory import MemoryIndexedStore, TenantIndex, _Row
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -130,7 +130,7 @@ def test_a_table_from_before_indexed_at_is_migrated(tmp_path) -> None:
     import lancedb
     import pyarrow as pa
 
-    from deeplens.vector_store import collection_name, object_id
+    from deeplens.vectors.base import collection_name, object_id
 
     db = lancedb.connect(str(tmp_path / "v"))
     schema = pa.schema([pa.field("id", pa.string()), pa.field("tenant_id", pa.string()),
@@ -172,8 +172,8 @@ from usearch.index import Index
 graph = Index(ndim=8, metric="cos", dtype="f16")
 graph.add(np.arange(10), np.random.rand(10, 8).astype(np.float32))
 from deeplens.settings import VectorStoreSettings
-from deeplens.vector_lancedb import LanceStore
-from deeplens.vector_store import VectorRecord
+from deeplens.vectors.lancedb import LanceStore
+from deeplens.vectors.base import VectorRecord
 store = LanceStore(Path({str(tmp_path)!r}), VectorStoreSettings())
 vectors = np.random.rand(300, 64).astype(np.float32)
 store.upsert("m/x", [VectorRecord("a", f"i{{j}}", vectors[j], "n", datetime.now(UTC))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deeplens.settings import VectorStoreSettings
-from deeplens.vector_store import VectorRecord, collection_name, object_id
+from deeplens.vectors.base import VectorRecord, collection_name, object_id
 
 DIM = 16
 
@@ -29,13 +29,13 @@ def records(tenant: str, count: int, seed: int = 0, prefix: str = "img") -> list
 
 
 def _lancedb(tmp_path):
-    from deeplens.vector_lancedb import LanceStore
+    from deeplens.vectors.lancedb import LanceStore
 
     return LanceStore(tmp_path / "vectors", VectorStoreSettings())
 
 
 def _weaviate_standin(tmp_path):
-    from deeplens.vector_weaviate import WeaviateStore
+    from deeplens.vectors.weaviate import WeaviateStore
     from tests.weaviate_standin import running_standin
 
     server = running_standin()
@@ -47,7 +47,7 @@ def _weaviate_real(tmp_path):
     url = os.environ.get("DEEPLENS_TEST_WEAVIATE_URL")
     if not url:
         pytest.skip("DEEPLENS_TEST_WEAVIATE_URL not set")
-    from deeplens.vector_weaviate import WeaviateStore
+    from deeplens.vectors.weaviate import WeaviateStore
 
     return WeaviateStore(VectorStoreSettings(
         backend="weaviate", weaviate_url=url,
@@ -57,8 +57,8 @@ def _weaviate_real(tmp_path):
 def _lancedb_memory(tmp_path):
     """What the search path uses: LanceDB with an in-memory index per tenant."""
     from deeplens.tombstones import Tombstones
-    from deeplens.vector_lancedb import LanceStore
-    from deeplens.vector_memory import MemoryIndexedStore
+    from deeplens.vectors.lancedb import LanceStore
+    from deeplens.vectors.memory import MemoryIndexedStore
 
     return MemoryIndexedStore(LanceStore(tmp_path / "lance", VectorStoreSettings()),
                               Tombstones(f"sqlite:///{tmp_path}/catalog.db"), refresh_s=0.1)
@@ -135,7 +135,7 @@ def test_object_ids_are_deterministic() -> None:
 
 
 def test_lancedb_keeps_vectors_across_a_restart(tmp_path, model) -> None:
-    from deeplens.vector_lancedb import LanceStore
+    from deeplens.vectors.lancedb import LanceStore
 
     data = records("alpha", 12)
     LanceStore(tmp_path / "v", VectorStoreSettings()).upsert(model, data)
@@ -145,7 +145,7 @@ def test_lancedb_keeps_vectors_across_a_restart(tmp_path, model) -> None:
 
 
 def test_lancedb_builds_an_ann_index_past_the_threshold(tmp_path, model) -> None:
-    from deeplens.vector_lancedb import LanceStore
+    from deeplens.vectors.lancedb import LanceStore
 
     store = LanceStore(tmp_path / "v", VectorStoreSettings(ann_min_rows=300))
     data = records("alpha", 400)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deeplens.settings import VectorStoreSettings
-from deeplens.vector_lancedb import LanceStore
+from deeplens.vectors.lancedb import LanceStore
 from ingestion.api import create_app
 from serve_apps.search import mount_search
 from tests import images

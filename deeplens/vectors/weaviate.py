@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from deeplens.settings import VectorStoreSettings
-from deeplens.vector_store import (
+from deeplens.vectors.base import (
     Hit,
     VectorRecord,
     VectorStoreUnavailable,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from deeplens.vector_store import Hit, VectorRecord
+from deeplens.vectors.base import Hit, VectorRecord
 
 log = logging.getLogger(__name__)
 

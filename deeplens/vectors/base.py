@@ -1,4 +1,4 @@
-"""The ``VectorStore`` protocol and the factory that picks a backend from settings.
+"""The ``VectorStore`` protocol and the types every backend shares.
 
 Both backends keep one collection per model id (vectors of different models
 never share an index), isolate tenants, and key objects by
@@ -16,8 +16,6 @@ from datetime import datetime
 from typing import Protocol
 
 import numpy as np
-
-from deeplens.settings import Settings
 
 _OBJECT_NS = uuid.UUID("9a7c1c52-8a3e-4c1b-b0a4-5f3e2d1c0b9a")
 
@@ -79,26 +77,3 @@ class VectorStore(Protocol):
     def count(self, model_id: str, tenant_id: str) -> int: ...
 
     def close(self) -> None: ...
-
-
-def make_vector_store(settings: Settings) -> VectorStore:
-    if settings.vector_store.backend == "weaviate":
-        from deeplens.vector_weaviate import WeaviateStore
-
-        return WeaviateStore(settings.vector_store)
-    from deeplens.vector_lancedb import LanceStore
-
-    return LanceStore(settings.data_dir / "vectors", settings.vector_store)
-
-
-def make_search_store(settings: Settings) -> VectorStore:
-    """The store a process that answers searches uses: for the embedded default, LanceDB
-    with an in-memory index per tenant kept in step with it (``vector_memory``)."""
-    if settings.vector_store.backend == "weaviate":
-        return make_vector_store(settings)
-    from deeplens.tombstones import Tombstones
-    from deeplens.vector_lancedb import LanceStore
-    from deeplens.vector_memory import MemoryIndexedStore
-
-    return MemoryIndexedStore(LanceStore(settings.data_dir / "vectors", settings.vector_store),
-                              Tombstones(settings.effective_catalog_url))

@@ -3,7 +3,7 @@
 The durable half of the default store: indexer actors write here (``merge_insert``
 by deterministic id), and scalar indexes on ``id``, ``tenant_id`` and
 ``indexed_at`` keep look-ups, deletes and "rows written since" cheap. Searches
-are answered by the in-memory index of ``deeplens/vector_memory.py``, which reads
+are answered by the in-memory index of ``deeplens/vectors/memory.py``, which reads
 its rows from here; a direct ``search`` (exact, prefiltered by tenant) remains for
 tools and tests, and LanceDB's own ANN index is built only if ``ann_min_rows`` asks.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from deeplens.settings import VectorStoreSettings
-from deeplens.vector_store import (
+from deeplens.vectors.base import (
     Hit,
     VectorRecord,
     VectorStoreUnavailable,
