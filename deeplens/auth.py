@@ -172,17 +172,11 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def declare_auth_responses(app: object) -> None:
-    """Every ``/v1/`` route can answer 401 (no or unknown key) and 429 (a rate limit, with
-    Retry-After): say so in the OpenAPI spec. Call again after adding routes."""
-    from fastapi.routing import APIRoute
-
-    for route in getattr(app, "routes", []):
-        if isinstance(route, APIRoute) and route.path.startswith("/v1/"):
-            route.responses.setdefault(401, {"model": ErrorBody,
-                                             "description": "missing or unknown API key"})
-            route.responses.setdefault(429, {
-                "model": ErrorBody, "description": "rate limit reached; see Retry-After",
-                "headers": {"Retry-After": {"schema": {"type": "integer"},
-                                            "description": "seconds to wait"}}})
-    setattr(app, "openapi_schema", None)  # noqa: B010 - regenerate with the new answers
+AUTH_RESPONSES: dict[int | str, dict] = {
+    401: {"model": ErrorBody, "description": "missing or unknown API key"},
+    429: {"model": ErrorBody, "description": "rate limit reached; see Retry-After",
+          "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                      "description": "seconds to wait"}}},
+}
+"""What every ``/v1/`` route may answer besides its own: pass as ``include_router``'s
+``responses`` for a router of ``/v1/`` routes."""

@@ -27,7 +27,7 @@ from fastapi import (
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import TenantDep, declare_auth_responses
+from deeplens.auth import AUTH_RESPONSES, TenantDep
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
 from deeplens.vectors.base import Hit, VectorStore, is_random_init
@@ -239,5 +239,5 @@ def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
     app.state.search = SearchContext(store, encoder,
                                      search_meter(producer) if producer is not None else None,
                                      limits=limits)
-    app.include_router(build_search_router())
-    declare_auth_responses(app)
+    app.include_router(build_search_router(), responses=AUTH_RESPONSES)
+    app.openapi_schema = None
