@@ -3,244 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cluster.client_http import ClientError, api_target, api_url, connect, detail
+from cluster.ingest import IngestState, image_files, ingest
 from deeplens.settings import Settings
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-
-
-class ClientError(Exception):
-    """An expected failure of a client command (API down, key refused, no such file):
-    one plain line on stderr and exit code 2, never a traceback."""
-
-
-def api_url(settings: Settings, api: str | None) -> str:
-    """The API URL: flag, then DEEPLENS_API_URL, then a running local stack, then the default."""
-    from deeplens.runtime import recorded_url
-
-    url = api or os.environ.get("DEEPLENS_API_URL") or recorded_url(settings)
-    return url or f"http://127.0.0.1:{settings.serve.port}"
-
-
-def api_target(settings: Settings, api: str | None, key: str | None) -> tuple[str, str]:
-    """The API URL and key: flags, then DEEPLENS_API_URL/KEY, then a running local stack."""
-    from deeplens.runtime import locate
-
-    url = api_url(settings, api)
-    key = key or os.environ.get("DEEPLENS_API_KEY")
-    demo_key = locate(settings).data_dir / "demo-api-key"
-    if not key and demo_key.exists():
-        key = demo_key.read_text().strip()
-    if not key:
-        raise ClientError("no API key: pass --key or set DEEPLENS_API_KEY (a local "
-                          "`deeplens up` without configured keys makes a demo key)")
-    return url, key
-
-
-def connect(url: str, key: str, concurrency: int = 4) -> tuple[httpx.Client, str]:
-    """A client for the API and the tenant its key belongs to; ClientError if the API is
-    not there or refuses the key, before anything is sent."""
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120,
-                          limits=httpx.Limits(max_connections=concurrency))
-    try:
-        answer = client.get("/v1/usage", params={"hours": 1})
-    except httpx.HTTPError as exc:
-        raise ClientError(f"no DeepLens answering at {url} ({type(exc).__name__}); is "
-                          "`deeplens up` running? (--api URL to use another)") from None
-    if answer.status_code == 401:
-        raise ClientError(f"the API key was refused by {url} (401): check --key or "
-                          "DEEPLENS_API_KEY")
-    if answer.status_code != 200:
-        raise ClientError(f"{url} answered {answer.status_code}: {_detail(answer)}")
-    return client, str(answer.json()["tenant_id"])
-
-
-def _detail(answer: httpx.Response) -> str:
-    try:
-        detail = answer.json().get("detail", "")
-    except ValueError:
-        return answer.text[:200]
-    return detail if isinstance(detail, str) else json.dumps(detail)[:200]
-
-
-def image_files(paths: list[str], out=sys.stderr) -> Iterator[Path]:
-    """Files named on the command line as they are; folders walked for image suffixes."""
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*")
-                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            yield path
-        else:
-            print(f"skipped {raw}: no such file or folder", file=out)
-
-
-class IngestState:
-    """Files already accepted, to resume from: sha256 -> image_id, kept per target (API URL
-    and tenant), so a resume file never skips files for another server or tenant."""
-
-    VERSION = 2
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.target = ""
-        self._targets: dict[str, dict[str, str]] = {}
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except ValueError:
-                saved = {}
-            if isinstance(saved, dict) and saved.get("version") == self.VERSION:
-                self._targets = saved.get("targets", {})
-            # an older file recorded no target: nothing in it can be trusted to resume from
-        self._lock = threading.Lock()
-
-    def bind(self, url: str, tenant: str) -> None:
-        self.target = f"{url.rstrip('/')}|{tenant}"
-
-    @property
-    def done(self) -> dict[str, str]:
-        return self._targets.setdefault(self.target, {})
-
-    def add(self, sha: str, image_id: str) -> None:
-        with self._lock:
-            self.done[sha] = image_id
-            self._save()
-
-    def forget(self, shas: list[str]) -> None:
-        with self._lock:
-            for sha in shas:
-                self.done.pop(sha, None)
-            self._save()
-
-    def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": self.VERSION, "targets": self._targets}))
-        tmp.replace(self.path)
-
-
-def _statuses(client: httpx.Client, ids: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for start in range(0, len(ids), 500):
-        for _attempt in range(8):
-            answer = client.post("/v1/images/statuses", json={"image_ids": ids[start:start + 500]})
-            if answer.status_code != 429:
-                break
-            time.sleep(float(answer.headers.get("Retry-After", 1)))
-        if answer.status_code != 200:
-            raise ClientError(f"status look-up failed: {answer.status_code} {_detail(answer)}")
-        found |= answer.json()["statuses"]
-    return found
-
-
-def ingest(url: str, key: str, files: list[Path], state: IngestState, concurrency: int,
-           wait: bool, timeout_s: float, out=sys.stdout) -> dict[str, Any]:
-    """Upload ``files``, skipping those this server and tenant already accepted, and wait
-    until every one is indexed or failed. The result counts what happened and names each
-    file that was refused or failed, with why."""
-    client, tenant = connect(url, key, concurrency)
-    state.bind(url, tenant)
-    shas = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
-    remembered = {sha: state.done[sha] for sha in shas.values() if sha in state.done}
-    if remembered:  # the server may have lost them (a fresh stack): check before skipping
-        known = _statuses(client, list(remembered.values()))
-        state.forget([sha for sha, image_id in remembered.items() if image_id not in known])
-    ids: dict[Path, str] = {}
-    tally = {"skipped": 0, "uploaded": 0, "rejected": 0}
-    problems: dict[Path, str] = {}
-    lock = threading.Lock()
-    refused = threading.Event()  # the key stopped working: stop at once
-
-    def one(path: Path) -> None:
-        sha = shas[path]
-        if sha in state.done:
-            with lock:
-                tally["skipped"] += 1
-                ids[path] = state.done[sha]
-            return
-        if refused.is_set():
-            return
-        data = path.read_bytes()
-        answer = None
-        for attempt in range(8):
-            answer = client.post("/v1/images", files={"file": (path.name, data)})
-            if answer.status_code not in (429, 503):
-                break
-            time.sleep(float(answer.headers.get("Retry-After", 2 ** min(attempt, 4))))
-        assert answer is not None
-        with lock:
-            if answer.status_code == 202:
-                image_id = answer.json()["image_id"]
-                state.add(sha, image_id)
-                ids[path] = image_id
-                tally["uploaded"] += 1
-            elif answer.status_code == 401:
-                refused.set()
-            else:
-                tally["rejected"] += 1
-                problems[path] = f"refused: {answer.status_code} {_detail(answer)}"
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        futures = [pool.submit(one, f) for f in files]
-        while any(not f.done() for f in futures):
-            progress(out, len(files), tally, {})
-            time.sleep(0.3)
-        for f in futures:
-            f.result()
-    if refused.is_set():
-        raise ClientError(f"the API key was refused by {url} (401) during the upload; "
-                          f"{tally['uploaded']} files were accepted before that")
-    statuses: dict[str, int] = {}
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    while wait and ids and time.monotonic() < deadline:
-        found = _statuses(client, list(ids.values()))
-        statuses = {}
-        for status in found.values():
-            statuses[status] = statuses.get(status, 0) + 1
-        missing = len(ids) - len(found)  # deleted meanwhile: nothing to wait for
-        if missing:
-            statuses["missing"] = missing
-        progress(out, len(files), tally, statuses)
-        if statuses.get("indexed", 0) + statuses.get("failed", 0) + missing >= len(ids):
-            break
-        time.sleep(1)
-    progress(out, len(files), tally, statuses)
-    print(file=out)
-    for path, image_id in ids.items():
-        if wait and found.get(image_id) == "failed":
-            row = client.get(f"/v1/images/{image_id}").json()
-            problems[path] = (f"failed in {row.get('stage')}: {row.get('failure_reason')} "
-                              f"({(row.get('failure_message') or '')[:120]})")
-    return tally | {f"status_{k}": v for k, v in statuses.items()} | {
-        "failed_files": {str(p): why for p, why in sorted(problems.items())}}
-
-
-def progress(out, total: int, tally: dict[str, int], statuses: dict[str, int]) -> None:
-    sent = tally["uploaded"] + tally["skipped"] + tally["rejected"]
-    width = 30
-    filled = int(width * sent / max(total, 1))
-    bar = "#" * filled + "." * (width - filled)
-    line = (f"\r[{bar}] {sent}/{total} sent (new {tally['uploaded']}, already "
-            f"{tally['skipped']}, refused {tally['rejected']})")
-    if statuses:
-        line += "  " + " ".join(f"{k} {statuses.get(k, 0)}" for k in
-                                ("uploaded", "validated", "processed", "indexed", "failed",
-                                 "missing") if k != "missing" or statuses.get(k))
-    print(line, end="", file=out, flush=True)
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
@@ -273,7 +44,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     else:
         answer = client.post("/v1/search", json={"text": args.text, "k": args.k})
     if answer.status_code != 200:
-        print(f"search refused: {answer.status_code} {_detail(answer)}", file=sys.stderr)
+        print(f"search refused: {answer.status_code} {detail(answer)}", file=sys.stderr)
         return 1
     body = answer.json()
     print(f"model {body['model']}")
@@ -298,7 +69,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         raise ClientError(f"no DeepLens answering at {url} ({type(exc).__name__}); is "
                           "`deeplens up` running?") from None
     if answer.status_code != 200:
-        raise ClientError(f"{url}/metrics answered {answer.status_code}: {_detail(answer)} "
+        raise ClientError(f"{url}/metrics answered {answer.status_code}: {detail(answer)} "
                           "(set DEEPLENS_OPS__METRICS_TOKEN to the operator token)")
     text = answer.text
     values: dict[tuple[str, str], float] = {}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import httpx
 
+from cluster.client_http import wait_until_settled
 from cluster.samples import sample_set
 from cluster.stack import LocalStack
 from deeplens.settings import Settings
@@ -71,20 +71,11 @@ def push_samples(url: str, key: str, count: int, timeout_s: float,
         ids[answer.json()["image_id"]] = name
     print(f"demo: uploaded {len(ids)} sample images; waiting for them to be {TARGET_STATUS}",
           flush=True)
-    deadline = time.monotonic() + timeout_s
-    by_status: dict[str, int] = {}
-    while time.monotonic() < deadline and not (stop and stop.is_set()):
-        page = client.get("/v1/images", params={"limit": 500})
-        if page.status_code == 200:
-            rows = [r for r in page.json()["items"] if r["image_id"] in ids]
-            by_status = {}
-            for row in rows:
-                by_status[row["status"]] = by_status.get(row["status"], 0) + 1
-            done = by_status.get(TARGET_STATUS, 0) + by_status.get("failed", 0)
-            print(f"\r  {done}/{len(ids)} done  {by_status}", end="", flush=True)
-            if done == len(ids):
-                break
-        time.sleep(1)
+    def report(counts: dict[str, int]) -> None:
+        done = counts.get(TARGET_STATUS, 0) + counts.get("failed", 0)
+        print(f"\r  {done}/{len(ids)} done  {counts}", end="", flush=True)
+
+    by_status, _ = wait_until_settled(client, list(ids), timeout_s, report, stop)
     print()
     print(f"demo: {by_status}", flush=True)
     return by_status.get(TARGET_STATUS, 0) == len(ids)

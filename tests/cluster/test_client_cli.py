@@ -66,7 +66,7 @@ def test_exit_1_names_the_refused_file_and_no_http_log_lines(api, tmp_path) -> N
 
 def test_resume_file_is_per_server_and_tenant_and_checked_with_the_server(
         api, tmp_path, kafka_settings, tenant) -> None:
-    from cluster.client_cli import IngestState, ingest
+    from cluster.ingest import IngestState, ingest
 
     photo = tmp_path / "p.jpg"
     photo.write_bytes(images.jpeg(3))
@@ -120,7 +120,7 @@ def test_a_running_local_stack_is_found_from_any_folder(api, tmp_path) -> None:
 
 @pytest.mark.parametrize("old", [{"abc": "id1"}, "not json"])
 def test_an_old_or_broken_resume_file_is_not_trusted(tmp_path, old) -> None:
-    from cluster.client_cli import IngestState
+    from cluster.ingest import IngestState
 
     path = tmp_path / "state.json"
     path.write_text(json.dumps(old) if isinstance(old, dict) else old)

@@ -155,7 +155,7 @@ def test_delete_drops_the_vector(stack) -> None:
 
 
 def test_bulk_ingest_resumes_and_search_cli(stack, tmp_path, capsys) -> None:
-    from cluster.client_cli import IngestState, image_files, ingest
+    from cluster.ingest import IngestState, image_files, ingest
     from deeplens.cli import main
 
     folder = tmp_path / "photos"
