@@ -79,7 +79,7 @@ def candidates(size: int, n_queries: int, lance_ann: bool, rng: np.random.Genera
     from deeplens.settings import VectorStoreSettings
     from deeplens.vectors.base import VectorRecord
     from deeplens.vectors.lancedb import LanceStore
-    from deeplens.vectors.memory import HNSW_EXPANSION_SEARCH, TenantIndex, _Row
+    from deeplens.vectors.tenant_index import HNSW_EXPANSION_SEARCH, Row, TenantIndex
 
     vectors = clustered(size, rng)
     queries = queries_for(vectors, n_queries, rng)
@@ -109,7 +109,7 @@ def candidates(size: int, n_queries: int, lance_ann: bool, rng: np.random.Genera
     started = time.perf_counter()
     index = TenantIndex(DIM)
     now = datetime.now(UTC)
-    index.upsert([_Row(f"i{j}", vectors[j], f"{j}.jpg", now, now) for j in range(size)])
+    index.upsert([Row(f"i{j}", vectors[j], f"{j}.jpg", now, now) for j in range(size)])
     index.wait_built()
     build = time.perf_counter() - started
     mode = "HNSW" if index.hnsw is not None else "flat"

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from deeplens.api_keys import parse_api_keys
 from deeplens.cli import main
-from deeplens.settings import SettingsError, load_settings, parse_api_keys
+from deeplens.settings import SettingsError, load_settings
 
 
 def test_nested_env_and_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:

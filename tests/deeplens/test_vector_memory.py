@@ -14,7 +14,8 @@ from deeplens.settings import VectorStoreSettings
 from deeplens.tombstones import Tombstones
 from deeplens.vectors.base import VectorRecord
 from deeplens.vectors.lancedb import LanceStore
-from deeplens.vectors.memory import MemoryIndexedStore, TenantIndex, _Row
+from deeplens.vectors.memory import MemoryIndexedStore
+from deeplens.vectors.tenant_index import Row, TenantIndex
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -26,8 +27,8 @@ def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def rows(vectors: np.ndarray, prefix: str = "img") -> list[_Row]:
-    return [_Row(f"{prefix}{i}", v, f"{i}.jpg", NOW, NOW) for i, v in enumerate(vectors)]
+def rows(vectors: np.ndarray, prefix: str = "img") -> list[Row]:
+    return [Row(f"{prefix}{i}", v, f"{i}.jpg", NOW, NOW) for i, v in enumerate(vectors)]
 
 
 def exact_top(vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
