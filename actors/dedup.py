@@ -35,14 +35,13 @@ from deeplens.events import (
     DuplicateKind,
     DuplicateMatch,
     DuplicatesFound,
-    ImageDeleted,
     ImageProcessed,
 )
 from deeplens.hash_index import HashIndex
 from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
 from deeplens.settings import DedupThresholds, Settings
-from deeplens.stage_sdk import Envelope, failure
+from deeplens.stage_sdk import Envelope, failure, split_deleted
 from deeplens.storage import ObjectMissing, Storage, StorageUnavailable, make_storage
 from deeplens.tombstones import Tombstones
 from deeplens.vectors.base import VectorStore, VectorStoreUnavailable, is_random_init
@@ -123,16 +122,12 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
     """Each image alone: one that cannot be deduplicated fails by itself (as a dedup
     failure, which never demotes it), and an image deleted at any moment leaves
     neither hashes nor a vector behind."""
-    pending: list[Envelope] = []
-    for env in batch:
-        event = env.event
-        if isinstance(event, ImageDeleted):
-            # Only the hashes are dedup's own. The similar tier's vector (an idempotent
-            # upsert of the indexer's record) is removed by the indexer's delete, and a
-            # write of ours that lands after it is undone by the tombstone re-check below.
-            index.forget(event.tenant_id, event.image_id)
-        elif isinstance(event, ImageProcessed):
-            pending.append(env)
+    deleted, pending = split_deleted(batch)
+    for gone in deleted:
+        # Only the hashes are dedup's own. The similar tier's vector (an idempotent
+        # upsert of the indexer's record) is removed by the indexer's delete, and a
+        # write of ours that lands after it is undone by the tombstone re-check below.
+        index.forget(gone.tenant_id, gone.image_id)
     dead = tombstones.dead((e.event.tenant_id, e.event.image_id) for e in pending)
     outputs: dict[tuple[str, str], Outbound] = {}
     for env in pending:

@@ -76,6 +76,24 @@ def _fetch(storage: Storage, pool: ThreadPoolExecutor,
     return list(pool.map(one, batch)) if len(batch) > 1 else [one(e) for e in batch]
 
 
+def _store_thumbnails(storage: Storage, pool: ThreadPoolExecutor, tombstones: Tombstones,
+                      sent: list[tuple[Envelope, bytes]], results: list[Any]) -> dict[int, str]:
+    """Write each embedded image's thumbnail beside it, before its event says so; a delete
+    that raced these writes takes its thumbnail too. Returns id(envelope) -> path."""
+    thumbs = {id(env): thumbnail_path(env.event.storage_path)  # type: ignore[union-attr]
+              for (env, _), result in zip(sent, results, strict=True)
+              if result.ok and result.thumbnail}
+    writes = [(thumbs[id(env)], result.thumbnail)
+              for (env, _), result in zip(sent, results, strict=True) if id(env) in thumbs]
+    list(pool.map(lambda write: storage.put(*write), writes))
+    if writes:
+        by_key = {(env.event.tenant_id, env.event.image_id): thumbs[id(env)]  # type: ignore[union-attr]
+                  for env, _ in sent if id(env) in thumbs}
+        for key in tombstones.dead(by_key):
+            storage.delete(by_key[key])
+    return thumbs
+
+
 def build_handler(settings: Settings,
                   embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound | Retry]]:
     """The batch handler; ``embedder`` is a Serve handle (looked up by name if not given)."""
@@ -110,17 +128,7 @@ def build_handler(settings: Settings,
         except Exception as exc:  # noqa: BLE001 - replica gone, timeout, overload: retry
             raise EmbedderUnavailable(f"Embedder call failed: {type(exc).__name__}: {exc}") from exc
         per_image_ms = (time.perf_counter() - started) * 1000 / len(sent)
-        thumbs = {id(env): thumbnail_path(env.event.storage_path)  # type: ignore[union-attr]
-                  for (env, _), result in zip(sent, results, strict=True)
-                  if result.ok and result.thumbnail}
-        writes = [(thumbs[id(env)], result.thumbnail)
-                  for (env, _), result in zip(sent, results, strict=True) if id(env) in thumbs]
-        list(pool.map(lambda write: storage.put(*write), writes))  # before the event says so
-        if writes:  # a delete that raced these writes: its thumbnail goes too
-            by_key = {(env.event.tenant_id, env.event.image_id): thumbs[id(env)]  # type: ignore[union-attr]
-                      for env, _ in sent if id(env) in thumbs}
-            for key in tombstones.dead(by_key):
-                storage.delete(by_key[key])
+        thumbs = _store_thumbnails(storage, pool, tombstones, sent, results)
         for (env, _), result in zip(sent, results, strict=True):
             event = env.event
             assert isinstance(event, ImageValidated)

@@ -14,10 +14,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from deeplens.events import ImageDeleted, ImageIndexed, ImageProcessed
+from deeplens.events import ImageIndexed, ImageProcessed
 from deeplens.kafka import Outbound
 from deeplens.settings import Settings
-from deeplens.stage_sdk import Envelope
+from deeplens.stage_sdk import Envelope, split_deleted
 from deeplens.tombstones import Tombstones
 from deeplens.vectors.base import VectorRecord, VectorStore, collection_name
 from deeplens.vectors.factory import make_vector_store
@@ -35,13 +35,10 @@ def record_of(event: ImageProcessed) -> VectorRecord:
 
 def index_batch(store: VectorStore, tombstones: Tombstones,
                 batch: Sequence[Envelope]) -> list[Outbound]:
-    processed: list[ImageProcessed] = []
-    for env in batch:
-        event = env.event
-        if isinstance(event, ImageDeleted):
-            store.delete(event.tenant_id, event.image_id)
-        elif isinstance(event, ImageProcessed):
-            processed.append(event)
+    deleted, envelopes = split_deleted(batch)
+    for gone in deleted:
+        store.delete(gone.tenant_id, gone.image_id)
+    processed: list[ImageProcessed] = [env.event for env in envelopes]  # type: ignore[misc]
     # An image deleted before its vector arrived stays deleted (the two topics are not
     # ordered with each other): check its tombstone before the write ...
     dead = tombstones.dead((e.tenant_id, e.image_id) for e in processed)

@@ -51,7 +51,7 @@ def main() -> None:
     from benchmarks.common import machine, percentile, record
     from cluster.samples import jpeg_bytes, scene
     from deeplens.settings import ModelSettings
-    from serve_apps.embedder import EmbedderArgs, embedder_class
+    from serve_apps.embedder import Embedder, EmbedderArgs
 
     photos = [jpeg_bytes(scene(i, 320)) for i in range(args.requests)]
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -60,8 +60,8 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for wait in args.waits:
-            app = serve.deployment(embedder_class()).options(
-                name="Embedder", max_ongoing_requests=512,
+            app = Embedder.options(
+                max_ongoing_requests=512,
                 ray_actor_options={"num_cpus": 0.5},
                 user_config={"max_batch_size": size, "batch_wait_timeout_s": wait},
             ).bind(args_)

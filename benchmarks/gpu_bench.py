@@ -14,7 +14,7 @@ The peak is measured, not quoted: a large bf16 matmul on this card. Each model's
 share of it is images/s x FLOPs per image (counted by torch's FlopCounterMode) / peak.
 
 **The whole Embedder** (when open_clip and pydantic import):
-``serve_apps.embedder.embed_items`` with DALI ``mixed`` decoding (Pillow on the host where
+``serve_apps.embed_batch.embed_items`` with DALI ``mixed`` decoding (Pillow on the host where
 DALI is not installed, as on this workplace's lent cards), the dedup hashes and
 thumbnails, and ViT-B-32 in bf16, over 0.3 MP and 12 MP JPEGs, two batches in flight
 (one decoding while the other is on the model, as the Serve deployment runs them).
@@ -169,7 +169,7 @@ def embedder_rates(device: torch.device, smoke: bool) -> list[dict]:
     from cluster.samples import photo
     from deeplens.settings import ModelSettings
     from serve_apps.decode import make_decoder
-    from serve_apps.embedder import Phases, embed_items
+    from serve_apps.embed_batch import Phases, embed_items
     from serve_apps.model import load_clip
 
     name = "deeplens-tiny" if smoke else "ViT-B-32"

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def bare_rate(model_settings, photos: list[bytes], batch: int) -> float:
     from serve_apps.decode import make_decoder
-    from serve_apps.embedder import embed_items
+    from serve_apps.embed_batch import embed_items
     from serve_apps.model import load_clip
 
     clip = load_clip(model_settings)

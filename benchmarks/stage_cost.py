@@ -85,7 +85,7 @@ class CpuPhases:
     """The Embedder's Phases with process CPU time instead of wall time."""
 
     def __init__(self) -> None:
-        from serve_apps.embedder import Phases
+        from serve_apps.embed_batch import Phases
 
         self.inner = Phases()
         self.cpu: dict[str, float] = defaultdict(float)
@@ -115,7 +115,7 @@ class LocalEmbedder:
         self.embed_images = self
 
     def remote(self, items: list[bytes]) -> Any:
-        from serve_apps.embedder import embed_isolated
+        from serve_apps.embed_batch import embed_isolated
 
         items = pickle.loads(pickle.dumps(items, protocol=5))
         results = embed_isolated(self.clip, self.decoder, items, [True] * len(items),

@@ -92,17 +92,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               f"{values.get(('deeplens_stage_actors', stage), 0):>6.0f}")
     print("(throughput: the rate of deeplens_stage_handled_total; see the Grafana dashboard)")
     if settings.catalog_url or (settings.data_dir / "catalog.db").exists():
-        import sqlalchemy as sa
+        from ingestion.catalog import Catalog
 
-        from ingestion.catalog import Catalog, images
-
-        catalog = Catalog(settings.effective_catalog_url)
-        query = (sa.select(images.c.tenant_id, images.c.status, sa.func.count())
-                 .group_by(images.c.tenant_id, images.c.status))
-        per_tenant: dict[str, dict[str, int]] = {}
-        with catalog.engine.connect() as conn:
-            for tenant, status, n in conn.execute(query):
-                per_tenant.setdefault(tenant, {})[status] = n
+        per_tenant = Catalog(settings.effective_catalog_url).counts_by_tenant()
         print(f"\n{'tenant':16} " + " ".join(f"{s:>9}" for s in
               ("uploaded", "validated", "processed", "indexed", "failed")))
         for tenant, counts in sorted(per_tenant.items()):

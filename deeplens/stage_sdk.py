@@ -13,14 +13,23 @@ dead-letter headers do; :func:`envelope_of` reads them back.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from deeplens.events import Event, FailureReason, ImageFailed, Stage, TenantUsage
+from deeplens.events import (
+    Event,
+    FailureReason,
+    ImageDeleted,
+    ImageFailed,
+    ImageProcessed,
+    Stage,
+    TenantUsage,
+)
 from deeplens.kafka import Outbound
 
 __all__ = ["Envelope", "Outbound", "Retry", "envelope_of", "failure", "header_int",
-           "usage_event"]
+           "split_deleted", "usage_event"]
 
 H_EVENT_TYPE = "event-type"
 H_ATTEMPT = "attempt"
@@ -106,3 +115,11 @@ def usage_event(tenant_id: str, metric: str, quantity: float, *, image_id: str |
     if occurred_at is not None:
         fields["occurred_at"] = occurred_at
     return Outbound("tenant.usage", tenant_id, TenantUsage(**fields))
+
+
+def split_deleted(batch: Sequence[Envelope]) -> tuple[list[ImageDeleted], list[Envelope]]:
+    """A batch of ``images.processed`` and ``images.deleted``: the deletions, and the
+    envelopes of processed images (in batch order)."""
+    deleted = [env.event for env in batch if isinstance(env.event, ImageDeleted)]
+    processed = [env for env in batch if isinstance(env.event, ImageProcessed)]
+    return deleted, processed  # type: ignore[return-value]

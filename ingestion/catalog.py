@@ -2,8 +2,8 @@
 
 SQLite in the data dir by default, PostgreSQL (any SQLAlchemy URL) through
 ``DEEPLENS_CATALOG_URL``. Rows are written by the upload API and advanced by the
-projection that consumes the lifecycle topics. The tables below describe the
-schema for queries; it is created and upgraded by ``deeplens/migrations``.
+projection that consumes the lifecycle topics. The tables are described in
+``ingestion/tables.py``; the schema is created and upgraded by ``deeplens/migrations``.
 """
 
 from __future__ import annotations
@@ -16,96 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-metadata = sa.MetaData()
+from ingestion.tables import ImageRow, duplicates, images, usage_hourly, usage_seen
 
-images = sa.Table(
-    "images",
-    metadata,
-    sa.Column("image_id", sa.String(64), primary_key=True),
-    sa.Column("tenant_id", sa.String(64), nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("original_file_name", sa.String(512), nullable=False),
-    sa.Column("storage_provider", sa.String(16), nullable=False),
-    sa.Column("storage_path", sa.String(512), nullable=False),
-    sa.Column("file_size", sa.BigInteger, nullable=False),
-    sa.Column("mime_type", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("stage", sa.String(16)),
-    sa.Column("failure_reason", sa.String(32)),
-    sa.Column("failure_message", sa.Text),
-    sa.Column("width", sa.Integer),
-    sa.Column("height", sa.Integer),
-    sa.Column("format", sa.String(8)),
-    sa.Column("feature_model", sa.String(128)),
-    sa.Column("uploaded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("validated_at", sa.DateTime(timezone=True)),
-    sa.Column("processed_at", sa.DateTime(timezone=True)),
-    sa.Column("indexed_at", sa.DateTime(timezone=True)),
-    sa.Column("failed_at", sa.DateTime(timezone=True)),
-    sa.Column("dedup_tiers", sa.String(32)),  # tiers that ran, comma separated
-    sa.Column("pipeline_seconds", sa.Float),  # upload -> indexed, set when indexed
-    sa.Column("pending", sa.Boolean),  # True until the broker acknowledged the upload event
-    sa.UniqueConstraint("tenant_id", "sha256", name="uq_images_tenant_sha256"),
-)
-
-duplicates = sa.Table(
-    "duplicates",
-    metadata,
-    sa.Column("tenant_id", sa.String(64), nullable=False),
-    sa.Column("image_id", sa.String(64), primary_key=True),
-    sa.Column("other_id", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(8), nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
-)
-
-usage_hourly = sa.Table(
-    "usage_hourly",
-    metadata,
-    sa.Column("tenant_id", sa.String(64), primary_key=True),
-    sa.Column("hour", sa.DateTime(timezone=True), primary_key=True),
-    sa.Column("metric", sa.String(32), primary_key=True),
-    sa.Column("quantity", sa.Float, nullable=False),
-)
-
-# Usage events already counted: a redelivered event is not billed twice.
-usage_seen = sa.Table(
-    "usage_seen",
-    metadata,
-    sa.Column("event_id", sa.String(36), primary_key=True),
-)
+__all__ = ["Catalog", "DuplicateRow", "ImageRow", "images"]
 
 # How far along each status is; the projection never moves an image backwards.
 STATUS_RANK = {"uploaded": 0, "validated": 1, "processed": 2, "indexed": 3}
 STAGE_OF_STATUS = {"uploaded": "ingestion", "validated": "validation",
                    "processed": "embedding", "indexed": "indexing"}
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    image_id: str
-    tenant_id: str
-    sha256: str
-    original_file_name: str
-    storage_provider: str
-    storage_path: str
-    file_size: int
-    mime_type: str
-    status: str
-    stage: str | None
-    failure_reason: str | None
-    failure_message: str | None
-    width: int | None
-    height: int | None
-    format: str | None
-    feature_model: str | None
-    uploaded_at: datetime
-    validated_at: datetime | None
-    processed_at: datetime | None
-    indexed_at: datetime | None
-    failed_at: datetime | None
-    dedup_tiers: str | None = None
-    pipeline_seconds: float | None = None
-    pending: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +260,25 @@ class Catalog:
         with self.engine.connect() as conn:
             for hour, metric, quantity in conn.execute(query):
                 out.setdefault(_aware(hour), {})[metric] = quantity
+        return out
+
+    def stuck(self, statuses: tuple[str, ...], uploaded_before: datetime) -> list[ImageRow]:
+        """Images still in one of ``statuses`` that were uploaded before the cut-off, oldest
+        first (what ``deeplens reconcile`` restarts)."""
+        query = (images.select()
+                 .where(images.c.status.in_(statuses), images.c.uploaded_at < uploaded_before)
+                 .order_by(images.c.uploaded_at))
+        with self.engine.connect() as conn:
+            return [self._row(r) for r in conn.execute(query)]
+
+    def counts_by_tenant(self) -> dict[str, dict[str, int]]:
+        """Images per status, per tenant (for operators)."""
+        query = (sa.select(images.c.tenant_id, images.c.status, sa.func.count())
+                 .group_by(images.c.tenant_id, images.c.status))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for tenant, status, n in conn.execute(query):
+                out.setdefault(tenant, {})[status] = n
         return out
 
     def counts(self, tenant_id: str | None = None) -> dict[str, int]:

@@ -15,7 +15,7 @@ from deeplens.events import ImageUploaded, utcnow
 from deeplens.kafka import EventProducer, Outbound
 from deeplens.settings import Settings
 from deeplens.storage import make_storage
-from ingestion.catalog import Catalog, ImageRow, images
+from ingestion.catalog import Catalog, ImageRow
 
 STUCK = ("uploaded", "validated", "processed")
 
@@ -27,18 +27,13 @@ class ReconcileReport:
 
 
 def stuck_images(catalog: Catalog, older_than: timedelta) -> list[ImageRow]:
-    cutoff = utcnow() - older_than
-    query = images.select().where(images.c.status.in_(STUCK), images.c.uploaded_at < cutoff)
-    with catalog.engine.connect() as conn:
-        return [catalog._row(r) for r in conn.execute(query.order_by(images.c.uploaded_at))]
+    return catalog.stuck(STUCK, utcnow() - older_than)
 
 
 def uploaded_event(row: ImageRow) -> ImageUploaded:
-    return ImageUploaded(
-        tenant_id=row.tenant_id, image_id=row.image_id, original_file_name=row.original_file_name,
-        storage_provider=row.storage_provider, storage_path=row.storage_path,
-        file_size=row.file_size, mime_type=row.mime_type, sha256=row.sha256,
-        uploaded_at=row.uploaded_at)
+    """The upload event of a catalog row (the row holds every field the event carries)."""
+    return ImageUploaded(**{name: getattr(row, name) for name in ImageUploaded.model_fields
+                            if hasattr(row, name)})
 
 
 def reconcile(settings: Settings, older_than: timedelta, dry_run: bool = False) -> ReconcileReport:

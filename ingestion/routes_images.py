@@ -118,13 +118,8 @@ def delete_image(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response
 
 
 def image_out(row: ImageRow) -> ImageOut:
-    return ImageOut(
-        image_id=row.image_id, tenant_id=row.tenant_id, status=row.status,  # type: ignore[arg-type]
-        stage=row.stage, failure_reason=row.failure_reason, failure_message=row.failure_message,
-        original_file_name=row.original_file_name, mime_type=row.mime_type,
-        file_size=row.file_size, sha256=row.sha256, width=row.width, height=row.height,
-        feature_model=row.feature_model,
-        timestamps=StageTimes(uploaded_at=row.uploaded_at, validated_at=row.validated_at,
-                              processed_at=row.processed_at, indexed_at=row.indexed_at,
-                              failed_at=row.failed_at),
-    )
+    """The API's view of a catalog row: its fields by name, the stage times grouped."""
+    def pick(model: type) -> dict:
+        return {name: getattr(row, name) for name in model.model_fields if hasattr(row, name)}
+
+    return ImageOut(**pick(ImageOut), timestamps=StageTimes(**pick(StageTimes)))

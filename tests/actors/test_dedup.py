@@ -179,7 +179,7 @@ def test_hashes_from_the_embedder_give_the_same_tiers_and_dedup_reads_no_bytes(t
     from deeplens.stage_sdk import Envelope
     from deeplens.tombstones import Tombstones
     from serve_apps.decode import make_decoder
-    from serve_apps.embedder import embed_items
+    from serve_apps.embed_batch import embed_items
     from serve_apps.model import load_clip
 
     class NoReads:

@@ -28,6 +28,21 @@ def test_a_fresh_database_gets_every_table_and_hot_index(catalog_url) -> None:
             "ix_hashes_tenant_seq", "ix_deleted_at"} <= indexes
 
 
+def test_the_mapped_classes_describe_the_migrated_schema(catalog_url) -> None:
+    from ingestion.tables import metadata
+
+    Catalog(catalog_url)
+    inspector = sa.inspect(make_engine(catalog_url))
+    for table in metadata.sorted_tables:
+        migrated = {c["name"]: c for c in inspector.get_columns(table.name)}
+        assert set(migrated) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            assert migrated[column.name]["nullable"] == (column.nullable and not column.primary_key), \
+                (table.name, column.name)
+        assert set(inspector.get_pk_constraint(table.name)["constrained_columns"]) == \
+            {c.name for c in table.primary_key.columns}, table.name
+
+
 def test_a_catalog_from_before_migrations_is_upgraded_in_place(catalog_url) -> None:
     old = sa.create_engine(catalog_url)
     with old.begin() as conn:  # the shape an early DeepLens made with create_all

@@ -75,10 +75,8 @@ def test_batch_knobs_change_at_run_time(ray_session) -> None:
 
 
 def _with_user_config(settings, args, user_config):
-    from ray import serve
+    from serve_apps.embedder import Embedder
 
-    from serve_apps.embedder import embedder_class
-
-    return serve.deployment(embedder_class()).options(
-        name="Embedder", max_ongoing_requests=256, user_config=user_config,
+    return Embedder.options(
+        max_ongoing_requests=256, user_config=user_config,
         ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}).bind(args)

@@ -8,7 +8,7 @@ import torch
 
 from deeplens.settings import ModelSettings
 from serve_apps.decode import DaliDecoder, DecodeError, PillowDecoder, make_decoder
-from serve_apps.embedder import embed_items
+from serve_apps.embed_batch import embed_items
 from serve_apps.model import ModelLoadError, encode_images, encode_texts, load_clip
 from tests import images
 
@@ -123,7 +123,7 @@ def test_a_bomb_or_corrupt_query_fails_alone_in_its_batch(clip, kind) -> None:
 
 
 def test_a_decoder_that_raises_for_the_batch_fails_only_the_bad_item(clip) -> None:
-    from serve_apps.embedder import embed_isolated
+    from serve_apps.embed_batch import embed_isolated
 
     class Fragile:
         name = "fragile"
@@ -249,7 +249,7 @@ def test_damage_only_a_decode_finds_fails_as_a_decode_error_alone(clip) -> None:
 def test_busy_fraction_is_model_time_over_the_recent_window() -> None:
     import time
 
-    from serve_apps.embedder import BUSY_WINDOW_S, Phases
+    from serve_apps.embed_batch import BUSY_WINDOW_S, Phases
 
     phases = Phases()
     assert phases.busy_fraction() == 0.0  # nothing ran yet
