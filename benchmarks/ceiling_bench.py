@@ -50,6 +50,10 @@ def roles_by_pid(stack) -> dict[int, str]:
     return named
 
 
+def _profiled(role: str) -> bool:
+    return role.startswith(("stage ", "Serve ", "ProxyActor"))
+
+
 def cpu_snapshot(pids: dict[int, str]) -> dict[int, float]:
     from cluster.footprint import cpu_seconds
 
@@ -62,12 +66,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                        help="also sample every stage, Serve and proxy process with py-spy for "
+                             "this long once uploads start (costs CPU: time figures of such a "
+                             "run are not comparable with plain runs)")
     args = parser.parse_args()
 
     import httpx
     from pydantic import SecretStr
 
     from benchmarks.common import machine, record
+    from benchmarks.stack_profile import profile_processes
     from cluster.metrics import offsets_and_lag
     from cluster.samples import scene
     from cluster.stack import LocalStack
@@ -136,6 +145,12 @@ def main() -> None:
             before = cpu_snapshot(pids)
             sampler = threading.Thread(target=sample_lag, daemon=True)
             sampler.start()
+            profiles: dict[str, dict] = {}
+            profiler = threading.Thread(target=lambda: profiles.update(profile_processes(
+                {pid: role for pid, role in pids.items() if _profiled(role)}, args.profile)),
+                daemon=True)
+            if args.profile:
+                profiler.start()
             start = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 ids = list(pool.map(upload, payloads))
@@ -146,6 +161,8 @@ def main() -> None:
                     raise SystemExit(f"only {finished(ids)} of {len(ids)} done after 30 min")
             total_s = time.perf_counter() - start
             after = cpu_snapshot(pids)
+            if args.profile:
+                profiler.join()
             stop.set()
             sampler.join()
             consumer.close()
@@ -160,7 +177,7 @@ def main() -> None:
                "end_to_end_images_per_s": round(n / total_s, 1),
                "cpu_ms_per_image_by_role": cpu_ms,
                "cpu_ms_per_image_total": round(sum(cpu_ms.values()), 1),
-               "lag": lag_rows}
+               "lag": lag_rows, "profile_s": args.profile, "profiles": profiles}
     print(f"machine: {machine()}")
     print(f"uploads at the edge:        {figures['uploads_per_s']:7.1f} /s")
     print(f"upload -> indexed + dedup:  {figures['end_to_end_images_per_s']:7.1f} images/s")
@@ -175,6 +192,11 @@ def main() -> None:
     for name, ms in cpu_ms.items():
         print(f"| {name} | {ms} |")
     print(f"| total | {figures['cpu_ms_per_image_total']} |")
+    for name, prof in sorted(profiles.items(), key=lambda kv: -kv[1]["samples"]):
+        print(f"\n### {name}: {prof['samples']} samples (py-spy, {args.profile:.0f} s)")
+        print("where: " + "; ".join(f"{a} {pct}%" for a, pct in prof["areas"]))
+        print("self:  " + "; ".join(f"{f} {pct}%" for f, pct in prof["self"]))
+        print("ours:  " + "; ".join(f"{f} {pct}%" for f, pct in prof["deeplens_inclusive"]))
     print(f"recorded in {record('ceiling', figures)}")
 
 

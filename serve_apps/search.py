@@ -156,64 +156,65 @@ def _result(model: str, hits: list[Hit]) -> SearchResult:
         for h in hits])
 
 
-def build_search_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(prefix="/v1", tags=["search"])
 
-    @router.get("/model", response_model=ModelInfo)
-    async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
-        """The model search runs on (the search page warns when its weights are random)."""
+
+@router.get("/model", response_model=ModelInfo)
+async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
+    """The model search runs on (the search page warns when its weights are random)."""
+    model = await ctx.encoder.model_id()
+    return ModelInfo(model=model, random_weights=is_random_init(model))
+
+
+@router.post("/search", response_model=SearchResult)
+async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
+                      response: Response) -> SearchResult:
+    timing: dict[str, float] = {}
+    with _Stopwatch(timing, "embed"):
         model = await ctx.encoder.model_id()
-        return ModelInfo(model=model, random_weights=is_random_init(model))
+        vector = await ctx.encoder.text(query.text)
+    hits = await ctx.search(model, tenant, vector, query.k, timing=timing)
+    server_timing(response, timing)
+    return await ctx.metered(tenant, _result(model, hits))
 
-    @router.post("/search", response_model=SearchResult)
-    async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
-                          response: Response) -> SearchResult:
-        timing: dict[str, float] = {}
-        with _Stopwatch(timing, "embed"):
-            model = await ctx.encoder.model_id()
-            vector = await ctx.encoder.text(query.text)
-        hits = await ctx.search(model, tenant, vector, query.k, timing=timing)
-        server_timing(response, timing)
-        return await ctx.metered(tenant, _result(model, hits))
 
-    @router.post("/search/image", response_model=SearchResult, responses={
-        413: {"description": "over 10 MB, or a bomb by its header"},
-        415: {"description": "not JPEG, PNG or WebP by its bytes"},
-        422: {"description": "too small, or undecodable"}})
-    async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
-                           file: Annotated[UploadFile, File(description="the query image")],
-                           k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
-        data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
-        if len(data) > MAX_QUERY_IMAGE_BYTES:
-            raise HTTPException(413, "query image is larger than 10 MB")
-        # The same refusals as an upload, from the header alone, before any decoder runs.
-        verdict = await run_in_threadpool(check_header, data, ctx.limits)
-        if isinstance(verdict, Invalid):
-            raise HTTPException(HTTP_STATUS.get(verdict.reason, 422),
-                                f"query image refused ({verdict.reason}): {verdict.message}")
-        timing: dict[str, float] = {}
-        with _Stopwatch(timing, "embed"):
-            model = await ctx.encoder.model_id()
-            try:
-                vector = await ctx.encoder.image(data)
-            except QueryError as exc:
-                raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
-        hits = await ctx.search(model, tenant, vector, k, timing=timing)
-        server_timing(response, timing)
-        return await ctx.metered(tenant, _result(model, hits))
-
-    @router.get("/images/{image_id}/similar", response_model=SearchResult,
-                responses={404: {"description": "not in this tenant's index"}})
-    async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
-                      k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
+@router.post("/search/image", response_model=SearchResult, responses={
+    413: {"description": "over 10 MB, or a bomb by its header"},
+    415: {"description": "not JPEG, PNG or WebP by its bytes"},
+    422: {"description": "too small, or undecodable"}})
+async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
+                       file: Annotated[UploadFile, File(description="the query image")],
+                       k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
+    data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
+    if len(data) > MAX_QUERY_IMAGE_BYTES:
+        raise HTTPException(413, "query image is larger than 10 MB")
+    # The same refusals as an upload, from the header alone, before any decoder runs.
+    verdict = await run_in_threadpool(check_header, data, ctx.limits)
+    if isinstance(verdict, Invalid):
+        raise HTTPException(HTTP_STATUS.get(verdict.reason, 422),
+                            f"query image refused ({verdict.reason}): {verdict.message}")
+    timing: dict[str, float] = {}
+    with _Stopwatch(timing, "embed"):
         model = await ctx.encoder.model_id()
-        vector = await run_in_threadpool(ctx.store.get_vector, model, tenant, image_id)
-        if vector is None:  # missing, another tenant's, or not indexed yet: all read alike
-            raise HTTPException(404, "image not found in the search index")
-        return await ctx.metered(tenant, _result(model, await ctx.search(
-            model, tenant, vector, k, exclude=frozenset({image_id}))))
+        try:
+            vector = await ctx.encoder.image(data)
+        except QueryError as exc:
+            raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
+    hits = await ctx.search(model, tenant, vector, k, timing=timing)
+    server_timing(response, timing)
+    return await ctx.metered(tenant, _result(model, hits))
 
-    return router
+
+@router.get("/images/{image_id}/similar", response_model=SearchResult,
+            responses={404: {"description": "not in this tenant's index"}})
+async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
+                  k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
+    model = await ctx.encoder.model_id()
+    vector = await run_in_threadpool(ctx.store.get_vector, model, tenant, image_id)
+    if vector is None:  # missing, another tenant's, or not indexed yet: all read alike
+        raise HTTPException(404, "image not found in the search index")
+    return await ctx.metered(tenant, _result(model, await ctx.search(
+        model, tenant, vector, k, exclude=frozenset({image_id}))))
 
 
 def search_meter(producer: Any) -> Any:
@@ -239,5 +240,5 @@ def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
     app.state.search = SearchContext(store, encoder,
                                      search_meter(producer) if producer is not None else None,
                                      limits=limits)
-    app.include_router(build_search_router(), responses=AUTH_RESPONSES)
+    app.include_router(router, responses=AUTH_RESPONSES)
     app.openapi_schema = None
