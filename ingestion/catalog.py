@@ -16,24 +16,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from ingestion import lifecycle
+from ingestion.lifecycle import KIND_RANK
 from ingestion.tables import ImageRow, duplicates, images, usage_hourly, usage_seen
 
 __all__ = ["Catalog", "DuplicateRow", "ImageRow", "images"]
-
-# How far along each status is; the projection never moves an image backwards.
-STATUS_RANK = {"uploaded": 0, "validated": 1, "processed": 2, "indexed": 3}
-STAGE_OF_STATUS = {"uploaded": "ingestion", "validated": "validation",
-                   "processed": "embedding", "indexed": "indexing"}
-
 
 @dataclass(frozen=True)
 class DuplicateRow:
     image_id: str
     kind: str
     score: float
-
-
-_KIND_RANK = {"exact": 0, "near": 1, "similar": 2}
 
 
 def _aware(value: Any) -> Any:
@@ -118,33 +111,9 @@ class Catalog:
 
     def link_duplicates(self, tenant_id: str, image_id: str, tiers: list[str],
                         matches: list[tuple[str, str, float]]) -> None:
-        """Record matches in both directions; a stronger kind replaces a weaker one.
-
-        Links to or from an image that is no longer catalogued (deleted) are not written."""
+        """Record matches in both directions (``lifecycle.link``)."""
         with self.engine.begin() as conn:
-            # Write first: the transaction then holds the write lock (SQLite) before it
-            # reads which images still exist, so a delete cannot slip in between.
-            if not conn.execute(images.update().where(images.c.image_id == image_id,
-                                                      images.c.tenant_id == tenant_id)
-                                .values(dedup_tiers=",".join(tiers))).rowcount:
-                return  # deleted
-            others = [other for other, _, _ in matches]
-            alive = {row[0] for row in conn.execute(sa.select(images.c.image_id).where(
-                images.c.tenant_id == tenant_id, images.c.image_id.in_(others)))} if others \
-                else set()
-            for other, kind, score in matches:
-                if other not in alive:
-                    continue
-                for a, b in ((image_id, other), (other, image_id)):
-                    existing = conn.execute(sa.select(duplicates.c.kind).where(
-                        duplicates.c.image_id == a, duplicates.c.other_id == b)).first()
-                    if existing is None:
-                        conn.execute(duplicates.insert().values(
-                            tenant_id=tenant_id, image_id=a, other_id=b, kind=kind, score=score))
-                    elif _KIND_RANK[kind] < _KIND_RANK.get(existing[0], 9):
-                        conn.execute(duplicates.update().where(
-                            duplicates.c.image_id == a, duplicates.c.other_id == b)
-                            .values(kind=kind, score=score))
+            lifecycle.link(conn, tenant_id, image_id, tiers, matches)
 
     def duplicates_of(self, tenant_id: str, image_id: str) -> list[DuplicateRow]:
         query = (sa.select(duplicates.c.other_id, duplicates.c.kind, duplicates.c.score)
@@ -153,46 +122,29 @@ class Catalog:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return sorted((DuplicateRow(r[0], r[1], r[2]) for r in rows),
-                      key=lambda d: (_KIND_RANK.get(d.kind, 9), -d.score))
+                      key=lambda d: (KIND_RANK.get(d.kind, 9), -d.score))
 
     def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> bool:
-        """Move an image forward to ``status`` (never backwards); False if not moved.
-
-        Two conditional UPDATEs, no read-then-write, so any number of projector actors
-        may apply events of one image at once: the step's own fields (its timestamp,
-        dimensions...) always land; the status moves only if the row's current rank is
-        lower, or it failed earlier than this step (a replay that succeeded)."""
-        rank = STATUS_RANK[status]
-        by_id = images.c.image_id == image_id
-        current_rank = sa.case(STATUS_RANK, value=images.c.status, else_=99)
+        """Move an image forward to ``status`` (never backwards); False if not moved."""
         with self.engine.begin() as conn:
-            conn.execute(images.update().where(by_id).values({f"{status}_at": at, **fields}))
-            moved = conn.execute(
-                images.update().where(by_id, sa.or_(
-                    sa.and_(images.c.status != "failed", current_rank < rank),
-                    sa.and_(images.c.status == "failed",
-                            sa.or_(images.c.failed_at.is_(None), images.c.failed_at <= at))))
-                .values(status=status, stage=STAGE_OF_STATUS[status],
-                        failure_reason=None, failure_message=None)).rowcount
-        return moved > 0
+            return lifecycle.advance(conn, status, [{"image_id": image_id, "at": at,
+                                                     **fields}]) > 0
 
     def dedup_failed(self, image_id: str) -> bool:
-        """Dedup could not run for this image: say so, and leave its status alone (a dedup
-        failure never demotes an indexed image)."""
+        """Dedup could not run for this image: say so, and leave its status alone."""
         with self.engine.begin() as conn:
-            return conn.execute(images.update().where(images.c.image_id == image_id)
-                                .values(dedup_tiers="failed")).rowcount > 0
+            return lifecycle.dedup_failed(conn, [image_id]) > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
+        changes = lifecycle.Changes()
+        changes.fail(image_id, stage, reason, message, at)
         with self.engine.begin() as conn:
-            done = conn.execute(
-                images.update()
-                .where(images.c.image_id == image_id)
-                .where(sa.or_(images.c.indexed_at.is_(None), images.c.indexed_at < at))
-                .values(status="failed", stage=stage, failure_reason=reason,
-                        failure_message=message[:2000], failed_at=at)
-            )
-            return done.rowcount > 0
+            return lifecycle.fail(conn, changes.failures) > 0
+
+    def apply(self, changes: lifecycle.Changes) -> None:
+        """A consumer batch's lifecycle writes, in one transaction."""
+        with self.engine.begin() as conn:
+            lifecycle.apply(conn, changes)
 
     def latency_buckets(self, bounds: list[float]) -> tuple[list[int], int, float]:
         """Cumulative counts of upload->indexed seconds <= each bound, total, and sum."""

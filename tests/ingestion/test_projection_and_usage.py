@@ -3,6 +3,7 @@ deleted images are never linked or billed for work, missing uploads are not bill
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from actors.validator import validate_one
@@ -11,7 +12,7 @@ from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope
 from deeplens.storage import LocalStorage
 from ingestion.catalog import Catalog
-from ingestion.projection import apply
+from ingestion.projection import changes_of
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
@@ -19,6 +20,10 @@ NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 def envelope(event) -> Envelope:
     return Envelope(topic=event.topic, partition=0, offset=0, key=getattr(event, "image_id", ""),
                     timestamp=None, event=event)
+
+
+def apply(catalog: Catalog, *envelopes: Envelope) -> None:
+    catalog.apply(changes_of(list(envelopes)))
 
 
 def row(image_id: str, tenant: str = "acme") -> dict:
@@ -69,3 +74,49 @@ def test_an_upload_whose_bytes_were_not_kept_is_not_billed(tmp_path) -> None:
     outputs = validate_one(envelope(ghost), storage, settings)
     assert [o.topic for o in outputs] == ["images.failed"]
     assert outputs[0].event.reason == "missing_object"
+
+
+def test_a_batch_in_one_transaction_ends_where_event_by_event_does(tmp_path, catalog_url) -> None:
+    """Any order, redelivered, in one batch or one by one: the same rows. (Only
+    ``failed_at`` may differ: a failure that reaches the catalog after a later success
+    is not recorded at all, whichever way the events are applied.)"""
+    import random
+
+    from deeplens.events import ImageIndexed, ImageProcessed, ImageValidated
+
+    def lifecycle(image_id: str, fails: bool) -> list:
+        base = row(image_id) | {"uploaded_at": NOW}
+        base = {k: v for k, v in base.items() if k != "status"}
+        validated = ImageValidated(**base, width=8, height=6, format="JPEG",
+                                   validated_at=NOW + timedelta(seconds=1))
+        processed = ImageProcessed(**validated.model_dump(exclude={"event_id", "schema_version"}),
+                                   features_f32="AACAPw==", feature_model="m",
+                                   processed_at=NOW + timedelta(seconds=2))
+        events = [validated, processed]
+        if fails:  # an index failure, then a replay that succeeded
+            events.append(ImageFailed(tenant_id="acme", image_id=image_id, reason="index_error",
+                                      message="down", stage="indexing",
+                                      failed_at=NOW + timedelta(seconds=3)))
+        events.append(ImageIndexed(tenant_id="acme", image_id=image_id, feature_model="m",
+                                   collection="c", uploaded_at=NOW,
+                                   indexed_at=NOW + timedelta(seconds=4)))
+        return events
+
+    events = [e for i in range(6) for e in lifecycle(f"img{i}", fails=i % 2 == 0)]
+    events.append(ImageFailed(tenant_id="acme", image_id="img5", reason="corrupt", message="x",
+                              stage="embedding", failed_at=NOW + timedelta(seconds=9)))
+    one_by_one, batched = Catalog(f"sqlite:///{tmp_path}/a.db"), Catalog(catalog_url)
+    for catalog in (one_by_one, batched):
+        for i in range(6):
+            catalog.insert(row(f"img{i}"))
+    for event in events:
+        apply(one_by_one, envelope(event))
+    shuffled = events * 2
+    random.Random(7).shuffle(shuffled)
+    apply(batched, *map(envelope, shuffled))
+    for i in range(6):
+        a, b = batched.get("acme", f"img{i}"), one_by_one.get("acme", f"img{i}")
+        assert replace(a, failed_at=None) == replace(b, failed_at=None)
+    final = {i: one_by_one.get("acme", f"img{i}") for i in range(6)}
+    assert [final[i].status for i in range(6)] == ["indexed"] * 5 + ["failed"]
+    assert final[0].width == 8 and final[0].pipeline_seconds == 4.0

@@ -1,0 +1,146 @@
+"""The catalog writes of the image lifecycle, on a caller's connection.
+
+Every write is idempotent and order-tolerant, so any number of projector actors may
+apply events of one image at once, in any order, more than once:
+
+- ``advance``: two conditional UPDATEs, no read-then-write. The step's own fields (its
+  timestamp, dimensions...) always land; the status moves only if the row's current
+  rank is lower, or it failed earlier than this step (a replay that succeeded).
+- ``fail``: unless the image was indexed after the failure.
+- ``dedup_failed``: recorded, never a demotion.
+- ``link``: matches in both directions; a stronger kind replaces a weaker one; links
+  to or from an image no longer catalogued are not written.
+
+Statements are built once with bind parameters and run as ``executemany`` over a
+consumer batch (the projection's cost was mostly statement building; see
+benchmarks/RESULTS.md). Rows are written in image-id order, so two projectors'
+transactions take row locks in the same order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from ingestion.tables import duplicates, images
+
+# How far along each status is; the projection never moves an image backwards.
+STATUS_RANK = {"uploaded": 0, "validated": 1, "processed": 2, "indexed": 3}
+STAGE_OF_STATUS = {"uploaded": "ingestion", "validated": "validation",
+                   "processed": "embedding", "indexed": "indexing"}
+KIND_RANK = {"exact": 0, "near": 1, "similar": 2}
+_ID, _AT = sa.bindparam("b_image_id"), sa.bindparam("b_at")
+
+
+@dataclass
+class Changes:
+    """A consumer batch's lifecycle writes, applied in one transaction."""
+
+    advances: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    dedup_failed: list[str] = field(default_factory=list)
+    links: list[tuple[str, str, list[str], list[tuple[str, str, float]]]] = field(
+        default_factory=list)
+
+    def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> None:
+        self.advances[status].append({"image_id": image_id, "at": at, **fields})
+
+    def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> None:
+        self.failures.append({"image_id": image_id, "stage": stage, "reason": reason,
+                              "message": message[:2000], "at": at})
+
+
+def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{f"b_{k}": v for k, v in row.items()} for row in
+            sorted(rows, key=lambda r: r["image_id"])]
+
+
+def _run(conn: sa.Connection, statement: Any, rows: list[dict[str, Any]]) -> int:
+    """One row: its rowcount; several: executemany (rowcount as the driver reports it)."""
+    bound = _bound(rows)
+    return conn.execute(statement, bound[0] if len(bound) == 1 else bound).rowcount
+
+
+@cache
+def _stamp(status: str, fields: tuple[str, ...]) -> Any:
+    return images.update().where(images.c.image_id == _ID).values(
+        {f"{status}_at": _AT, **{f: sa.bindparam(f"b_{f}") for f in fields}})
+
+
+@cache
+def _move(status: str) -> Any:
+    current_rank = sa.case(STATUS_RANK, value=images.c.status, else_=99)
+    return images.update().where(images.c.image_id == _ID, sa.or_(
+        sa.and_(images.c.status != "failed", current_rank < STATUS_RANK[status]),
+        sa.and_(images.c.status == "failed",
+                sa.or_(images.c.failed_at.is_(None), images.c.failed_at <= _AT)))).values(
+        status=status, stage=STAGE_OF_STATUS[status], failure_reason=None, failure_message=None)
+
+
+_FAIL = images.update().where(
+    images.c.image_id == _ID, sa.or_(images.c.indexed_at.is_(None), images.c.indexed_at < _AT),
+).values(status="failed", stage=sa.bindparam("b_stage"), failure_reason=sa.bindparam("b_reason"),
+         failure_message=sa.bindparam("b_message"), failed_at=_AT)
+_DEDUP_FAILED = images.update().where(images.c.image_id == _ID).values(dedup_tiers="failed")
+
+
+def advance(conn: sa.Connection, status: str, rows: list[dict[str, Any]]) -> int:
+    """Rows of ``image_id``, ``at`` and the step's fields (the same fields in every row)."""
+    fields = tuple(sorted(set(rows[0]) - {"image_id", "at"}))
+    _run(conn, _stamp(status, fields), rows)
+    return _run(conn, _move(status), [{"image_id": r["image_id"], "at": r["at"]} for r in rows])
+
+
+def fail(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
+    return _run(conn, _FAIL, rows)
+
+
+def dedup_failed(conn: sa.Connection, image_ids: list[str]) -> int:
+    return _run(conn, _DEDUP_FAILED, [{"image_id": i} for i in image_ids])
+
+
+def link(conn: sa.Connection, tenant_id: str, image_id: str, tiers: list[str],
+         matches: list[tuple[str, str, float]]) -> None:
+    # Write first: the transaction then holds the write lock (SQLite) before it reads
+    # which images still exist, so a delete cannot slip in between.
+    if not conn.execute(images.update().where(images.c.image_id == image_id,
+                                              images.c.tenant_id == tenant_id)
+                        .values(dedup_tiers=",".join(tiers))).rowcount:
+        return  # deleted
+    others = [other for other, _, _ in matches]
+    alive = {row[0] for row in conn.execute(sa.select(images.c.image_id).where(
+        images.c.tenant_id == tenant_id, images.c.image_id.in_(others)))} if others else set()
+    for other, kind, score in matches:
+        if other not in alive:
+            continue
+        for a, b in ((image_id, other), (other, image_id)):
+            existing = conn.execute(sa.select(duplicates.c.kind).where(
+                duplicates.c.image_id == a, duplicates.c.other_id == b)).first()
+            if existing is None:
+                conn.execute(duplicates.insert().values(
+                    tenant_id=tenant_id, image_id=a, other_id=b, kind=kind, score=score))
+            elif KIND_RANK[kind] < KIND_RANK.get(existing[0], 9):
+                conn.execute(duplicates.update().where(
+                    duplicates.c.image_id == a, duplicates.c.other_id == b)
+                    .values(kind=kind, score=score))
+
+
+def apply(conn: sa.Connection, changes: Changes) -> None:
+    """Every write of a batch: steps in pipeline order, then failures, then links."""
+    for status in sorted(changes.advances, key=STATUS_RANK.__getitem__):
+        by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for row in changes.advances[status]:
+            by_fields[tuple(sorted(row))].append(row)
+        for rows in by_fields.values():
+            advance(conn, status, rows)
+    if changes.failures:
+        fail(conn, changes.failures)
+    if changes.dedup_failed:
+        dedup_failed(conn, changes.dedup_failed)
+    for tenant_id, image_id, tiers, matches in sorted(changes.links, key=lambda x: x[1]):
+        link(conn, tenant_id, image_id, tiers, matches)
