@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -116,3 +118,13 @@ def start_local_broker(port: int = 0, log_path: str | None = None) -> LocalBroke
         raise
     log.info("local broker (tansu, in-memory) listening on %s", broker.bootstrap)
     return broker
+
+
+@contextmanager
+def local_broker(port: int = 0, log_path: str | None = None) -> Iterator[LocalBroker]:
+    """A broker for the length of a ``with`` block (benchmarks, tests)."""
+    broker = start_local_broker(port, log_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()

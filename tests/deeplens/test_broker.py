@@ -2,17 +2,15 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 import deeplens.broker as broker_mod
-from deeplens.broker import BrokerError, start_local_broker
+from deeplens.broker import BrokerError, local_broker
 
 
 def test_local_broker_starts_answers_and_stops() -> None:
-    broker = start_local_broker()
-    try:
+    with local_broker() as broker:
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         assert admin.list_topics(timeout=5).brokers
-    finally:
-        broker.stop()
-    assert broker.process.poll() is not None
+        process = broker.process
+    assert process.poll() is not None
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch) -> None:
