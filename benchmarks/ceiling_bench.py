@@ -197,7 +197,7 @@ def main() -> None:
         print("where: " + "; ".join(f"{a} {pct}%" for a, pct in prof["areas"]))
         print("self:  " + "; ".join(f"{f} {pct}%" for f, pct in prof["self"]))
         print("ours:  " + "; ".join(f"{f} {pct}%" for f, pct in prof["deeplens_inclusive"]))
-    print(f"recorded in {record('ceiling', figures)}")
+    print(f"recorded in {record('ceiling_profile' if args.profile else 'ceiling', figures)}")
 
 
 if __name__ == "__main__":

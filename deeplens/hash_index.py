@@ -16,9 +16,12 @@ Two near distances per pair of images (``near_distances``):
 
 Several dedup actors share the table, and each keeps its own cache, so:
 
-- a refresh re-reads a window of ``REFRESH_OVERLAP`` sequence numbers below the
-  highest it has seen: a row that took its ``seq`` early but committed late (two
-  writers on PostgreSQL) is still picked up;
+- a refresh reads the rows past the highest ``seq`` it has seen and, at most every
+  ``SWEEP_EVERY_S``, re-reads the ids of a window of ``REFRESH_OVERLAP`` sequence
+  numbers below it: a row that took its ``seq`` early but committed late (two
+  writers on PostgreSQL) is still picked up. Only ids are re-read; hashes are
+  fetched for rows not yet cached (re-reading 1,000 rows of hashes per image was
+  most of the dedup actor's CPU in ``ceiling_bench --profile``);
 - matches from the cache are confirmed against the table before they are
   returned, so an image another actor forgot (deleted) is never reported.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -56,6 +60,7 @@ image_hashes = sa.Table(
 )
 
 REFRESH_OVERLAP = 1000
+SWEEP_EVERY_S = 1.0
 
 
 def to_signed(value: int) -> int:
@@ -174,6 +179,7 @@ def _windows_of(phash: int, windows: bytes | None) -> np.ndarray:
 @dataclass
 class _TenantHashes:
     last_seq: int = 0
+    swept_at: float = float("-inf")  # monotonic time of the last overlap sweep
     ids: list[str] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
     windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint64))
@@ -243,20 +249,27 @@ class HashIndex:
 
     def _refresh(self, tenant_id: str) -> _TenantHashes:
         cached = self._cache.setdefault(tenant_id, _TenantHashes())
-        query = (sa.select(image_hashes.c.seq, image_hashes.c.image_id, image_hashes.c.phash,
-                           image_hashes.c.windows)
-                 .where(image_hashes.c.tenant_id == tenant_id,
-                        image_hashes.c.seq > cached.last_seq - REFRESH_OVERLAP)
-                 .order_by(image_hashes.c.seq))
+        now = time.monotonic()
+        sweep = now - cached.swept_at >= SWEEP_EVERY_S
+        low = cached.last_seq - REFRESH_OVERLAP if sweep else cached.last_seq
+        t = image_hashes.c
         with self.engine.connect() as conn:
-            rows = [r for r in conn.execute(query).all() if r[1] not in cached.known]
+            seen = conn.execute(sa.select(t.seq, t.image_id).where(
+                t.tenant_id == tenant_id, t.seq > low)).all()
+            new = [image_id for _, image_id in seen if image_id not in cached.known]
+            rows = conn.execute(sa.select(t.seq, t.image_id, t.phash, t.windows).where(
+                t.tenant_id == tenant_id, t.image_id.in_(new)).order_by(t.seq)).all() \
+                if new else []
+        if sweep:
+            cached.swept_at = now
         if rows:
             cached.ids.extend(r[1] for r in rows)
             cached.known.update(r[1] for r in rows)
             fresh = np.stack([_windows_of(int(r[2]), r[3]) for r in rows])
             cached.windows = (fresh if not len(cached.windows)
                               else np.concatenate([cached.windows, fresh]))
-            cached.last_seq = max(cached.last_seq, rows[-1][0])
+        if seen:
+            cached.last_seq = max(cached.last_seq, max(seq for seq, _ in seen))
         return cached
 
     def forget(self, tenant_id: str, image_id: str) -> None:

@@ -87,6 +87,9 @@ _FAIL = images.update().where(
 ).values(status="failed", stage=sa.bindparam("b_stage"), failure_reason=sa.bindparam("b_reason"),
          failure_message=sa.bindparam("b_message"), failed_at=_AT)
 _DEDUP_FAILED = images.update().where(images.c.image_id == _ID).values(dedup_tiers="failed")
+_TIERS = images.update().where(images.c.image_id == _ID,
+                               images.c.tenant_id == sa.bindparam("b_tenant_id")).values(
+    dedup_tiers=sa.bindparam("b_tiers"))
 
 
 def advance(conn: sa.Connection, status: str, rows: list[dict[str, Any]]) -> int:
@@ -142,5 +145,11 @@ def apply(conn: sa.Connection, changes: Changes) -> None:
         fail(conn, changes.failures)
     if changes.dedup_failed:
         dedup_failed(conn, changes.dedup_failed)
+    # Most images match nothing: their tiers are one executemany; the others link each.
+    alone = [{"image_id": i, "tenant_id": t, "tiers": ",".join(tiers)}
+             for t, i, tiers, matches in changes.links if not matches]
+    if alone:
+        _run(conn, _TIERS, alone)
     for tenant_id, image_id, tiers, matches in sorted(changes.links, key=lambda x: x[1]):
-        link(conn, tenant_id, image_id, tiers, matches)
+        if matches:
+            link(conn, tenant_id, image_id, tiers, matches)

@@ -120,9 +120,15 @@ def test_an_image_forgotten_by_another_actor_is_not_reported(tmp_path) -> None:
     assert actor_2.near("alpha", "b", h2, 10) == []
 
 
-def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path) -> None:
-    """A writer that took a lower seq but committed after a refresh is not skipped."""
+def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path, monkeypatch) -> None:
+    """A writer that took a lower seq but committed after a refresh is not skipped: the
+    next overlap sweep (at most SWEEP_EVERY_S later) picks it up."""
+    import time
+
+    import deeplens.hash_index as hash_index
     from deeplens.hash_index import image_hashes, to_signed
+
+    monkeypatch.setattr(hash_index, "SWEEP_EVERY_S", 0.2)
 
     url = f"sqlite:///{tmp_path}/h.db"
     reader = HashIndex(url)
@@ -138,6 +144,7 @@ def test_a_row_committed_out_of_sequence_order_is_still_seen(tmp_path) -> None:
         conn.execute(image_hashes.insert().values(seq=20, tenant_id="alpha", image_id="slow",
                                                   sha256="s1", pixel_sha256="p1",
                                                   phash=to_signed(h)))
+    time.sleep(0.25)
     assert [i for i, _ in reader.near("alpha", "q", h, 4)] == ["slow"]
 
 
