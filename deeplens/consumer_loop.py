@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from deeplens.batch_runner import BatchHandler, BatchRunner, LoopStats
-from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, RetryHolds, pause_plan
+from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitions, RetryHolds
 from deeplens.events import Stage
 from deeplens.kafka import EventProducer, make_consumer
 from deeplens.settings import KafkaSettings
@@ -75,8 +75,7 @@ class ConsumerLoop:
         self.offsets = OffsetTracker()
         self.backpressure = Backpressure(self.max_in_flight)
         self.holds = RetryHolds()
-        self._owned: set[tuple[str, int]] = set()
-        self._paused_tps: set[tuple[str, int]] = set()
+        self.partitions = Partitions()
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> ConsumerLoop:
@@ -157,7 +156,7 @@ class ConsumerLoop:
         offsets, finished = self.offsets.pop_finished()
         if not finished:
             return
-        owned = self._owned if only is None else only
+        owned = self.partitions.owned if only is None else only
         commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in owned]
         if self.before_commit is not None:
             self.before_commit([env for b in finished for env in b.envelopes])
@@ -191,8 +190,7 @@ class ConsumerLoop:
         """Pause what should be paused now: everything under backpressure, plus held retries."""
         held = self.holds.expire(int(time.time() * 1000))
         self.stats.held = len(held)
-        pause, resume, self._paused_tps = pause_plan(self._owned, self._paused_tps,
-                                                     self.backpressure.paused, held)
+        pause, resume = self.partitions.plan(self.backpressure.paused, held)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
         if resume:
@@ -200,33 +198,25 @@ class ConsumerLoop:
 
     # -- rebalance -----------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._owned |= {(p.topic, p.partition) for p in partitions}
-        self.stats.assigned = sorted(self._owned)
-        # librdkafka keeps an application pause across rebalances: a partition paused
-        # before a session loss comes back paused. Resume on assignment and let
-        # _apply_pauses pause again only what should be.
+        self.partitions.assign((p.topic, p.partition) for p in partitions)
         if partitions:
             consumer.resume(partitions)
-        self._paused_tps -= {(p.topic, p.partition) for p in partitions}
+        self.stats.assigned = sorted(self.partitions.owned)
         log.info("%s: assigned %s", self.stage, [(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Finish what is in flight, commit it, then let the partitions go."""
-        revoked = {(p.topic, p.partition) for p in partitions}
         wait(self.offsets.pending(), timeout=15.0)
-        self._commit_done(consumer, only=self._owned)
-        self._forget(revoked)
-        log.info("%s: revoked %s", self.stage, sorted(revoked))
+        self._commit_done(consumer, only=self.partitions.owned)
+        self._on_lost(consumer, partitions)
+        log.info("%s: revoked %s", self.stage, [(p.topic, p.partition) for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): another member may own them already; commit nothing.
-        self._forget({(p.topic, p.partition) for p in partitions})
-
-    def _forget(self, tps: set[tuple[str, int]]) -> None:
-        self._owned -= tps
-        self._paused_tps -= tps
-        self.holds.forget(tps)
-        self.stats.assigned = sorted(self._owned)
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.partitions.forget(gone)
+        self.holds.forget(gone)
+        self.stats.assigned = sorted(self.partitions.owned)
 
     def _is_error(self, msg: Message) -> bool:
         err = msg.error()

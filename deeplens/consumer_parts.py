@@ -5,7 +5,8 @@
 - :class:`Backpressure`: pause at ``max_in_flight`` batches, resume below about half.
 - :class:`RetryHolds`: a retry message that is not yet due holds its partition
   (rewound to it) until its not-before time.
-- :func:`pause_plan`: which partitions to pause and resume, given the two above.
+- :class:`Partitions`: what is owned and paused through rebalances; which partitions
+  to pause and resume, given the two above.
 
 Partitions are ``(physical topic, partition)`` pairs throughout.
 """
@@ -126,9 +127,29 @@ class RetryHolds:
             self.due.pop(tp, None)
 
 
-def pause_plan(owned: set[TP], paused_now: set[TP], backpressured: bool,
-               held: set[TP]) -> tuple[set[TP], set[TP], set[TP]]:
-    """(to pause, to resume, paused afterwards): everything owned under backpressure,
-    else only the held retry partitions."""
-    wanted = set(owned) if backpressured else held & owned
-    return wanted - paused_now, (paused_now - wanted) & owned, wanted
+@dataclass
+class Partitions:
+    """The partitions this consumer owns and those it has paused, through rebalances."""
+
+    owned: set[TP] = field(default_factory=set)
+    paused: set[TP] = field(default_factory=set)
+
+    def assign(self, tps: Iterable[TP]) -> None:
+        # librdkafka keeps an application pause across rebalances: the loop resumes what
+        # it is given and pauses again only what should be (plan).
+        tps = set(tps)
+        self.owned |= tps
+        self.paused -= tps
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        self.owned -= tps
+        self.paused -= tps
+
+    def plan(self, backpressured: bool, held: set[TP]) -> tuple[set[TP], set[TP]]:
+        """(to pause, to resume) now: everything owned under backpressure, else only the
+        held retry partitions."""
+        wanted = set(self.owned) if backpressured else held & self.owned
+        pause, resume = wanted - self.paused, (self.paused - wanted) & self.owned
+        self.paused = wanted
+        return pause, resume

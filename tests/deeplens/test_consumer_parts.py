@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, RetryHolds, pause_plan
+from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitions, RetryHolds
 from deeplens.events import ImageUploaded
 from deeplens.stage_sdk import H_ATTEMPT, H_ORIGIN_OFFSET, H_ORIGIN_TOPIC, envelope_of, usage_event
 
@@ -67,12 +67,20 @@ def test_retry_holds_rewind_to_the_first_message_not_due() -> None:
     assert holds.expire(now_ms=2500) == set()
 
 
-def test_pause_plan() -> None:
-    owned = {("a", 0), ("a", 1), ("r", 0)}
-    pause, resume, now = pause_plan(owned, set(), backpressured=True, held=set())
-    assert pause == owned and resume == set() and now == owned
-    pause, resume, now = pause_plan(owned, now, backpressured=False, held={("r", 0), ("x", 9)})
-    assert pause == set() and resume == {("a", 0), ("a", 1)} and now == {("r", 0)}
+def test_pause_plan_through_rebalances() -> None:
+    parts = Partitions()
+    parts.assign([("a", 0), ("a", 1), ("r", 0)])
+    owned = set(parts.owned)
+    assert parts.plan(backpressured=True, held=set()) == (owned, set())
+    assert parts.plan(backpressured=True, held=set()) == (set(), set())  # already paused
+    # Drained: resume all but the held retry partition (and never one not owned).
+    assert parts.plan(backpressured=False, held={("r", 0), ("x", 9)}) == (
+        set(), {("a", 0), ("a", 1)})
+    parts.forget([("r", 0)])  # revoked while held: nothing left to resume
+    assert parts.plan(backpressured=False, held=set()) == (set(), set())
+    parts.plan(backpressured=True, held=set())
+    parts.assign([("a", 1)])  # re-assigned after a session loss comes back unpaused
+    assert ("a", 1) not in parts.paused and parts.plan(True, set()) == ({("a", 1)}, set())
 
 
 def test_envelope_keeps_a_retried_events_origin() -> None:
