@@ -113,7 +113,7 @@ class Catalog:
                         matches: list[tuple[str, str, float]]) -> None:
         """Record matches in both directions (``lifecycle.link``)."""
         with self.engine.begin() as conn:
-            lifecycle.link(conn, tenant_id, image_id, tiers, matches)
+            lifecycle.link(conn, [(tenant_id, image_id, tiers, matches)])
 
     def duplicates_of(self, tenant_id: str, image_id: str) -> list[DuplicateRow]:
         query = (sa.select(duplicates.c.other_id, duplicates.c.kind, duplicates.c.score)

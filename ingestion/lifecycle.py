@@ -8,8 +8,9 @@ apply events of one image at once, in any order, more than once:
   rank is lower, or it failed earlier than this step (a replay that succeeded).
 - ``fail``: unless the image was indexed after the failure.
 - ``dedup_failed``: recorded, never a demotion.
-- ``link``: matches in both directions; a stronger kind replaces a weaker one; links
-  to or from an image no longer catalogued are not written.
+- ``link``: matches in both directions; a stronger kind replaces a weaker one (an
+  upsert whose update only applies to a stronger kind); links to or from an image no
+  longer catalogued are not written.
 
 Statements are built once with bind parameters and run as ``executemany`` over a
 consumer batch (the projection's cost was mostly statement building; see
@@ -107,30 +108,44 @@ def dedup_failed(conn: sa.Connection, image_ids: list[str]) -> int:
     return _run(conn, _DEDUP_FAILED, [{"image_id": i} for i in image_ids])
 
 
-def link(conn: sa.Connection, tenant_id: str, image_id: str, tiers: list[str],
-         matches: list[tuple[str, str, float]]) -> None:
+def _upsert_links(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert links; where one exists, a stronger kind replaces a weaker one (one
+    ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` for the whole batch)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(duplicates)
+    new, old = statement.excluded, duplicates.c
+    statement = statement.on_conflict_do_update(
+        index_elements=[old.image_id, old.other_id],
+        set_={"kind": new.kind, "score": new.score},
+        where=sa.case(KIND_RANK, value=new.kind, else_=9)
+        < sa.case(KIND_RANK, value=old.kind, else_=9))
+    conn.execute(statement, sorted(rows, key=lambda r: (r["image_id"], r["other_id"])))
+
+
+def link(conn: sa.Connection, links: list[tuple[str, str, list[str], list[tuple[str, str, float]]]]
+         ) -> None:
+    """Record each image's dedup tiers and its matches, both directions; links to or from
+    an image no longer catalogued are not written."""
     # Write first: the transaction then holds the write lock (SQLite) before it reads
     # which images still exist, so a delete cannot slip in between.
-    if not conn.execute(images.update().where(images.c.image_id == image_id,
-                                              images.c.tenant_id == tenant_id)
-                        .values(dedup_tiers=",".join(tiers))).rowcount:
-        return  # deleted
-    others = [other for other, _, _ in matches]
-    alive = {row[0] for row in conn.execute(sa.select(images.c.image_id).where(
-        images.c.tenant_id == tenant_id, images.c.image_id.in_(others)))} if others else set()
-    for other, kind, score in matches:
-        if other not in alive:
-            continue
-        for a, b in ((image_id, other), (other, image_id)):
-            existing = conn.execute(sa.select(duplicates.c.kind).where(
-                duplicates.c.image_id == a, duplicates.c.other_id == b)).first()
-            if existing is None:
-                conn.execute(duplicates.insert().values(
-                    tenant_id=tenant_id, image_id=a, other_id=b, kind=kind, score=score))
-            elif KIND_RANK[kind] < KIND_RANK.get(existing[0], 9):
-                conn.execute(duplicates.update().where(
-                    duplicates.c.image_id == a, duplicates.c.other_id == b)
-                    .values(kind=kind, score=score))
+    _run(conn, _TIERS, [{"image_id": i, "tenant_id": t, "tiers": ",".join(tiers)}
+                        for t, i, tiers, _ in links])
+    involved = {(t, i) for t, i, _, matches in links if matches} | {
+        (t, other) for t, _, _, matches in links for other, _, _ in matches}
+    if not involved:
+        return
+    ids = sorted({i for _, i in involved})
+    alive = {(t, i) for t, i in conn.execute(sa.select(images.c.tenant_id, images.c.image_id)
+                                             .where(images.c.image_id.in_(ids)))}
+    rows = [{"tenant_id": t, "image_id": a, "other_id": b, "kind": kind, "score": score}
+            for t, image_id, _, matches in links if (t, image_id) in alive
+            for other, kind, score in matches if (t, other) in alive
+            for a, b in ((image_id, other), (other, image_id))]
+    if rows:
+        _upsert_links(conn, rows)
 
 
 def apply(conn: sa.Connection, changes: Changes) -> None:
@@ -145,11 +160,5 @@ def apply(conn: sa.Connection, changes: Changes) -> None:
         fail(conn, changes.failures)
     if changes.dedup_failed:
         dedup_failed(conn, changes.dedup_failed)
-    # Most images match nothing: their tiers are one executemany; the others link each.
-    alone = [{"image_id": i, "tenant_id": t, "tiers": ",".join(tiers)}
-             for t, i, tiers, matches in changes.links if not matches]
-    if alone:
-        _run(conn, _TIERS, alone)
-    for tenant_id, image_id, tiers, matches in sorted(changes.links, key=lambda x: x[1]):
-        if matches:
-            link(conn, tenant_id, image_id, tiers, matches)
+    if changes.links:
+        link(conn, changes.links)

@@ -120,3 +120,24 @@ def test_a_batch_in_one_transaction_ends_where_event_by_event_does(tmp_path, cat
     final = {i: one_by_one.get("acme", f"img{i}") for i in range(6)}
     assert [final[i].status for i in range(6)] == ["indexed"] * 5 + ["failed"]
     assert final[0].width == 8 and final[0].pipeline_seconds == 4.0
+
+
+def test_links_of_one_batch_upsert_both_ways_strongest_kind_wins(catalog_url) -> None:
+    """Both images of a pair found in one batch, twice (a redelivery): one link each way,
+    of the stronger kind, on SQLite and PostgreSQL alike."""
+    catalog = Catalog(catalog_url)
+    for image_id in ("a", "b", "c"):
+        catalog.insert(row(image_id))
+    a_finds_b = DuplicatesFound(tenant_id="acme", image_id="a", tiers=["exact", "near"],
+                                matches=[DuplicateMatch(image_id="b", kind="near", score=0.8)])
+    b_finds_a = DuplicatesFound(tenant_id="acme", image_id="b", tiers=["exact", "near"],
+                                matches=[DuplicateMatch(image_id="a", kind="exact", score=1.0),
+                                         DuplicateMatch(image_id="gone", kind="near", score=0.9)])
+    c_alone = DuplicatesFound(tenant_id="acme", image_id="c", tiers=["exact"], matches=[])
+    apply(catalog, *map(envelope, [a_finds_b, b_finds_a, c_alone, a_finds_b, b_finds_a]))
+    for image_id, other in (("a", "b"), ("b", "a")):
+        links = catalog.duplicates_of("acme", image_id)
+        assert [(d.image_id, d.kind, d.score) for d in links] == [(other, "exact", 1.0)]
+    assert catalog.get("acme", "c").dedup_tiers == "exact"
+    apply(catalog, envelope(a_finds_b))  # a weaker kind later changes nothing
+    assert catalog.duplicates_of("acme", "a")[0].kind == "exact"
