@@ -47,9 +47,10 @@ STAGES: tuple[StageDef, ...] = (
              ("duplicates.found", _FAILED), True, "dedupers", "hash index, vector store"),
     StageDef("projection", "ingestion.projection:build_handler",
              ("images.validated", "images.processed", "images.indexed", _FAILED,
-              "duplicates.found"), (), False, "projectors", "catalog"),
+              "duplicates.found"), (), False, "projectors", "catalog",
+             in_flight="store_batches_in_flight"),
     StageDef("usage", "ingestion.usage:build_handler", ("tenant.usage",), (), False, None,
-             "catalog (usage table)"),
+             "catalog (usage table)", in_flight="store_batches_in_flight"),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

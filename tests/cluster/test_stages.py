@@ -42,6 +42,7 @@ def test_settings_named_by_the_table_exist() -> None:
     specs = {spec.stage: (spec, count) for spec, count in stage_specs(settings)}
     assert specs["dedup"][1] == 3 and specs["usage"][1] == 1
     assert specs["embedding"][0].max_in_flight == 4 and specs["indexing"][0].max_in_flight == 1
+    assert specs["projection"][0].max_in_flight == specs["usage"][0].max_in_flight == 2
 
 
 def test_only_retrying_stages_have_ladders_and_cli_choices() -> None:
