@@ -5,7 +5,8 @@ stacks, non-blocking, idle threads left out) on every process at once and return
 role: the sample count, the share of samples by *where the time is spent* (the innermost
 frame that is not the standard library: Kafka client, pydantic, SQLAlchemy, Ray/Serve,
 HTTP framework, ... or DeepLens' own code), the top functions by self time, and the top
-DeepLens functions by inclusive time.
+DeepLens functions by inclusive time. py-spy is installed with ``ray[serve]``; it
+needs ptrace rights over the processes (root, or ``kernel.yama.ptrace_scope=0``).
 """
 
 from __future__ import annotations
