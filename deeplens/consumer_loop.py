@@ -32,7 +32,7 @@ from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitio
 from deeplens.events import Stage
 from deeplens.kafka import EventProducer, make_consumer
 from deeplens.settings import KafkaSettings
-from deeplens.stage_sdk import H_NOT_BEFORE, Envelope, header_int
+from deeplens.stage_sdk import H_NOT_BEFORE, Envelope
 from deeplens.topics import TopicNames, retry_ladder
 
 __all__ = ["BatchHandler", "ConsumerLoop", "LoopStats"]
@@ -176,10 +176,7 @@ class ConsumerLoop:
         """Keep retry messages until their not-before time: rewind and hold the partition."""
         if not self.ladder or not messages:
             return messages
-        coords = [(m.topic(), m.partition(), m.offset(),
-                   header_int({k: (v or b"").decode(errors="replace")
-                               for k, v in (m.headers() or [])}, H_NOT_BEFORE))
-                  for m in messages]
+        coords = [(m.topic(), m.partition(), m.offset(), _not_before(m)) for m in messages]
         keep, rewind = self.holds.split(coords, int(time.time() * 1000))
         for (topic, partition), offset in rewind.items():
             consumer.seek(TopicPartition(topic, partition, offset))
@@ -226,3 +223,15 @@ class ConsumerLoop:
             self.stats.last_error = err.str()
             log.warning("%s: consumer error: %s", self.stage, err.str())
         return True
+
+
+def _not_before(msg: Message) -> int | None:
+    """A retry message's due time (ms), read from its raw headers: the batch runner decodes
+    the whole header set later, and only for the messages that are handled now."""
+    for key, value in msg.headers() or []:
+        if key == H_NOT_BEFORE and value:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -28,8 +28,8 @@ from deeplens.events import (
 )
 from deeplens.kafka import Outbound
 
-__all__ = ["Envelope", "Outbound", "Retry", "envelope_of", "failure", "header_int",
-           "split_deleted", "usage_event"]
+__all__ = ["Envelope", "Outbound", "Retry", "envelope_of", "failure", "split_deleted",
+           "usage_event"]
 
 H_EVENT_TYPE = "event-type"
 H_ATTEMPT = "attempt"
@@ -80,13 +80,6 @@ def envelope_of(event: Event, *, topic: str, partition: int, offset: int, key: s
         origin_partition=int(headers.get(H_ORIGIN_PARTITION, partition)),
         origin_offset=int(headers.get(H_ORIGIN_OFFSET, offset)),
     )
-
-
-def header_int(headers: dict[str, str], name: str) -> int | None:
-    try:
-        return int(headers[name]) if headers.get(name) else None
-    except ValueError:
-        return None
 
 
 def failure(env: Envelope, reason: FailureReason, message: str, stage: Stage,

@@ -136,10 +136,9 @@ class Catalog:
             return lifecycle.dedup_failed(conn, [image_id]) > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
-        changes = lifecycle.Changes()
-        changes.fail(image_id, stage, reason, message, at)
         with self.engine.begin() as conn:
-            return lifecycle.fail(conn, changes.failures) > 0
+            return lifecycle.fail(conn, [lifecycle.failure_row(image_id, stage, reason, message,
+                                                               at)]) > 0
 
     def apply(self, changes: lifecycle.Changes) -> None:
         """A consumer batch's lifecycle writes, in one transaction."""

@@ -52,8 +52,13 @@ class Changes:
         self.advances[status].append({"image_id": image_id, "at": at, **fields})
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> None:
-        self.failures.append({"image_id": image_id, "stage": stage, "reason": reason,
-                              "message": message[:2000], "at": at})
+        self.failures.append(failure_row(image_id, stage, reason, message, at))
+
+
+def failure_row(image_id: str, stage: str, reason: str, message: str,
+                at: datetime) -> dict[str, Any]:
+    return {"image_id": image_id, "stage": stage, "reason": reason, "message": message[:2000],
+            "at": at}
 
 
 def _bound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
