@@ -144,7 +144,7 @@ class ActorSettings(BaseModel):
     store_batches_in_flight: int = Field(
         2, ge=1, description="Batches the projection and usage actors write at once: one "
         "is fetched while another is written (with 1, each batch waits for the next fetch; "
-        "ceiling_bench: 41-44 -> 53 images/s end to end)")
+        "ceiling_bench, one run each: 43.7 -> 52.7 images/s end to end)")
     num_cpus: float = Field(
         0.1, gt=0, description="Ray CPU request per consumer actor (a scheduling share, not a "
         "limit). Six stages plus the Embedder must fit a 2-core laptop; raise it on a cluster")
