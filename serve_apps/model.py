@@ -73,8 +73,21 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
+MODEL_ID_WIDTH = 128  # images.feature_model is VARCHAR(128)
+
+
 def model_identity(settings: ModelSettings) -> str:
-    """The id every vector of this model carries; vectors of different ids never mix."""
+    """The id every vector of this model carries; vectors of different ids never mix.
+    Longer than the catalog's column is refused at start, naming the settings."""
+    model_id = _identity(settings)
+    if len(model_id) > MODEL_ID_WIDTH:
+        raise ValueError(
+            f"the model id {model_id[:60]!r}... is {len(model_id)} characters; the catalog "
+            f"holds {MODEL_ID_WIDTH}: shorten DEEPLENS_MODEL__NAME / DEEPLENS_MODEL__PRETRAINED")
+    return model_id
+
+
+def _identity(settings: ModelSettings) -> str:
     if settings.pretrained == RANDOM:
         # The seed is part of the id: every start and every replica with this id has the
         # very same weights, and another seed never mixes its vectors with these.

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from deeplens.db import current_revision, make_engine
 from ingestion.catalog import Catalog
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def test_a_fresh_database_gets_every_table_and_hot_index(catalog_url) -> None:
