@@ -60,14 +60,18 @@ class Tombstones:
         wanted = set(keys)
         if not wanted:
             return set()
-        ids = sorted({image_id for _, image_id in wanted})
+        by_tenant: dict[str, list[str]] = {}
+        for tenant_id, image_id in sorted(wanted):
+            by_tenant.setdefault(tenant_id, []).append(image_id)
         found: set[Key] = set()
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                query = sa.select(deleted_images.c.tenant_id, deleted_images.c.image_id).where(
-                    deleted_images.c.image_id.in_(ids[start:start + 500]))
-                found.update((row[0], row[1]) for row in conn.execute(query))
-        return found & wanted
+        with self.engine.connect() as conn:  # by the full key: the primary key's index
+            for tenant_id, ids in by_tenant.items():
+                for start in range(0, len(ids), 500):
+                    query = sa.select(deleted_images.c.image_id).where(
+                        deleted_images.c.tenant_id == tenant_id,
+                        deleted_images.c.image_id.in_(ids[start:start + 500]))
+                    found.update((tenant_id, row[0]) for row in conn.execute(query))
+        return found
 
     def since(self, when: datetime) -> list[tuple[str, str, datetime]]:
         """(tenant, image, deleted_at) of deletions recorded after ``when``."""

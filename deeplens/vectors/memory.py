@@ -14,7 +14,8 @@ It stays in step with the store without being told: a refresh thread reads, ever
 ``refresh_s``, the rows written since it last looked (LanceDB's ``indexed_at``
 column, through its scalar index) and the deletions recorded since (the catalog's
 tombstones). Rows are re-read over a window of ``OVERLAP`` so a write that
-committed late is not missed. Several writers (indexer actors) are therefore
+committed late is not missed; a re-read row whose image has a tombstone is left out,
+so a delete the indexer has not applied yet never comes back. Several writers (indexer actors) are therefore
 fine, and a new vector is searchable within ``refresh_s`` plus a query.
 
 Chosen by ``benchmarks/search_bench.py``, which shows every candidate side by side.
@@ -62,11 +63,13 @@ class MemoryIndexedStore:
     def upsert(self, model_id: str, records: list[VectorRecord]) -> None:
         self.store.upsert(model_id, records)
         now = datetime.now(UTC)
+        loaded = {}
         for record in records:
-            index = self._indexes.get((model_id, record.tenant_id))
-            if index is not None:
-                index.upsert([Row(record.image_id, np.asarray(record.vector, np.float32),
-                                   record.original_file_name, record.uploaded_at, now)])
+            if (model_id, record.tenant_id) in self._indexes:
+                loaded.setdefault(record.tenant_id, []).append(Row(
+                    record.image_id, np.asarray(record.vector, np.float32),
+                    record.original_file_name, record.uploaded_at, now))
+        self._upsert_alive(model_id, loaded)
 
     def search(self, model_id: str, tenant_id: str, vector: np.ndarray, k: int,
                exclude: frozenset[str] = frozenset()) -> list[Hit]:
@@ -127,12 +130,27 @@ class MemoryIndexedStore:
         if rows is None:
             return None
         index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
-        loaded = _rows_of(rows)
-        if self.tombstones is not None and loaded:  # deleted, not yet removed by an indexer
-            dead = self.tombstones.dead((tenant_id, r.image_id) for r in loaded)
-            loaded = [r for r in loaded if (tenant_id, r.image_id) not in dead]
-        index.upsert(loaded)
+        index.upsert(self._alive({tenant_id: _rows_of(rows)})[tenant_id])
         return index
+
+    def _alive(self, by_tenant: dict[str, list[Row]]) -> dict[str, list[Row]]:
+        """``by_tenant`` without the rows of deleted images: the store keeps a deleted
+        image's vector until an indexer removes it, and an index must never take it
+        back in, on load, refresh or upsert, however far that indexer lags."""
+        if self.tombstones is None:
+            return by_tenant
+        dead = self.tombstones.dead((t, r.image_id) for t, rows in by_tenant.items()
+                                    for r in rows)
+        if not dead:
+            return by_tenant
+        return {t: [r for r in rows if (t, r.image_id) not in dead]
+                for t, rows in by_tenant.items()}
+
+    def _upsert_alive(self, model_id: str, by_tenant: dict[str, list[Row]]) -> None:
+        for tenant, tenant_rows in self._alive(by_tenant).items():
+            index = self._indexes.get((model_id, tenant))
+            if index is not None and tenant_rows:
+                index.upsert(tenant_rows)
 
     @staticmethod
     def _dim(rows: Any) -> int:
@@ -152,10 +170,8 @@ class MemoryIndexedStore:
                 by_tenant.setdefault(tenant, []).append(row)
             stamps = [r.indexed_at for rs in by_tenant.values() for r in rs if r.indexed_at]
             newest = max(stamps, default=since + OVERLAP)
-            for tenant, tenant_rows in by_tenant.items():
-                index = self._indexes.get((model_id, tenant))
-                if index is not None:
-                    index.upsert(tenant_rows)
+            self._upsert_alive(model_id, {t: rs for t, rs in by_tenant.items()
+                                          if (model_id, t) in self._indexes})
             self._watermarks[model_id] = max(self._watermarks.get(model_id, newest), newest)
         if self.tombstones is not None:
             for tenant, image_id, deleted_at in self.tombstones.since(self._deleted_mark - OVERLAP):
