@@ -15,7 +15,8 @@ Pillow with open_clip's own transform (the reference, and the fallback).
 
 A DALI batch fails as a whole when one item does not decode; the decoder then
 rebuilds its pipeline and retries item by item, and an item DALI cannot decode
-goes to Pillow. Only an item neither can decode fails, and it fails alone.
+goes to Pillow. Only an item neither can decode fails, and it fails alone. A fault of
+the device itself is raised, never rebuilt around (``serve_apps.device_faults``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from deeplens.image_hashes import (
     pillow_parts,
     thumb_size,
 )
+from serve_apps.device_faults import is_device_fault
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,8 @@ class PillowDecoder:
         from PIL import Image, ImageOps, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                rgb = ImageOps.exif_transpose(img).convert("RGB")
+            with Image.open(io.BytesIO(data)) as img:  # an MPO's first picture
+                rgb = to_rgb(ImageOps.exif_transpose(img))
             grey, print_, thumb = pillow_parts(rgb)
             return Decoded(self.preprocess(rgb), grey, print_, np.asarray(thumb))
         except UnidentifiedImageError as exc:
@@ -90,6 +92,22 @@ class PillowDecoder:
             except DecodeError as exc:
                 out.append(exc)
         return out
+
+
+# Pillow's 16-bit greyscale modes (PNG); convert("RGB") would clip them, not scale them.
+_WIDE_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def to_rgb(img: Any) -> Any:
+    """8-bit RGB of any mode the formats yield: CMYK (Adobe's inverted JPEGs included),
+    grey, palette, alpha (dropped, as DALI does), and 16-bit grey scaled as DALI scales it,
+    round(v / 257), where Pillow's own conversion would clip it to white."""
+    from PIL import Image
+
+    if img.mode in _WIDE_GREY:
+        wide = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 class DaliDecoder:
@@ -176,16 +194,22 @@ class DaliDecoder:
         for index, data in enumerate(items):
             try:
                 geometry[index] = center_crop_geometry(data, self.image_size)
-                ready.append(index)
             except DecodeError as exc:
                 out[index] = exc  # not even a readable header: no decoder will manage
+                continue
+            if _pillow_only(data):
+                out[index] = self._pillow(data)
+            else:
+                ready.append(index)
         for start in range(0, len(ready), self.max_batch_size):
             chunk = ready[start : start + self.max_batch_size]
             try:
                 decoded = self._run([items[i] for i in chunk], [geometry[i] for i in chunk])
                 for i, one in zip(chunk, decoded, strict=True):
                     out[i] = one
-            except Exception:  # noqa: BLE001 - one bad item spoils a DALI batch: go item by item
+            except Exception as exc:  # noqa: BLE001 - one bad item spoils a DALI batch
+                if is_device_fault(exc):
+                    raise  # no rebuild on a failed device: the replica is broken
                 self._pipe = self._build()
                 for i in chunk:
                     out[i] = self._one(items[i], geometry[i])
@@ -195,6 +219,8 @@ class DaliDecoder:
         try:
             return self._run([data], [geometry])[0]
         except Exception as exc:  # noqa: BLE001
+            if is_device_fault(exc):
+                raise
             log.info("DALI could not decode an item (%s); trying Pillow", str(exc)[:120])
             self._pipe = self._build()
         try:
@@ -203,6 +229,28 @@ class DaliDecoder:
             return decoded
         except DecodeError as exc:
             return exc
+
+
+    def _pillow(self, data: bytes) -> Decoded | DecodeError:
+        try:
+            return self.fallback.decode_one(data)
+        except DecodeError as exc:
+            return exc
+
+
+def _pillow_only(data: bytes) -> bool:
+    """CMYK (and YCCK) JPEGs go straight to Pillow: nvJPEG's handling of four-component
+    JPEGs (Adobe's inverted CMYK above all) is not verified, while Pillow and DALI's CPU
+    decoder agree on them to the last level."""
+    from PIL import Image
+
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.mode == "CMYK"
+    except Exception:  # noqa: BLE001 - center_crop_geometry already read this header
+        return False
 
 
 # Resized width, height and crop_pos_x, crop_pos_y of the model input; the thumbnail's

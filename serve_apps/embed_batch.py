@@ -12,11 +12,17 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from serve_apps.device_faults import DeviceFault, is_device_fault
+
+__all__ = ["BUSY_WINDOW_S", "DeviceFault", "Embedding", "Phases", "embed_isolated",
+           "embed_items", "is_device_fault"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,8 @@ class Phases:
     """Locks and clocks of the two phases of a batch: decode (host, or DALI on the device)
     and model. One batch per phase at a time, so two batches in flight overlap."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.decode_lock = threading.Lock()
         self.model_lock = threading.Lock()
         self.decode_s = 0.0
@@ -57,28 +64,28 @@ class Phases:
     @contextmanager
     def decoding(self) -> Any:
         with self.decode_lock:
-            start = time.perf_counter()
-            self._first = self._first or start
+            start = self.clock()
+            self._first = start if self._first is None else self._first
             try:
                 yield
             finally:
-                self.decode_s += time.perf_counter() - start
+                self.decode_s += self.clock() - start
 
     @contextmanager
     def encoding(self) -> Any:
         with self.model_lock:
-            start = time.perf_counter()
+            start = self.clock()
             try:
                 yield
             finally:
-                end = time.perf_counter()
+                end = self.clock()
                 self.model_s += end - start
                 self._model_spans.append((start, end))
 
     def busy_fraction(self, now: float | None = None) -> float:
         """Model-busy seconds / wall seconds over the last BUSY_WINDOW_S (or since the
         first batch, if sooner)."""
-        now = time.perf_counter() if now is None else now
+        now = self.clock() if now is None else now
         if self._first is None:
             return 0.0
         since = max(now - BUSY_WINDOW_S, self._first)
@@ -135,32 +142,44 @@ def embed_items(clip: Any, decoder: Any, items: list[bytes],
 
 
 def _decode_isolated(decoder: Any, items: list[bytes]) -> list[Any]:
-    """The decoder's batch answer; should it raise, each item alone, so only the bad fail."""
+    """The decoder's batch answer; should it raise, each item alone, so only the bad fail.
+    A fault of the device is no item's: it raises ``DeviceFault`` for the whole call."""
     from serve_apps.decode import DecodeError
 
     try:
         return decoder.decode(items)  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - a decoder defect must not fail the batch-mates
+    except Exception as exc:  # noqa: BLE001 - a decoder defect must not fail the batch-mates
+        _raise_if_device_fault(exc, "decode")
         log.warning("batch decode raised; decoding %d items one by one", len(items))
     out: list[Any] = []
     for item in items:
         try:
             out.extend(decoder.decode([item]))
         except Exception as exc:  # noqa: BLE001
+            _raise_if_device_fault(exc, "decode")
             out.append(DecodeError(f"undecodable image: {type(exc).__name__}: {exc}"))
     return out
+
+
+def _raise_if_device_fault(exc: BaseException, phase: str) -> None:
+    if isinstance(exc, DeviceFault):
+        raise exc
+    if is_device_fault(exc):
+        raise DeviceFault(f"device fault during {phase}: {type(exc).__name__}: {exc}") from exc
 
 
 def embed_isolated(clip: Any, decoder: Any, items: list[bytes],
                    thumbnails: list[bool] | None = None,
                    phases: Phases | None = None) -> list[Embedding]:
     """``embed_items``; should the batch raise for any reason but the device, each item
-    alone: no input can fail a batch-mate (another tenant's, say)."""
+    alone: no input can fail a batch-mate (another tenant's, say). A fault of the device,
+    in any phase, raises ``DeviceFault`` and fails no item."""
     wanted = thumbnails or [False] * len(items)
     try:
         return embed_items(clip, decoder, items, wanted, phases)
     except Exception as exc:  # noqa: BLE001
-        if is_device_fault(exc) or len(items) == 1:
+        _raise_if_device_fault(exc, "the batch")
+        if len(items) == 1:
             raise
         log.warning("batch of %d raised (%s); embedding item by item", len(items), exc)
     results: list[Embedding] = []
@@ -168,12 +187,7 @@ def embed_isolated(clip: Any, decoder: Any, items: list[bytes],
         try:
             results.extend(embed_items(clip, decoder, [item], [want], phases))
         except Exception as exc:  # noqa: BLE001
-            if is_device_fault(exc):
-                raise
+            _raise_if_device_fault(exc, "the batch")
             results.append(Embedding(None, clip.model_id, error=f"{type(exc).__name__}: {exc}",
                                      error_kind="decode"))
     return results
-
-
-def is_device_fault(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and "cuda" in str(exc).lower()

@@ -10,6 +10,10 @@ Uploads (``embed_images``) get back, with their vector, the dedup hashes and a J
 thumbnail from the Embedder's one decode; query images (``embed``) get the vector only.
 Two batches are in flight at once: while the model encodes one, the next is decoded.
 The model's busy fraction over the last ``BUSY_WINDOW_S`` is in ``stats()``.
+
+A fault of the device (``serve_apps.device_faults``) in any phase fails the whole call
+with ``DeviceFault`` and fails no item; the replica then refuses work and fails its
+health check, so Serve replaces it while the caller retries.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +32,8 @@ from ray import serve
 
 from deeplens.serve_names import EMBEDDER_DEPLOYMENT
 from deeplens.settings import ModelSettings, Settings
-from serve_apps.embed_batch import Embedding, Phases, embed_isolated, is_device_fault
+from serve_apps.device_faults import DeviceFault, is_device_fault
+from serve_apps.embed_batch import Embedding, Phases, embed_isolated
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +101,11 @@ class Embedder:
     async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
         from serve_apps.model import encode_texts
 
-        vectors = await asyncio.to_thread(encode_texts, self.clip, texts)
+        def encode() -> Any:
+            with self._on_device():
+                return encode_texts(self.clip, texts)
+
+        vectors = await asyncio.to_thread(encode)
         return [v.numpy().astype(np.float32) for v in vectors]
 
     def model_id(self) -> str:
@@ -123,7 +134,25 @@ class Embedder:
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica for replacement."""
         if self._broken:
-            raise RuntimeError(f"Embedder replica broken: {self._broken}")
+            raise DeviceFault(f"Embedder replica broken: {self._broken}")
+
+    @contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """Device work: refused once the device failed; a device fault in it marks the
+        replica broken (Serve replaces it) and fails the call, never an item."""
+        if self._broken:
+            raise DeviceFault(f"Embedder replica broken: {self._broken}")
+        try:
+            yield
+        except Exception as exc:
+            if not is_device_fault(exc):
+                raise
+            self._broken = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("device fault; this replica refuses work until Serve replaces it: %s",
+                      self._broken)
+            if isinstance(exc, DeviceFault):
+                raise
+            raise DeviceFault(f"device fault: {self._broken}") from exc
 
     # Two batches in flight: one decodes while the other is on the model (Phases).
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
@@ -133,13 +162,9 @@ class Embedder:
     def _run_batch(self, requests: list[tuple[bytes, bool]]) -> list[Embedding]:
         start = time.perf_counter()
         items = [data for data, _ in requests]
-        try:
+        with self._on_device():
             results = embed_isolated(self.clip, self.decoder, items,
                                      [want for _, want in requests], self.phases)
-        except RuntimeError as exc:
-            if is_device_fault(exc):
-                self._broken = str(exc)[:300]  # a device fault: let Serve replace us
-            raise
         self.busy_s += time.perf_counter() - start
         self.batch_sizes.append(len(items))
         self.items += len(items)
