@@ -5,14 +5,22 @@ before the request body is read: an unauthenticated upload costs its sender a
 401, not the server 25 MB of buffering. The middleware also applies the
 tenant's rate limit (separate budgets for writes and reads) and throttles failed
 authentications per client address; routes read the tenant it resolved.
+
+The key is checked first: a valid key spends only its tenant's budget, so a client
+sending bad keys from behind the same NAT or load balancer never locks the others out.
+Every budget keeps its buckets in a bounded LRU, so addresses a client makes up cost
+at most ``rate_limit_max_keys`` buckets.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -25,42 +33,48 @@ from deeplens.settings import Settings
 Budget = Literal["read", "write"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bucket:
     tokens: float
     updated: float
 
 
 class RateLimiter:
-    """A token bucket per key: ``per_minute`` sustained, ``burst`` at once."""
+    """A token bucket per key: ``per_minute`` sustained, ``burst`` at once.
 
-    def __init__(self, per_minute: int, burst: int) -> None:
+    At most ``max_keys`` buckets are kept; past that the least recently used goes. A key
+    that comes back after its bucket went starts full, as a new key would: the bound
+    costs no more than one more address would."""
+
+    def __init__(self, per_minute: int, burst: int, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[str, _Bucket] = {}
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def acquire(self, key: str, now: float | None = None) -> float:
         """0.0 if allowed, else the seconds until a request would be."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return 0.0
-            return (1.0 - bucket.tokens) / self.rate
-
-    def peek(self, key: str, now: float | None = None) -> float:
-        """Like :meth:`acquire` without taking a token."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
+                bucket = self._buckets[key] = _Bucket(self.burst, now)
+                if len(self._buckets) > self.max_keys:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+            if bucket.tokens >= 1.0 - 1e-9:  # a request exactly on time is not refused
+                bucket.tokens -= 1.0          # for the rounding of its refill
                 return 0.0
-            tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            return (1.0 - bucket.tokens) / self.rate
 
 
 class AuthError(Exception):
@@ -81,18 +95,34 @@ def _retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def address_key(client: str) -> str:
+    """The failure throttle's key for a client address: an IPv6 address by its /64, the
+    block one subscriber gets, so a client cannot make up a fresh address per guess."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class Authenticator:
     """Resolves ``Authorization: Bearer <key>`` to a tenant and applies its rate limits."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         cfg = settings.ingestion
         self.keys = settings.tenant_keys()
+        self.clock = clock
         # Each Gateway replica keeps its own buckets, and Serve spreads requests evenly
         # over the replicas: each holds its share, so the tenant's total is the setting.
         share = settings.serve.gateway_replicas
 
         def limiter(per_minute: int, burst: int) -> RateLimiter:
-            return RateLimiter(max(1, per_minute // share), max(1, burst // share))
+            return RateLimiter(max(1, per_minute // share), max(1, burst // share),
+                               max_keys=cfg.rate_limit_max_keys, clock=self.now)
 
         self.limiters = {
             "read": limiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst),
@@ -100,21 +130,25 @@ class Authenticator:
         }
         self.failures = limiter(cfg.failed_auth_per_minute, cfg.failed_auth_burst)
 
+    def now(self) -> float:
+        return self.clock()
+
     def authenticate(self, authorization: str | None, client: str,
                      budget: Budget = "read") -> str:
-        """The tenant of a header value, or AuthError (401, or 429 with Retry-After)."""
-        wait_s = self.failures.peek(client)
-        if wait_s > 0:  # this address failed too often: do not even look at its key
-            raise AuthError(429, "too many failed authentications from this address",
-                            _retry_after(wait_s))
+        """The tenant of a header value, or AuthError (401, or 429 with Retry-After).
+
+        The key is looked at first: a valid key is never held back by failures from its
+        address, which may be a NAT or a load balancer shared with a client guessing."""
         scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            self.failures.acquire(client)
-            raise AuthError(401, "missing API key: send Authorization: Bearer <key>",
-                            {"WWW-Authenticate": "Bearer"})
-        tenant = self.keys.get(key.strip())
+        tenant = self.keys.get(key.strip()) if scheme.lower() == "bearer" else None
         if tenant is None:
-            self.failures.acquire(client)
+            wait_s = self.failures.acquire(address_key(client))
+            if wait_s > 0:
+                raise AuthError(429, "too many failed authentications from this address",
+                                _retry_after(wait_s))
+            if scheme.lower() != "bearer" or not key.strip():
+                raise AuthError(401, "missing API key: send Authorization: Bearer <key>",
+                                {"WWW-Authenticate": "Bearer"})
             raise AuthError(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
         wait_s = self.limiters[budget].acquire(tenant)
         if wait_s > 0:

@@ -7,41 +7,47 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
-from deeplens.auth import Authenticator, AuthMiddleware
+from deeplens.auth import Authenticator, AuthError
 from deeplens.settings import IngestionSettings, OpsSettings, Settings, SettingsError, load_settings
 from ingestion.api import create_app
 from ingestion.catalog import Catalog
 from tests import images
 from tests.conftest import make_settings
 from tests.http_server import serve_app
+from tests.ingestion.edge_app import KEY_A, FakeClock, edge_app, edge_settings
 
 
 def test_unauthenticated_request_is_refused_before_its_body_is_read(tmp_path) -> None:
-    auth = Authenticator(Settings(data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab"))
-    reached, received, sent = [], [], []
-
-    async def app(scope, receive, send):  # the routes: must never run
-        reached.append(scope["path"])
+    """Through the app as ``create_app`` builds it: a 25 MB upload without a valid key
+    is answered 401 before a single byte of its body is taken."""
+    app = edge_app(edge_settings(tmp_path))
+    received, sent = [], []
 
     async def receive():
         received.append(1)
-        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": len(received) < 4}
 
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/images", "client": ("10.0.0.9", 1),
-             "headers": [(b"content-length", b"26214400")]}
-    asyncio.run(AuthMiddleware(app, auth)(scope, receive, send))
-    assert sent[0]["status"] == 401 and not received and not reached
+    for headers in ([], [(b"authorization", b"Bearer guess-0000000000000000")]):
+        received.clear(), sent.clear()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/images", "raw_path":
+                 b"/v1/images", "root_path": "", "query_string": b"",
+                 "client": ("10.0.0.9", 1), "server": ("testserver", 80),
+                 "headers": [(b"content-length", b"26214400"), *headers,
+                             (b"content-type", b"multipart/form-data; boundary=x")]}
+        asyncio.run(app(scope, receive, send))
+        assert sent[0]["status"] == 401 and not received, headers
 
 
 def test_failed_authentications_are_throttled_per_address(tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab",
                         ingestion=IngestionSettings(failed_auth_burst=3))
     auth = Authenticator(settings)
-    from deeplens.auth import AuthError
 
     codes = []
     for _ in range(5):
@@ -51,11 +57,14 @@ def test_failed_authentications_are_throttled_per_address(tmp_path) -> None:
             codes.append((exc.status, exc.headers.get("Retry-After")))
     assert [c for c, _ in codes[:3]] == [401, 401, 401]
     assert codes[3][0] == 429 and int(codes[3][1]) >= 1
-    # That address is not even checked now; another address is unaffected.
-    with pytest.raises(AuthError) as throttled:
-        auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.7")
-    assert throttled.value.status == 429
-    assert auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.8") == "acme"
+    # A valid key is never held back by that address's failures (it may be a NAT).
+    assert auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.7") == "acme"
+    with pytest.raises(AuthError) as another_guess:
+        auth.authenticate("Bearer guess-1111111111111111", "10.0.0.7")
+    assert another_guess.value.status == 429
+    with pytest.raises(AuthError) as elsewhere:  # another address is unaffected
+        auth.authenticate("Bearer guess-1111111111111111", "10.0.0.8")
+    assert elsewhere.value.status == 401
 
 
 def test_short_api_keys_are_refused_without_echoing_them(monkeypatch) -> None:
@@ -78,10 +87,27 @@ def test_reads_and_writes_have_separate_budgets(tmp_path, kafka_settings, tenant
     assert upload.status_code == 202, "polling must not use up the upload budget"
 
 
-def test_default_budgets_allow_100_uploads_a_second() -> None:
-    limits = IngestionSettings()
-    assert limits.upload_rate_limit_per_minute >= 6000
-    assert limits.upload_rate_limit_burst >= 100
+def test_default_budgets_allow_100_uploads_a_second(tmp_path) -> None:
+    """Through the app with every limit at its default, on a clock the test moves: the
+    burst, then 100 uploads in the next second all pass; one more at once does not."""
+    app = edge_app(edge_settings(tmp_path))
+    clock = FakeClock()
+    app.state.auth.clock = clock
+    data = images.jpeg(7)
+    burst = app.state.services.settings.ingestion.upload_rate_limit_burst
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY_A}"}) as client:
+        def upload() -> int:
+            return client.post("/v1/images", files={"file": ("a.jpg", data)}).status_code
+
+        at_once = [upload() for _ in range(burst)]
+        next_second = []
+        for i in range(1, 101):
+            clock.now = 1000.0 + i / 100
+            next_second.append(upload())
+        one_more = client.post("/v1/images", files={"file": ("a.jpg", data)})
+    assert at_once == [202] * burst
+    assert next_second == [202] * 100
+    assert one_more.status_code == 429 and one_more.headers["Retry-After"] == "1"
 
 
 def test_page_headers_and_no_cdn(tmp_path, kafka_settings, tenant) -> None:
@@ -169,26 +195,27 @@ def test_usage_has_no_meaningless_fields(api) -> None:
                                     "embedding_ms", "searches"}
 
 
-def test_rate_limits_are_shared_out_among_gateway_replicas(tmp_path) -> None:
-    """Two replicas each allow half, so together they allow what the setting says."""
+@pytest.mark.parametrize("replicas", [1, 2, 3, 4])
+def test_rate_limits_are_shared_out_among_gateway_replicas(tmp_path, replicas) -> None:
+    """One Authenticator per Gateway replica, as Serve runs them, requests spread evenly
+    over them at twice the tenant's rate for a minute: together they admit what the
+    setting allows (burst + one minute's rate), not that times the replicas."""
     from deeplens.settings import ServeSettings
 
-    def allowed(replicas: int) -> int:
-        auth = Authenticator(Settings(
-            data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab",
-            serve=ServeSettings(gateway_replicas=replicas),
-            ingestion=IngestionSettings(upload_rate_limit_per_minute=600,
-                                        upload_rate_limit_burst=40)))
-        from deeplens.auth import AuthError
-
-        count = 0
-        for _ in range(100):
-            try:
-                auth.authenticate("Bearer acme-key-0123456789ab", "10.0.0.1", "write")
-                count += 1
-            except AuthError:
-                break
-        return count
-
-    assert allowed(1) == 40
-    assert allowed(2) == 20 and allowed(4) == 10
+    clock = FakeClock(0.0)
+    settings = Settings(data_dir=tmp_path, api_keys="acme:acme-key-0123456789ab",
+                        serve=ServeSettings(gateway_replicas=replicas),
+                        ingestion=IngestionSettings(upload_rate_limit_per_minute=600,
+                                                    upload_rate_limit_burst=40))
+    fleet = [Authenticator(settings, clock=clock) for _ in range(replicas)]
+    admitted = 0
+    for i in range(1200):  # 20 a second for 60 s; the tenant may have 10 a second
+        clock.now = i / 20
+        try:
+            fleet[i % replicas].authenticate("Bearer acme-key-0123456789ab", "10.0.0.1",
+                                             "write")
+            admitted += 1
+        except AuthError as refused:
+            assert refused.status == 429
+    allowed = 40 + 600 * (clock.now / 60)  # the setting: burst + its rate over the window
+    assert allowed - 2 * replicas <= admitted <= allowed
