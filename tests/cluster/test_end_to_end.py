@@ -44,8 +44,10 @@ def wait_duplicates(client: httpx.Client, image_id: str, timeout_s: float = 60,
     return body
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, broker, ray_session):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory, broker, ray_session):
+    """The local stack, once on its default SQLite catalog and once on PostgreSQL, the
+    cluster's catalog (its column widths, locks and isolation are not SQLite's)."""
     import uuid
 
     from ray import serve
@@ -60,8 +62,13 @@ def stack(tmp_path_factory, broker, ray_session):
                           one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
                           session_timeout_ms=6000, batch_size=16)
     ensure_topics(admin_client(kafka), TopicNames(prefix))
+    catalog = {}
+    if request.param == "postgresql":
+        from tests.postgres import fresh_database
+
+        catalog["catalog_url"] = fresh_database(request.getfixturevalue("postgres_server_url"))
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("e2e"), kafka=kafka, model=TINY,
+        **catalog, data_dir=tmp_path_factory.mktemp("e2e"), kafka=kafka, model=TINY,
         api_keys="acme:key-acme-0123456789ab,globex:key-globex-0123456789ab",
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
@@ -221,6 +228,8 @@ def test_status_command(stack, capsys, monkeypatch) -> None:
     from deeplens.cli import main
 
     monkeypatch.setenv("DEEPLENS_DATA_DIR", str(stack.settings.data_dir))
+    if stack.settings.catalog_url:  # the per-tenant table comes from the catalog
+        monkeypatch.setenv("DEEPLENS_CATALOG_URL", stack.settings.catalog_url)
     assert main(["status", "--api", stack.url]) == 0
     out = capsys.readouterr().out
     assert "validation" in out and "indexing" in out and "error %" in out
