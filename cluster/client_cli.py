@@ -90,17 +90,41 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               f"{handled:>9.0f} {failed:>7.0f} {100 * failed / max(handled, 1):>7.1f}% "
               f"{1000 * busy / max(handled, 1):>9.1f} "
               f"{values.get(('deeplens_stage_actors', stage), 0):>6.0f}")
-    print("(throughput: the rate of deeplens_stage_handled_total; see the Grafana dashboard)")
-    if settings.catalog_url or (settings.data_dir / "catalog.db").exists():
-        from ingestion.catalog import Catalog
-
-        per_tenant = Catalog(settings.effective_catalog_url).counts_by_tenant()
-        print(f"\n{'tenant':16} " + " ".join(f"{s:>9}" for s in
-              ("uploaded", "validated", "processed", "indexed", "failed")))
-        for tenant, counts in sorted(per_tenant.items()):
-            print(f"{tenant:16} " + " ".join(f"{counts.get(s, 0):>9}" for s in
-                  ("uploaded", "validated", "processed", "indexed", "failed")))
+    print("(lag is read from the broker; handled, failed and ms/event count since each "
+          "actor started and restart from 0 when an actor restarts. Throughput: the rate of "
+          "deeplens_stage_handled_total; see the Grafana dashboard)")
+    print_tenant_counts(settings)
     return 0
+
+
+def _recorded_catalog(settings: Settings) -> str:
+    """The catalog address a running ``deeplens up`` recorded (password hidden), or ''."""
+    import json
+
+    from deeplens.runtime import runtime_file
+
+    try:
+        return str(json.loads(runtime_file(settings).read_text()).get("catalog") or "")
+    except (OSError, ValueError):
+        return ""
+
+
+def print_tenant_counts(settings: Settings) -> None:
+    """The per-tenant table from the catalog, or one line saying why it is left out."""
+    if not (settings.catalog_url or (settings.data_dir / "catalog.db").exists()):
+        catalog = _recorded_catalog(settings)
+        where = (f"the stack's catalog is {catalog}: set DEEPLENS_CATALOG_URL to it" if catalog
+                 else f"no catalog.db in {settings.data_dir}: set DEEPLENS_DATA_DIR or "
+                 "DEEPLENS_CATALOG_URL to the stack's")
+        print(f"\n(per-tenant counts left out: {where})")
+        return
+    from ingestion.catalog import Catalog
+
+    per_tenant = Catalog(settings.effective_catalog_url).counts_by_tenant()
+    states = ("uploaded", "validated", "processed", "indexed", "failed")
+    print(f"\n{'tenant':16} " + " ".join(f"{s:>9}" for s in states))
+    for tenant, counts in sorted(per_tenant.items()):
+        print(f"{tenant:16} " + " ".join(f"{counts.get(s, 0):>9}" for s in states))
 
 
 def client_command(func: Any) -> Any:

@@ -27,8 +27,9 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             stack.stop_on_signals()  # before the banner: a Ctrl-C right after it is clean too
             stack.print_banner()
             stack.wait()
-    except StackError as exc:
-        print(f"deeplens up: {exc}", file=sys.stderr)
+    except StackError as exc:  # one line per problem, no traceback
+        for line in str(exc).splitlines():
+            print(f"deeplens up: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # during start-up: what was started has been stopped
         print("deeplens up: interrupted while starting; stopped", file=sys.stderr)

@@ -8,6 +8,7 @@ import secrets
 import signal
 import threading
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 
 from cluster.stages import stage_specs
 from deeplens.broker import LocalBroker, start_local_broker
+from deeplens.events import utcnow
 from deeplens.kafka import admin_client
 from deeplens.runtime import clear_runtime, write_runtime
 from deeplens.settings import Settings
@@ -33,10 +35,15 @@ class StackError(RuntimeError):
 
 def shared_state_problems(settings: Settings, nodes: int) -> list[str]:
     """What keeps a stack of ``nodes`` Ray nodes from sharing its state, as settings to
-    change; nothing on a single node."""
+    change; nothing on a single node. Called before the local broker would start, so no
+    ``KAFKA__BOOTSTRAP_SERVERS`` means a broker on this node's loopback."""
     if nodes <= 1:
         return []
     problems = []
+    if not settings.kafka.bootstrap_servers:
+        problems.append("no broker is configured, so a local one would start on this node's "
+                        "127.0.0.1: set DEEPLENS_KAFKA__BOOTSTRAP_SERVERS to a Kafka every "
+                        "node reaches")
     if settings.effective_catalog_url.startswith("sqlite"):
         problems.append("the catalog is a SQLite file on this node: set DEEPLENS_CATALOG_URL "
                         "to a shared database (postgresql+psycopg://...)")
@@ -101,6 +108,8 @@ class LocalStack:
         self._serve_started = False
         self._done = threading.Event()
         self.ready_s: float | None = None  # seconds from start to ready
+        self.resumed = 0  # images an earlier run left in flight, re-published at start
+        self.sweeper: Any = None  # cluster.sweeper.StuckSweeper actor
 
     def __enter__(self) -> LocalStack:
         try:
@@ -122,25 +131,44 @@ class LocalStack:
         import time
 
         began = time.monotonic()
+        began_at = utcnow()  # rows uploaded before this were left by an earlier run
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = self.settings.model_copy(
             update={"data_dir": self.settings.data_dir.resolve()})
+        self._check_services()
+        if self.with_ray:
+            self._start_ray()  # before the broker: a cluster refuses a node-local one
         self._start_broker()
         if not self.with_ray:
             return
         self.settings, self.demo_key = ensure_demo_key(self.settings)
-        self._start_ray()
         self._start_serve()
         for spec, count in stage_specs(self.settings):
             spec = replace(spec, **self.stage_overrides.get(spec.stage, {}))
             self.actors += launch_stage(self.settings, spec, count)
+        self._resume(began_at)
         self._write_runtime()
         self.ready_s = time.monotonic() - began
 
+    def _check_services(self) -> None:
+        """Every external service the settings name answers, or one line each on what not."""
+        from cluster.preflight import preflight
+
+        problems = preflight(self.settings)
+        if problems:
+            raise StackError("\n".join(problems))
+
     def _write_runtime(self) -> None:
+        import sqlalchemy as sa
+
+        # The catalog's address without its password: `deeplens status` names it when
+        # it cannot read the per-tenant counts from where it runs.
+        catalog = (sa.make_url(self.settings.catalog_url).render_as_string(hide_password=True)
+                   if self.settings.catalog_url else "")
         write_runtime(self.settings, {
             "bootstrap_servers": self.settings.kafka.bootstrap_servers, "url": self.url,
-            "local_broker": self.broker is not None, "pid": os.getpid()}, self.announce)
+            "local_broker": self.broker is not None, "pid": os.getpid(),
+            "catalog": catalog}, self.announce)
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
@@ -197,6 +225,19 @@ class LocalStack:
             raise StackError(f"the Embedder did not start: {_deployment_error(exc)}") from exc
         serve.run(build_gateway(self.settings), name=GATEWAY_APP, route_prefix="/")
 
+    def _resume(self, began_at: datetime) -> None:
+        """Pick up what an earlier run left in flight, now and then periodically."""
+        from cluster.sweeper import launch_sweeper, resume_in_flight
+
+        if self.broker is not None:  # the in-memory broker forgot every queued event
+            report = resume_in_flight(self.settings, began_at)
+            self.resumed = len(report.republished)
+            if report.missing_bytes:
+                log.warning("%d image(s) left in flight have no stored bytes: failed as "
+                            "missing_object", len(report.missing_bytes))
+        self.sweeper = launch_sweeper(
+            self.settings, sorted({spec.stage for spec, _ in stage_specs(self.settings)}))
+
     def print_banner(self) -> None:
         kafka = self.settings.kafka
         where = "local tansu broker, in memory" if self.broker else "configured Kafka"
@@ -207,6 +248,8 @@ class LocalStack:
             f"  data:   {self.settings.data_dir}",
             f"  stages: {len(self.actors)} consumer actors",
         ]
+        if self.resumed:
+            lines.append(f"  resuming {self.resumed} images left in flight by the last run")
         if self.ready_s is not None:
             lines.append(f"  ready in {self.ready_s:.0f} s; memory {self.memory_report()}")
         if self.demo_key:
@@ -216,14 +259,25 @@ class LocalStack:
         lines.append("Ctrl-C stops everything.")
         print("\n".join(lines), flush=True)
 
+    @property
+    def memory_is_local_only(self) -> bool:
+        """On a Ray this process did not start (a cluster), the actors, replicas and Ray's
+        own processes are not its descendants: the footprint then counts the driver only."""
+        return bool(self.settings.ray_address) or not self._ray_started
+
     def memory_report(self) -> str:
         """What every process of this stack holds (PSS), by role; '' off Linux."""
         from cluster.footprint import describe, footprint
 
         try:
-            return describe(*footprint())
+            report = describe(*footprint())
         except OSError:
             return "(not measurable here)"
+        if self.memory_is_local_only:
+            report += (" (this process and its children on this node only: the actors and "
+                       "replicas run under the Ray cluster's raylets, see `ray status` or "
+                       "the Ray dashboard for memory per node)")
+        return report
 
     def stop_on_signals(self) -> None:
         """From now on Ctrl-C (or SIGTERM) ends :meth:`wait` instead of raising."""
@@ -236,6 +290,11 @@ class LocalStack:
 
     def close(self) -> None:
         clear_runtime(self.settings, self.announce)
+        if self.sweeper is not None:
+            import ray
+
+            ray.kill(self.sweeper, no_restart=True)
+            self.sweeper = None
         if self.actors:
             stop_stage(self.actors)
             self.actors = []

@@ -147,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # One line per HTTP request would break the progress output of client commands.
-    for noisy in ("httpx", "httpcore"):
+    # One line per HTTP request would break the progress output of client commands, and
+    # Alembic's INFO lines (every process that opens the catalog runs the migrations) are
+    # noise in `deeplens status` and `up`.
+    for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not settings.model.allow_download:
         # Before anything imports huggingface_hub (it reads this once, at import): no

@@ -149,3 +149,75 @@ def test_topics_list_finds_the_running_stack_too(tmp_path, kafka_settings) -> No
     no_traceback(run)
     assert run.returncode == 0, run.stderr
     assert kafka_settings.topic_prefix + "images.uploaded" in run.stdout
+
+
+METRICS = """# TYPE deeplens_stage_handled_total counter
+deeplens_stage_handled_total{stage="validation"} 40.0
+# TYPE deeplens_stage_failed_total counter
+deeplens_stage_failed_total{stage="validation"} 2.0
+# TYPE deeplens_consumer_lag gauge
+deeplens_consumer_lag{group="validation",topic="images.uploaded",partition="0"} 5.0
+"""
+
+
+@pytest.fixture
+def metrics_url():
+    """A /metrics endpoint answering a fixed exposition (what the gateway would)."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    app.get("/healthz")(lambda: {"ok": True})
+    app.get("/metrics", response_class=PlainTextResponse)(lambda: METRICS)
+    with serve_app(app) as url:
+        yield url
+
+
+def test_status_says_counters_restart_and_prints_no_alembic_lines(metrics_url, tmp_path) -> None:
+    from ingestion.catalog import Catalog
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    Catalog(f"sqlite:///{data_dir / 'catalog.db'}")  # the schema, as `deeplens up` leaves it
+    run = deeplens("status", "--api", metrics_url, env={"DEEPLENS_DATA_DIR": str(data_dir)},
+                   cwd=tmp_path)
+    no_traceback(run)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "validation" in run.stdout and "tenant" in run.stdout, run.stdout
+    assert "restart from 0 when an actor restarts" in run.stdout
+    assert "alembic" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
+
+
+def test_status_from_the_stack_pointer_says_why_per_tenant_counts_are_left_out(
+        metrics_url, tmp_path) -> None:
+    """`deeplens up` ran with a PostgreSQL catalog; this shell has only the pointer."""
+    from deeplens.runtime import write_runtime
+    from deeplens.settings import Settings
+
+    data_dir = tmp_path / "stack-data"
+    data_dir.mkdir()
+    home = tmp_path / "home"
+    os.environ["DEEPLENS_HOME"] = str(home)
+    try:
+        write_runtime(Settings(data_dir=data_dir), {
+            "url": metrics_url, "bootstrap_servers": "", "local_broker": True,
+            "catalog": "postgresql+psycopg://deeplens:***@db/deeplens"}, announce=True)
+    finally:
+        del os.environ["DEEPLENS_HOME"]
+    run = deeplens("status", env={"DEEPLENS_HOME": str(home)}, cwd=tmp_path)
+    no_traceback(run)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "per-tenant counts left out" in run.stdout, run.stdout
+    assert "postgresql+psycopg://deeplens:***@db/deeplens" in run.stdout
+    assert "DEEPLENS_CATALOG_URL" in run.stdout
+
+
+def test_deeplens_up_records_its_catalog_without_the_password(tmp_path) -> None:
+    from cluster.stack import LocalStack
+    from deeplens.settings import Settings
+
+    stack = LocalStack(Settings(data_dir=tmp_path,
+                                catalog_url="postgresql+psycopg://deeplens:pw-123@db/deeplens"))
+    stack._write_runtime()
+    recorded = json.loads((tmp_path / "stack.json").read_text())
+    assert recorded["catalog"] == "postgresql+psycopg://deeplens:***@db/deeplens"

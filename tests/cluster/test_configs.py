@@ -54,3 +54,83 @@ def test_ray_dashboard_listens_on_loopback_only() -> None:
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
     assert "0.0.0.0" not in (ROOT / "ray-cluster.yaml").read_text()
+
+
+def test_every_node_runs_ray_with_token_auth_and_the_same_token() -> None:
+    """Ray 2.60 turns token auth on by itself for a head that finds ~/.ray/auth_token, never
+    for a joining worker: without the mode and the token on every node, workers are refused
+    (InvalidAuthToken ... RAY_AUTH_MODE)."""
+    config = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), (key, starts)
+    mounts = config["file_mounts"]
+    assert mounts.get("/home/ubuntu/.ray/auth_token") == "~/.ray/auth_token", mounts
+    assert config["auth"]["ssh_user"] == "ubuntu"  # the home the token path is under
+    readme = (ROOT / "README.md").read_text()
+    assert "ray get-auth-token --generate" in readme and "RAY_AUTH_MODE=token" in readme
+
+
+def _readme_env_sample() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("cat > deeplens.env <<'ENV'")
+    body = readme[readme.index("\n", start) + 1:]
+    return body[:body.index("\nENV\n") + 1]
+
+
+def test_readme_env_sample_loads_when_sourced_and_places_actors_on_offered_resources(
+        tmp_path) -> None:
+    """Sourced as the README says (`set -a; . deeplens.env`), every line is a valid setting,
+    the placement JSON survives the shell's quote removal, and each custom resource it asks
+    for is offered by a node type of ray-cluster.yaml."""
+    import os
+    import subprocess
+
+    from deeplens.settings import load_settings
+
+    env_file = tmp_path / "deeplens.env"
+    env_file.write_text(_readme_env_sample())
+    dumped = subprocess.run(["bash", "-c", f"set -a; . {env_file}; env -0"], check=True,
+                            capture_output=True, env={"PATH": os.environ["PATH"]}).stdout
+    env = dict(item.split("=", 1) for item in dumped.decode().split("\0") if "=" in item)
+    sample = {k: v for k, v in env.items() if k.startswith("DEEPLENS_")}
+    assert "DEEPLENS_ACTORS__RESOURCES" in sample and "DEEPLENS_SERVE__RESOURCES" in sample
+    saved = {k: v for k, v in os.environ.items() if k.startswith("DEEPLENS_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(sample)
+    try:
+        settings = load_settings()
+    finally:
+        for key in sample:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
+    assert settings.actors.resources and settings.serve.resources
+    config = yaml.safe_load((ROOT / "ray-cluster.yaml").read_text())
+    offered = set().union(*(t["resources"] for t in config["available_node_types"].values()))
+    wanted = set(settings.actors.resources) | set(settings.serve.resources)
+    assert wanted <= offered, (wanted, offered)
+
+
+def test_every_setting_the_readme_names_exists() -> None:
+    """Each DEEPLENS_* variable in the README is a real setting (or a known non-setting),
+    and the local broker's producer switch is documented."""
+    import re
+
+    from deeplens.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    assert "`DEEPLENS_KAFKA__ONE_RECORD_PER_BATCH`" in readme.split("## Settings")[1]
+    not_settings = {"DEEPLENS_HOME", "DEEPLENS_API_URL", "DEEPLENS_API_KEY",
+                    "DEEPLENS_REQUIRE_POSTGRES", "DEEPLENS_WEAVIATE_URL"}
+    named = {n for n in re.findall(r"DEEPLENS_[A-Z0-9_]+", readme)
+             if not n.endswith("_") and not n.startswith("DEEPLENS_TEST_")}  # tests' own
+    for name in sorted(named - not_settings):  # (a trailing _ is a wildcard: ACTORS__*)
+        path = name.removeprefix("DEEPLENS_").lower().split("__")
+        model: type = Settings
+        for part in path:
+            fields = getattr(model, "model_fields", None)
+            if fields is None:  # a dict setting (e.g. DEDUP__TENANTS): its keys are free
+                break
+            assert part in fields, f"README names {name}, which is no setting"
+            model = fields[part].annotation  # type: ignore[assignment]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from cluster.stack import LocalStack, ensure_demo_key
 from deeplens.broker import free_port
-from deeplens.settings import ModelSettings, ServeSettings, Settings
+from deeplens.settings import KafkaSettings, ModelSettings, ServeSettings, Settings
 from tests import images
 
 
@@ -114,6 +115,95 @@ def test_a_multi_node_start_with_node_local_state_is_refused_naming_the_settings
                  "DEEPLENS_VECTOR_STORE__BACKEND"):
         assert name in problems
     shared = Settings(data_dir=tmp_path, catalog_url="postgresql+psycopg://db/deeplens",
+                      kafka=KafkaSettings(bootstrap_servers="kafka-1:9092"),
                       storage=StorageSettings(provider="s3", s3_bucket="b"),
                       vector_store=VectorStoreSettings(backend="weaviate"))
     assert shared_state_problems(shared, 3) == []
+
+
+def test_a_multi_node_start_without_a_broker_is_refused_before_a_local_one_starts(
+        tmp_path, monkeypatch) -> None:
+    """No KAFKA__BOOTSTRAP_SERVERS on a cluster would mean a broker on this node's
+    127.0.0.1 that no other node reaches: refused, and no local broker is started."""
+    import ray
+
+    import cluster.stack as stack_module
+    from cluster.stack import StackError
+    from deeplens.settings import StorageSettings, VectorStoreSettings
+
+    started: list[int] = []
+    monkeypatch.setattr(stack_module, "start_local_broker",
+                        lambda *a, **k: started.append(1) or pytest.fail("broker started"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # joined: a two-node cluster
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    settings = Settings(data_dir=tmp_path, ray_address="ray://head:10001",
+                        catalog_url="postgresql+psycopg://db/deeplens",
+                        storage=StorageSettings(provider="s3", s3_bucket="b"),
+                        vector_store=VectorStoreSettings(backend="weaviate"))
+    monkeypatch.setattr("cluster.preflight.preflight", lambda settings: [])  # no services
+    with pytest.raises(StackError) as refused:
+        with LocalStack(settings):
+            pass
+    assert "DEEPLENS_KAFKA__BOOTSTRAP_SERVERS" in str(refused.value)
+    assert "127.0.0.1" in str(refused.value) and "2 nodes" in str(refused.value)
+    assert started == []
+
+
+def test_an_unreachable_weaviate_stops_deeplens_up_at_once_in_one_line(tmp_path) -> None:
+    """Before anything starts (no Ray, no broker): one line naming the vector store, its
+    address and the variable to fix; exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLENS_")} | {
+        "DEEPLENS_VECTOR_STORE__BACKEND": "weaviate",
+        "DEEPLENS_VECTOR_STORE__WEAVIATE_URL": url,
+        "DEEPLENS_VECTOR_STORE__WEAVIATE_GRPC_PORT": str(free_port()),
+        "DEEPLENS_MODEL__NAME": "deeplens-tiny", "DEEPLENS_MODEL__PRETRAINED": "random",
+        "DEEPLENS_SERVE__PORT": str(free_port()), "DEEPLENS_HOME": str(tmp_path / "home"),
+        "RAY_USAGE_STATS_ENABLED": "0"}
+    run = subprocess.run([sys.executable, "-m", "deeplens.cli", "up", "--data",
+                          str(tmp_path / "data")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "Traceback" not in out, out
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out
+    assert lines[0].startswith("deeplens up: the vector store (Weaviate)"), out
+    assert url in lines[0] and "DEEPLENS_VECTOR_STORE__WEAVIATE_URL" in lines[0], out
+    assert not (tmp_path / "data" / "broker.log").exists(), "nothing started"
+    assert "Ray" not in out, out
+
+
+def test_preflight_names_each_unreachable_service_and_its_setting(tmp_path) -> None:
+    from cluster.preflight import preflight
+    from deeplens.settings import StorageSettings, VectorStoreSettings
+
+    closed = free_port()
+    settings = Settings(
+        data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{closed}"),
+        catalog_url=f"postgresql+psycopg://deeplens:secret-pw@127.0.0.1:{closed}/deeplens",
+        storage=StorageSettings(provider="s3", s3_bucket="b", s3_region="us-east-1",
+                                s3_endpoint_url=f"http://127.0.0.1:{closed}",
+                                s3_access_key_id="k", s3_secret_access_key="s"),
+        vector_store=VectorStoreSettings(backend="weaviate",
+                                         weaviate_url=f"http://127.0.0.1:{closed}"))
+    problems = preflight(settings)
+    assert len(problems) == 4, problems
+    for line, variable in zip(problems, ("DEEPLENS_KAFKA__BOOTSTRAP_SERVERS",
+                                         "DEEPLENS_CATALOG_URL", "DEEPLENS_STORAGE__S3_BUCKET",
+                                         "DEEPLENS_VECTOR_STORE__WEAVIATE_URL"), strict=True):
+        assert variable in line and "\n" not in line, line
+    assert "secret-pw" not in " ".join(problems)
+    assert preflight(Settings(data_dir=tmp_path)) == [], "the embedded defaults need nothing"
+
+
+def test_the_memory_figure_says_it_is_this_node_only_on_a_cluster(tmp_path) -> None:
+    cluster = LocalStack(Settings(data_dir=tmp_path, ray_address="auto"))
+    assert "this node only" in cluster.memory_report()
+    local = LocalStack(Settings(data_dir=tmp_path))
+    local._ray_started = True  # the local Ray it started: its processes are all children
+    assert "this node only" not in local.memory_report()
