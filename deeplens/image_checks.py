@@ -43,13 +43,16 @@ def check_header(data: bytes, limits: IngestionSettings) -> Valid | Invalid:
     """Format by content, then dimensions and pixel count from the header only."""
     if not data:
         return Invalid("corrupt", "the image is empty")
-    if sniff(data) is None:
+    container = sniff(data)
+    if container is None:
         return Invalid("unsupported_format", "not a JPEG, PNG or WebP file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow names some JPEGs after their content ("MPO": a multi-picture file);
+            # the format reported is the container's, the one the bytes were sniffed as.
             with Image.open(io.BytesIO(data), formats=list(BY_NAME)) as probe:
-                width, height, fmt = probe.width, probe.height, probe.format or "?"
+                width, height, fmt = probe.width, probe.height, container.name
     except UnidentifiedImageError:
         return Invalid("corrupt", "the header says JPEG/PNG/WebP but Pillow cannot parse it")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -70,12 +73,17 @@ def check_header(data: bytes, limits: IngestionSettings) -> Valid | Invalid:
 def check_structure(data: bytes, fmt: str) -> Invalid | None:
     """The container's structure without decoding pixels: truncation and fatal defects.
 
-    JPEG: segments to EOI, tables and headers consistent. PNG: every chunk's CRC, to IEND.
-    WebP: the RIFF size. Corruption inside compressed pixel data that leaves the
-    structure intact is found by the Embedder's decode (reason ``corrupt``) or, where
-    every decoder accepts it with a warning (libjpeg), embedded as decoded.
+    JPEG: segments to EOI, tables and headers consistent (an MPO's first picture: the
+    ones after it are checked at the edge, ``deeplens.formats.hostile_trailer``). PNG:
+    every chunk's CRC, to IEND. WebP: the RIFF size. Corruption inside compressed pixel
+    data that leaves the structure intact is found by the Embedder's decode (reason
+    ``corrupt``) or, where every decoder accepts it with a warning (libjpeg), embedded as
+    decoded. ``fmt`` names the container for messages; the bytes decide which it is.
     """
-    end, problem = walk(data, BY_NAME[fmt])
+    container = sniff(data)
+    if container is None:
+        return Invalid("unsupported_format", f"not a JPEG, PNG or WebP file ({fmt})")
+    end, problem = walk(data, container)
     if problem:
         return Invalid("corrupt", f"damaged {fmt}: {problem}")
     if end is None:
