@@ -101,13 +101,18 @@ class Catalog:
             return [self._row(r) for r in conn.execute(query)]
 
     def delete(self, tenant_id: str, image_id: str) -> bool:
+        """Remove the image's row, then its links. The row first: its DELETE waits for a
+        projection that is linking the image (``lifecycle.link`` holds a lock on the row),
+        so the links that projection commits are seen, and removed, by the second
+        statement (READ COMMITTED on PostgreSQL)."""
         query = images.delete().where(images.c.image_id == image_id,
                                       images.c.tenant_id == tenant_id)
         with self.engine.begin() as conn:
+            removed = conn.execute(query).rowcount > 0
             conn.execute(duplicates.delete().where(
                 duplicates.c.tenant_id == tenant_id,
                 sa.or_(duplicates.c.image_id == image_id, duplicates.c.other_id == image_id)))
-            return conn.execute(query).rowcount > 0
+            return removed
 
     def link_duplicates(self, tenant_id: str, image_id: str, tiers: list[str],
                         matches: list[tuple[str, str, float]]) -> None:

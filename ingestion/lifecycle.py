@@ -10,7 +10,10 @@ apply events of one image at once, in any order, more than once:
 - ``dedup_failed``: recorded, never a demotion.
 - ``link``: matches in both directions; a stronger kind replaces a weaker one (an
   upsert whose update only applies to a stronger kind); links to or from an image no
-  longer catalogued are not written.
+  longer catalogued are not written. The liveness check locks the rows it found
+  (``FOR KEY SHARE`` on PostgreSQL), and ``Catalog.delete`` removes the image row
+  before its links, so a delete either commits before the check (and the image is
+  not linked) or waits until the links are committed (and removes them).
 
 Statements are built once with bind parameters and run as ``executemany`` over a
 consumer batch (the projection's cost was mostly statement building; see
@@ -135,7 +138,9 @@ def link(conn: sa.Connection, links: list[tuple[str, str, list[str], list[tuple[
     """Record each image's dedup tiers and its matches, both directions; links to or from
     an image no longer catalogued are not written."""
     # Write first: the transaction then holds the write lock (SQLite) before it reads
-    # which images still exist, so a delete cannot slip in between.
+    # which images still exist, so a delete cannot slip in between. PostgreSQL locks
+    # rows only: the check takes a key-share lock on each row it finds, in image-id
+    # order, which a DELETE waits for (and an UPDATE of other projectors does not).
     _run(conn, _TIERS, [{"image_id": i, "tenant_id": t, "tiers": ",".join(tiers)}
                         for t, i, tiers, _ in links])
     involved = {(t, i) for t, i, _, matches in links if matches} | {
@@ -143,8 +148,9 @@ def link(conn: sa.Connection, links: list[tuple[str, str, list[str], list[tuple[
     if not involved:
         return
     ids = sorted({i for _, i in involved})
-    alive = {(t, i) for t, i in conn.execute(sa.select(images.c.tenant_id, images.c.image_id)
-                                             .where(images.c.image_id.in_(ids)))}
+    alive = {(t, i) for t, i in conn.execute(
+        sa.select(images.c.tenant_id, images.c.image_id).where(images.c.image_id.in_(ids))
+        .order_by(images.c.image_id).with_for_update(read=True, key_share=True))}
     rows = [{"tenant_id": t, "image_id": a, "other_id": b, "kind": kind, "score": score}
             for t, image_id, _, matches in links if (t, image_id) in alive
             for other, kind, score in matches if (t, other) in alive
