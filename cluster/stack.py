@@ -110,6 +110,7 @@ class LocalStack:
         self.ready_s: float | None = None  # seconds from start to ready
         self.resumed = 0  # images an earlier run left in flight, re-published at start
         self.sweeper: Any = None  # cluster.sweeper.StuckSweeper actor
+        self.recycler: Any = None  # cluster.topic_recycler.TopicRecycler (local broker)
 
     def __enter__(self) -> LocalStack:
         try:
@@ -195,12 +196,21 @@ class LocalStack:
             # A local Ray would reserve 30 % of RAM for its object store; DeepLens passes
             # only small messages (bytes and vectors go through Kafka), so a little will do.
             store = self.settings.ray_object_store_mb * 2**20 if local else None
-            ray.init(address=self.settings.ray_address or None,
-                     include_dashboard=False if local else None,
-                     object_store_memory=store,
-                     log_to_driver=False,
-                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
-                                               "HF_HUB_OFFLINE": offline}})
+            from ray.exceptions import AuthenticationError
+
+            try:
+                ray.init(address=self.settings.ray_address or None,
+                         include_dashboard=False if local else None,
+                         object_store_memory=store,
+                         log_to_driver=False,
+                         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
+                                                   "HF_HUB_OFFLINE": offline}})
+            except AuthenticationError as exc:
+                raise StackError(
+                    f"the Ray cluster at {self.settings.ray_address} refused this node's "
+                    "token: set RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token, "
+                    "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) here, as on every node (README "
+                    "\"Ray token authentication\")") from exc
             self._ray_started = True
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         problems = shared_state_problems(self.settings, nodes)
@@ -235,8 +245,12 @@ class LocalStack:
             if report.missing_bytes:
                 log.warning("%d image(s) left in flight have no stored bytes: failed as "
                             "missing_object", len(report.missing_bytes))
-        self.sweeper = launch_sweeper(
-            self.settings, sorted({spec.stage for spec, _ in stage_specs(self.settings)}))
+        running = sorted({spec.stage for spec, _ in stage_specs(self.settings)})
+        self.sweeper = launch_sweeper(self.settings, running)
+        if self.broker is not None and self.settings.kafka.local_broker_recycle_messages:
+            from cluster.topic_recycler import TopicRecycler
+
+            self.recycler = TopicRecycler(self.settings, running).start()
 
     def print_banner(self) -> None:
         kafka = self.settings.kafka
@@ -290,6 +304,9 @@ class LocalStack:
 
     def close(self) -> None:
         clear_runtime(self.settings, self.announce)
+        if self.recycler is not None:
+            self.recycler.stop()
+            self.recycler = None
         if self.sweeper is not None:
             import ray
 

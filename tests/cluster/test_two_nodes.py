@@ -55,6 +55,8 @@ def test_pipeline_on_two_ray_nodes_with_shared_state(tmp_path, kafka_settings,
     refused = result["refused"] or ""
     assert "2 nodes" in refused and "DEEPLENS_CATALOG_URL" in refused, refused
     assert "DEEPLENS_STORAGE__PROVIDER" in refused and "DEEPLENS_VECTOR_STORE__BACKEND" in refused
+    assert "DEEPLENS_KAFKA__BOOTSTRAP_SERVERS" in (result["refused_broker"] or ""), result
+    assert not result["local_broker_started"] and result["auth_mode"] == "token", result
     assert result["statuses"] == ["indexed"] * 4, result
     assert result["top_hit_is_itself"], result
     placed = result["placed"]

@@ -11,14 +11,22 @@ one JSON line with what happened.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 
 def main() -> None:
     config = json.loads(sys.argv[1])
+    # As ray-cluster.yaml does: token authentication on every node, one token for all
+    # (Ray 2.60 refuses a node whose mode or token differs from the head's). Set before
+    # Ray is imported; every node and worker process started below inherits both.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     from ray.cluster_utils import Cluster
 
     from cluster.samples import jpeg_bytes, scene
@@ -49,15 +57,26 @@ def main() -> None:
                 result["refused"] = None
         except StackError as exc:
             result["refused"] = str(exc)
-        # 2. Shared state: the whole pipeline, stages and Embedder on the second node.
-        settings = Settings(
-            **base, catalog_url=config["catalog_url"],
+        # 1b. Shared state but no broker configured: a local broker on this node's loopback
+        # would be unreachable from the other; refused before one starts.
+        shared = dict(
+            catalog_url=config["catalog_url"],
             storage=StorageSettings(provider="s3", s3_bucket=config["bucket"],
                                     s3_endpoint_url=config["s3_endpoint"], s3_region="us-east-1",
                                     s3_access_key_id="test", s3_secret_access_key="test-secret"),
             vector_store=VectorStoreSettings(backend="weaviate",
                                              weaviate_url=config["weaviate_url"],
-                                             weaviate_grpc_port=config["weaviate_grpc_port"]),
+                                             weaviate_grpc_port=config["weaviate_grpc_port"]))
+        try:
+            with LocalStack(Settings(**{**base, "kafka": KafkaSettings()}, **shared)):
+                result["refused_broker"] = None
+        except StackError as exc:
+            result["refused_broker"] = str(exc)
+        result["local_broker_started"] = (Path(config["data_dir"]) / "broker.log").exists()
+        result["auth_mode"] = os.environ["RAY_AUTH_MODE"]
+        # 2. Shared state: the whole pipeline, stages and Embedder on the second node.
+        settings = Settings(
+            **base, **shared,
             actors=ActorSettings(num_cpus=0.1, resources={"worker_node": 1}),
             serve=ServeSettings(port=free_port(), num_cpus=0.25, proxy_location="HeadOnly",
                                 resources={"worker_node": 1}))
