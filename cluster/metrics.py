@@ -68,7 +68,7 @@ class PipelineCollector:
         return []  # collected on scrape only; nothing to pre-register
 
     def collect(self) -> Iterator[Any]:
-        for part in (self._kafka, self._stages, self._embedder, self._latency):
+        for part in (self._kafka, self._stages, self._embedder, self._latency, self._sweeper):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - one source down must not hide the rest
@@ -124,6 +124,26 @@ class PipelineCollector:
         yield from families.values()
         yield in_flight
         yield actors
+
+    # -- stuck-image sweep ------------------------------------------------------------
+    def _sweeper(self) -> Iterator[Any]:
+        import ray
+
+        from cluster.sweeper import sweeper_name
+
+        try:
+            stats = ray.get(ray.get_actor(sweeper_name(self.settings)).stats.remote(), timeout=5)
+        except ValueError:
+            return  # not started (a stack without Ray)
+        republished = CounterMetricFamily(
+            "deeplens_reconcile_republished", "Images the periodic sweep re-published because "
+            "they had not moved for DEEPLENS_OPS__STUCK_AFTER_S")
+        republished.add_metric([], stats["republished"])
+        yield republished
+        deferred = CounterMetricFamily(
+            "deeplens_reconcile_deferred", "Sweeps that left a status alone: its stage was behind")
+        deferred.add_metric([], stats["deferred"])
+        yield deferred
 
     # -- Embedder -------------------------------------------------------------------
     def _embedder(self) -> Iterator[Any]:

@@ -57,6 +57,12 @@ class KafkaSettings(BaseModel):
     retry_delay_scale: float = Field(
         1.0, gt=0, description="Multiplies the retry ladder's delays (tests shorten them)")
     local_broker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    local_broker_recycle_messages: int = Field(
+        10_000, ge=0, description="The local (in-memory) broker only: a topic holding this "
+        "many records, all consumed, is recreated at a quiet moment to give its memory "
+        "back; 0 never does")
+    local_broker_recycle_interval_s: float = Field(
+        30, gt=0, description="How often the local broker's topics are checked for that")
     one_record_per_batch: bool = Field(
         False, description="Producers send every record in a batch of its own. Set for the "
         "local tansu broker (deeplens up does), whose ListOffsets answers a batch's base "
@@ -185,6 +191,11 @@ class OpsSettings(BaseModel):
         "loopback clients only")
     docs: bool = Field(False, description="Serve the Swagger UI at /docs (its assets come "
                        "from a public CDN); /openapi.json is always served")
+    stuck_after_s: float = Field(
+        600, gt=0, description="An image that has not moved for this long, while the stage "
+        "that should move it has caught up, is re-published by the periodic sweep")
+    sweep_interval_s: float = Field(
+        60, ge=0, description="How often the stuck-image sweep runs; 0 turns it off")
 
 
 class DedupThresholds(BaseModel):

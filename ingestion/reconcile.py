@@ -8,8 +8,9 @@ overwrites rather than duplicates) and fails those whose bytes are gone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from deeplens.events import ImageUploaded, utcnow
 from deeplens.kafka import EventProducer, Outbound
@@ -18,6 +19,7 @@ from deeplens.storage import make_storage
 from ingestion.catalog import Catalog, ImageRow
 
 STUCK = ("uploaded", "validated", "processed")
+SEND_CHUNK = 5000
 
 
 @dataclass
@@ -37,25 +39,42 @@ def uploaded_event(row: ImageRow) -> ImageUploaded:
 
 
 def reconcile(settings: Settings, older_than: timedelta, dry_run: bool = False) -> ReconcileReport:
+    return republish(settings, STUCK, utcnow() - older_than, dry_run=dry_run)
+
+
+def republish(settings: Settings, statuses: tuple[str, ...], uploaded_before: datetime,
+              keep: Callable[[ImageRow], bool] | None = None,
+              dry_run: bool = False) -> ReconcileReport:
+    """Re-publish the upload event of every image in ``statuses`` uploaded before the
+    cut-off (and, if given, for which ``keep`` holds); fail those whose bytes are gone.
+    Events go out ``SEND_CHUNK`` at a time, so memory stays bounded however many."""
+    report = ReconcileReport()
+    if not statuses:
+        return report
     catalog = Catalog(settings.effective_catalog_url)
     storage = make_storage(settings)
-    report = ReconcileReport()
+    producer = None if dry_run else EventProducer(settings.kafka,
+                                                  prefix=settings.kafka.topic_prefix)
     outbound: list[Outbound] = []
-    for row in stuck_images(catalog, older_than):
-        if not storage.exists(row.storage_path):
-            report.missing_bytes.append(row.image_id)
-            if not dry_run:
-                catalog.fail(row.image_id, "ingestion", "missing_object",
-                             "stored bytes are gone (found by reconcile)", utcnow())
-            continue
-        event = uploaded_event(row)
-        outbound.append(Outbound(event.topic, row.image_id, event))
-        report.republished.append(row.image_id)
-    if outbound and not dry_run:
-        producer = EventProducer(settings.kafka, prefix=settings.kafka.topic_prefix)
-        producer.send(outbound)
-        producer.close()
+    try:
+        for row in catalog.stuck(statuses, uploaded_before):
+            if keep is not None and not keep(row):
+                continue
+            if not storage.exists(row.storage_path):
+                report.missing_bytes.append(row.image_id)
+                if not dry_run:
+                    catalog.fail(row.image_id, "ingestion", "missing_object",
+                                 "stored bytes are gone (found by reconcile)", utcnow())
+                continue
+            event = uploaded_event(row)
+            outbound.append(Outbound(event.topic, row.image_id, event))
+            report.republished.append(row.image_id)
+            if producer is not None and len(outbound) >= SEND_CHUNK:
+                producer.send(outbound)
+                outbound.clear()
+        if producer is not None and outbound:
+            producer.send(outbound)
+    finally:
+        if producer is not None:
+            producer.close()
     return report
-
-
-

@@ -41,3 +41,17 @@ def _armed(stage: str):
 
 die_when_armed_validation = _armed("validation")
 die_when_armed_indexing = _armed("indexing")
+
+
+def hold_while_marked_indexing(settings: Settings):
+    """Hold each indexing batch before its commit while ``hold-indexing`` exists in the
+    data dir: images pile up in flight, as behind a slow GPU."""
+    import time
+
+    marker = settings.data_dir / "hold-indexing"
+
+    def hook(_envelopes) -> None:
+        while marker.exists():
+            time.sleep(0.1)
+
+    return hook
