@@ -22,9 +22,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -185,7 +186,13 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def current_tenant(request: Request) -> str:
+# Declares the scheme in the OpenAPI document; the key itself is checked above.
+_BEARER = HTTPBearer(auto_error=False, description="the tenant's API key")
+
+
+def current_tenant(request: Request,
+                   _key: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+                   ) -> str:
     """The tenant comes from the API key only, never from anything else the client sends."""
     tenant = getattr(request.state, "tenant", None)
     if tenant is None:  # an app mounted without the middleware: authenticate here
@@ -203,14 +210,32 @@ TenantDep = Annotated[str, Depends(current_tenant)]
 
 
 class ErrorBody(BaseModel):
+    """What every error answer of the API holds, whatever its status: one plain sentence."""
+
     detail: str
 
 
-AUTH_RESPONSES: dict[int | str, dict] = {
-    401: {"model": ErrorBody, "description": "missing or unknown API key"},
-    429: {"model": ErrorBody, "description": "rate limit reached; see Retry-After",
-          "headers": {"Retry-After": {"schema": {"type": "integer"},
-                                      "description": "seconds to wait"}}},
-}
+def problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each with the one error body."""
+    return {status: {"model": ErrorBody, "description": text}
+            for status, text in described.items()}
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = problems({
+    401: "missing or unknown API key",
+    429: "rate limit reached; see Retry-After",
+})
+AUTH_RESPONSES[429]["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                  "description": "seconds to wait"}}
 """What every ``/v1/`` route may answer besides its own: pass as ``include_router``'s
 ``responses`` for a router of ``/v1/`` routes."""
+
+PARAM_RESPONSES = problems({422: "a path or query parameter is out of its range"})
+"""What a route with path or query parameters may answer besides its own."""
+
+BODY_RESPONSES = problems({
+    400: "the body is not well-formed (JSON or multipart)",
+    413: "the body is over the size limit",
+    422: "a field of the body is missing or out of its range",
+})
+"""What a route that reads a request body may answer besides its own."""

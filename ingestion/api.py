@@ -7,13 +7,17 @@ tests, Ray Serve serves it in ``deeplens up`` and on a cluster.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from deeplens.auth import AUTH_RESPONSES, Authenticator, AuthMiddleware
+from deeplens.auth import AUTH_RESPONSES, PARAM_RESPONSES, Authenticator, AuthMiddleware
 from deeplens.kafka import EventProducer
 from deeplens.settings import Settings
 from deeplens.storage import make_storage
@@ -51,7 +55,41 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingestion.max_upload_bytes)
     # Added last, so outermost: a request is authenticated before any body is read.
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
+    # One error body everywhere: a validation failure is one sentence too.
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(405, _method_not_allowed)
     app.include_router(routes_ops.router)
     app.include_router(routes_upload.router, responses=AUTH_RESPONSES)
-    app.include_router(routes_images.router, responses=AUTH_RESPONSES)
+    app.include_router(routes_images.router, responses=AUTH_RESPONSES | PARAM_RESPONSES)
     return app
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 as ``{"detail": "<where>: <what>; ..."}``, the shape of every other error."""
+    assert isinstance(exc, RequestValidationError)
+    problems = ["{}: {}".format(".".join(str(part) for part in error.get("loc", ())),
+                                error.get("msg", "is not valid")) for error in exc.errors()]
+    return JSONResponse({"detail": "; ".join(problems) or "the request is not valid"},
+                        status_code=422)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 whose ``Allow`` lists every method the API documents for the path; Starlette's
+    own answer names only those of the first route that matched the path."""
+    assert isinstance(exc, HTTPException)
+    allowed = _documented_methods(request.app, request.url.path)
+    headers = {"Allow": ", ".join(allowed)} if allowed else dict(exc.headers or {})
+    return JSONResponse({"detail": f"method {request.method} is not allowed here"},
+                        status_code=405, headers=headers)
+
+
+def _documented_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods documented for the most literal path template that matches ``path``
+    (``/v1/images/statuses`` before ``/v1/images/{image_id}``), as the spec reads."""
+    paths = app.openapi()["paths"]
+    for template in sorted(paths, key=lambda t: t.count("{")):
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods = {method.upper() for method in paths[template]}
+            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return []

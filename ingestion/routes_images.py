@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from deeplens.auth import TenantDep
+from deeplens.auth import BODY_RESPONSES, TenantDep, problems
 from deeplens.events import ImageDeleted, ImageStatus, utcnow
 from deeplens.kafka import DeliveryError, Outbound
 from deeplens.storage import ObjectMissing, thumbnail_path
@@ -29,6 +29,13 @@ from ingestion.services import NOT_FOUND, ServicesDep, owned
 
 router = APIRouter()
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+CONTENT = {200: {"description": "the file as uploaded, under its detected type",
+                 "content": {mime: _BINARY for mime in ("image/jpeg", "image/png",
+                                                        "image/webp")}}}
+THUMBNAIL = {200: {"description": "a JPEG of at most 320 px a side",
+                   "content": {"image/jpeg": _BINARY}}}
+
 
 @router.get("/v1/images", response_model=ImagePage, tags=["images"])
 def list_images(svc: ServicesDep, tenant: TenantDep,
@@ -41,7 +48,8 @@ def list_images(svc: ServicesDep, tenant: TenantDep,
                      counts=svc.catalog.counts(tenant))
 
 
-@router.post("/v1/images/statuses", response_model=StatusAnswer, tags=["images"])
+@router.post("/v1/images/statuses", response_model=StatusAnswer, tags=["images"],
+             responses=BODY_RESPONSES)
 def image_statuses(query: StatusQuery, svc: ServicesDep, tenant: TenantDep) -> StatusAnswer:
     """Statuses of up to 500 of the caller's images at once (bulk ingest progress)."""
     return StatusAnswer(statuses=svc.catalog.statuses(tenant, query.image_ids))
@@ -76,7 +84,8 @@ def get_duplicates(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Duplic
     return DuplicatesOut(image_id=image_id, tiers=tiers, matches=matches)
 
 
-@router.get("/v1/images/{image_id}/content", tags=["images"], responses=NOT_FOUND)
+@router.get("/v1/images/{image_id}/content", tags=["images"], response_class=Response,
+            responses=NOT_FOUND | CONTENT)
 def get_content(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
     row = owned(svc, tenant, image_id)
     data = svc.storage.get(row.storage_path)
@@ -84,7 +93,8 @@ def get_content(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-@router.get("/v1/images/{image_id}/thumbnail", tags=["images"], responses=NOT_FOUND)
+@router.get("/v1/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
+            responses=NOT_FOUND | THUMBNAIL)
 def get_thumbnail(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
     """A JPEG of at most 320 px a side, made by the Embedder from its one decode;
     404 until the image is embedded."""
@@ -99,7 +109,10 @@ def get_thumbnail(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Respons
                              "Cache-Control": "private, max-age=86400"})
 
 
-@router.delete("/v1/images/{image_id}", status_code=204, tags=["images"], responses=NOT_FOUND)
+@router.delete("/v1/images/{image_id}", status_code=204, tags=["images"],
+               response_class=Response,
+               responses=NOT_FOUND | problems({503: "event broker unavailable; nothing "
+                                                    "was deleted"}))
 def delete_image(image_id: str, svc: ServicesDep, tenant: TenantDep) -> Response:
     row = owned(svc, tenant, image_id)
     deleted = ImageDeleted(tenant_id=tenant, image_id=image_id)

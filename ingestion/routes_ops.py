@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from deeplens.auth import problems
 from deeplens.settings import Settings
 from ingestion import metrics
-from ingestion.schemas import Problem
 
 router = APIRouter()
 
@@ -46,7 +46,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/metrics", tags=["ops"], responses={403: {"model": Problem}})
+@router.get("/metrics", tags=["ops"], response_class=Response, responses={
+    200: {"description": "Prometheus text exposition",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **problems({403: "not the operator: no token, or not on this host"})})
 def prometheus_metrics(request: Request) -> Response:
     """Fleet-wide figures for operators: with ``DEEPLENS_OPS__METRICS_TOKEN`` set, only
     for that bearer token; without it, only for clients on this host."""

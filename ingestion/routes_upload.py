@@ -11,14 +11,14 @@ from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import TenantDep
+from deeplens.auth import BODY_RESPONSES, TenantDep, problems
 from deeplens.events import ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, Outbound
 from deeplens.storage import object_path
 from ingestion import metrics
 from ingestion.catalog import ImageRow
-from ingestion.schemas import Problem, UploadOut
+from ingestion.schemas import IMAGE_PART, UploadOut
 from ingestion.services import Services, ServicesDep
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,14 @@ router = APIRouter()
 
 
 @router.post("/v1/images", status_code=202, response_model=UploadOut, tags=["images"],
-          responses={413: {"model": Problem}, 415: {"model": Problem},
-                     422: {"model": Problem}, 503: {"model": Problem}})
+          openapi_extra=IMAGE_PART,
+          responses=BODY_RESPONSES | problems({
+              415: "not JPEG, PNG or WebP by its content, or it carries other data",
+              503: "the event broker did not acknowledge, or the same file is being "
+                   "accepted by another request: retry after Retry-After"}))
 async def upload_image(svc: ServicesDep, tenant: TenantDep,
-                       file: Annotated[UploadFile, File(description="JPEG, PNG or WebP")]
+                       file: Annotated[UploadFile, File(description="JPEG, PNG or WebP",
+                                                        json_schema_extra={"minLength": 1})]
                        ) -> UploadOut | JSONResponse:
     # Checks, storage and catalog run on the thread pool; the broker's acknowledgement
     # is awaited on the event loop, so a request waiting for it holds no thread.

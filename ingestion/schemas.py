@@ -6,7 +6,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from deeplens.auth import ErrorBody
 from deeplens.events import ImageStatus
+
+Problem = ErrorBody
+"""Every error answer, whatever its status or route: ``{"detail": "<one sentence>"}``."""
+
+IMAGE_PART = {"requestBody": {"content": {"multipart/form-data": {"encoding": {
+    "file": {"contentType": "image/jpeg, image/png, image/webp"}}}}}}
+"""``openapi_extra`` of a route whose ``file`` part is an image: what the bytes must be,
+which a JSON schema of ``format: binary`` cannot say."""
 
 
 class UploadOut(BaseModel):
@@ -40,10 +49,6 @@ class ImageOut(BaseModel):
     height: int | None
     feature_model: str | None
     timestamps: StageTimes
-
-
-class Problem(BaseModel):
-    detail: str
 
 
 class ImagePage(BaseModel):

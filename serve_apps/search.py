@@ -27,10 +27,11 @@ from fastapi import (
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import AUTH_RESPONSES, TenantDep
+from deeplens.auth import AUTH_RESPONSES, BODY_RESPONSES, PARAM_RESPONSES, TenantDep, problems
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
 from deeplens.vectors.base import Hit, VectorStore, is_random_init
+from ingestion.schemas import IMAGE_PART
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
     return ModelInfo(model=model, random_weights=is_random_init(model))
 
 
-@router.post("/search", response_model=SearchResult)
+@router.post("/search", response_model=SearchResult, responses=BODY_RESPONSES)
 async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
                       response: Response) -> SearchResult:
     timing: dict[str, float] = {}
@@ -178,12 +179,14 @@ async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
     return await ctx.metered(tenant, _result(model, hits))
 
 
-@router.post("/search/image", response_model=SearchResult, responses={
-    413: {"description": "over 10 MB, or a bomb by its header"},
-    415: {"description": "not JPEG, PNG or WebP by its bytes"},
-    422: {"description": "too small, or undecodable"}})
+@router.post("/search/image", response_model=SearchResult, openapi_extra=IMAGE_PART,
+             responses=BODY_RESPONSES | problems({
+    413: "over 10 MB, or a bomb by its header",
+    415: "not JPEG, PNG or WebP by its bytes",
+    422: "too small, or undecodable, or a field out of its range"}))
 async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
-                       file: Annotated[UploadFile, File(description="the query image")],
+                       file: Annotated[UploadFile, File(description="the query image",
+                                                        json_schema_extra={"minLength": 1})],
                        k: Annotated[int, Form(ge=1, le=100)] = 10) -> SearchResult:
     data = await file.read(MAX_QUERY_IMAGE_BYTES + 1)
     if len(data) > MAX_QUERY_IMAGE_BYTES:
@@ -206,7 +209,7 @@ async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
 
 
 @router.get("/images/{image_id}/similar", response_model=SearchResult,
-            responses={404: {"description": "not in this tenant's index"}})
+            responses=PARAM_RESPONSES | problems({404: "not in this tenant's index"}))
 async def similar(image_id: str, tenant: TenantDep, ctx: SearchDep,
                   k: Annotated[int, Query(ge=1, le=100)] = 10) -> SearchResult:
     model = await ctx.encoder.model_id()
