@@ -114,12 +114,6 @@ class Catalog:
                 sa.or_(duplicates.c.image_id == image_id, duplicates.c.other_id == image_id)))
             return removed
 
-    def link_duplicates(self, tenant_id: str, image_id: str, tiers: list[str],
-                        matches: list[tuple[str, str, float]]) -> None:
-        """Record matches in both directions (``lifecycle.link``)."""
-        with self.engine.begin() as conn:
-            lifecycle.link(conn, [(tenant_id, image_id, tiers, matches)])
-
     def duplicates_of(self, tenant_id: str, image_id: str) -> list[DuplicateRow]:
         query = (sa.select(duplicates.c.other_id, duplicates.c.kind, duplicates.c.score)
                  .where(duplicates.c.tenant_id == tenant_id, duplicates.c.image_id == image_id)
@@ -128,17 +122,6 @@ class Catalog:
             rows = conn.execute(query).all()
         return sorted((DuplicateRow(r[0], r[1], r[2]) for r in rows),
                       key=lambda d: (KIND_RANK.get(d.kind, 9), -d.score))
-
-    def advance(self, image_id: str, status: str, at: datetime, **fields: Any) -> bool:
-        """Move an image forward to ``status`` (never backwards); False if not moved."""
-        with self.engine.begin() as conn:
-            return lifecycle.advance(conn, status, [{"image_id": image_id, "at": at,
-                                                     **fields}]) > 0
-
-    def dedup_failed(self, image_id: str) -> bool:
-        """Dedup could not run for this image: say so, and leave its status alone."""
-        with self.engine.begin() as conn:
-            return lifecycle.dedup_failed(conn, [image_id]) > 0
 
     def fail(self, image_id: str, stage: str, reason: str, message: str, at: datetime) -> bool:
         with self.engine.begin() as conn:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from deeplens.hash_index import HashIndex
 from deeplens.tombstones import Tombstones
 from ingestion.catalog import Catalog
+from tests.ingestion import lifecycle_events as events
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
@@ -37,31 +38,34 @@ def test_insert_clash_list_and_counts(catalog_url) -> None:
 def test_status_moves_forward_only_and_failures_clear_on_a_later_success(catalog_url) -> None:
     catalog = Catalog(catalog_url)
     catalog.insert(row("a"))
-    assert catalog.advance("a", "processed", NOW + timedelta(seconds=2), feature_model="m")
-    assert not catalog.advance("a", "validated", NOW + timedelta(seconds=1), width=9, height=9)
+    a = events.uploaded("a")
+    events.project(catalog, events.processed(a, seconds=2))
+    events.project(catalog, events.validated(a, seconds=1, size=9))  # late
     image = catalog.get("acme", "a")
     assert image.status == "processed" and image.width == 9, "late fields land, status stays"
-    assert catalog.fail("a", "indexing", "index_error", "store down", NOW + timedelta(seconds=3))
+    events.project(catalog, events.failed(a, seconds=3, stage="indexing", reason="index_error"))
     assert catalog.get("acme", "a").status == "failed"
-    assert catalog.advance("a", "indexed", NOW + timedelta(seconds=4))  # a replay succeeded
+    events.project(catalog, events.indexed(a, seconds=4))  # a replay succeeded
     image = catalog.get("acme", "a")
     assert image.status == "indexed" and image.failure_reason is None
-    assert not catalog.fail("a", "indexing", "x", "an older failure", NOW + timedelta(seconds=1))
+    events.project(catalog, events.failed(a, seconds=1))  # an older failure, redelivered
+    assert catalog.get("acme", "a").status == "indexed"
 
 
 def test_concurrent_projectors_never_move_an_image_backwards(catalog_url) -> None:
-    """Several projector actors apply events of one image in any order at once."""
+    """Several projector actors apply events of one image in any order at once, each
+    through the projection's own path (``changes_of`` -> ``lifecycle.apply``)."""
     catalog = Catalog(catalog_url)
     ids = [f"c{i}" for i in range(20)]
     for image_id in ids:
         catalog.insert(row(image_id))
-    steps = [("validated", 1), ("processed", 2), ("indexed", 3)]
+    steps = [events.validated, events.processed, events.indexed]
 
-    def project(order: list[tuple[str, int]]) -> None:
+    def project(order: list) -> None:
         mine = Catalog(catalog_url)
         for image_id in ids:
-            for status, second in order:
-                mine.advance(image_id, status, NOW + timedelta(seconds=second))
+            for step in order:
+                events.project(mine, step(events.uploaded(image_id)))
 
     threads = [threading.Thread(target=project, args=(order,))
                for order in (steps, steps[::-1], [steps[1], steps[2], steps[0]])]
@@ -76,8 +80,10 @@ def test_duplicates_both_ways_and_usage_once_per_event(catalog_url) -> None:
     catalog = Catalog(catalog_url)
     for image_id in ("a", "b"):
         catalog.insert(row(image_id))
-    catalog.link_duplicates("acme", "a", ["exact", "near"], [("b", "near", 0.9)])
-    catalog.link_duplicates("acme", "b", ["exact", "near"], [("a", "exact", 1.0)])
+    events.project(catalog, events.duplicates("acme", "a", ["exact", "near"],
+                                               [("b", "near", 0.9)]))
+    events.project(catalog, events.duplicates("acme", "b", ["exact", "near"],
+                                               [("a", "exact", 1.0)]))
     assert [(d.image_id, d.kind) for d in catalog.duplicates_of("acme", "a")] == [("b", "exact")]
     assert [(d.image_id, d.kind) for d in catalog.duplicates_of("acme", "b")] == [("a", "exact")]
     assert catalog.add_usage("e1", "acme", NOW, "uploads", 1)

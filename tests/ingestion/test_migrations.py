@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from deeplens.db import current_revision, make_engine
 from ingestion.catalog import Catalog
+from ingestion.lifecycle import Changes
 
 HEAD = "0004"
 
@@ -68,7 +69,7 @@ def test_a_catalog_from_before_migrations_is_upgraded_in_place(catalog_url) -> N
     row = catalog.get("acme", "kept")
     assert row is not None and row.status == "indexed"
     assert row.dedup_tiers is None and row.pending is None  # the columns added since
-    catalog.link_duplicates("acme", "kept", ["exact"], [])
+    catalog.apply(Changes(links=[("acme", "kept", ["exact"], [])]))
     assert catalog.get("acme", "kept").dedup_tiers == "exact"
 
 

@@ -7,7 +7,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from actors.validator import validate_one
-from deeplens.events import DuplicateMatch, DuplicatesFound, ImageFailed, ImageUploaded
+from deeplens.events import (
+    DuplicateMatch,
+    DuplicatesFound,
+    ImageFailed,
+    ImageIndexed,
+    ImageUploaded,
+)
 from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope
 from deeplens.storage import LocalStorage
@@ -36,7 +42,8 @@ def row(image_id: str, tenant: str = "acme") -> dict:
 def test_a_dedup_failure_is_recorded_and_never_demotes_an_indexed_image(tmp_path) -> None:
     catalog = Catalog(f"sqlite:///{tmp_path}/c.db")
     catalog.insert(row("a"))
-    catalog.advance("a", "indexed", NOW)
+    apply(catalog, envelope(ImageIndexed(tenant_id="acme", image_id="a", feature_model="m",
+                                         collection="c", indexed_at=NOW)))
     failure = ImageFailed(tenant_id="acme", image_id="a", reason="dedup_error",
                           message="bad pixels", stage="dedup",
                           failed_at=NOW + timedelta(seconds=1))
@@ -82,7 +89,7 @@ def test_a_batch_in_one_transaction_ends_where_event_by_event_does(tmp_path, cat
     is not recorded at all, whichever way the events are applied.)"""
     import random
 
-    from deeplens.events import ImageIndexed, ImageProcessed, ImageValidated
+    from deeplens.events import ImageProcessed, ImageValidated
 
     def lifecycle(image_id: str, fails: bool) -> list:
         base = row(image_id) | {"uploaded_at": NOW}
