@@ -239,3 +239,8 @@ BODY_RESPONSES = problems({
     422: "a field of the body is missing or out of its range",
 })
 """What a route that reads a request body may answer besides its own."""
+
+IMAGE_PART = {"requestBody": {"content": {"multipart/form-data": {"encoding": {
+    "file": {"contentType": "image/jpeg, image/png, image/webp"}}}}}}
+"""``openapi_extra`` of a route whose ``file`` part is an image: what the bytes must be,
+which a JSON schema of ``format: binary`` cannot say."""

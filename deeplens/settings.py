@@ -174,9 +174,8 @@ class IngestionSettings(BaseModel):
         30, ge=1, description="Failed authentications per client address per minute before "
         "that address is answered 429")
     failed_auth_burst: int = Field(10, ge=1)
-    rate_limit_max_keys: int = Field(
-        100_000, ge=1, description="Rate-limit buckets kept per budget (tenants, failing "
-        "client addresses) in each Gateway replica; past it the least recently used goes")
+    rate_limit_max_keys: int = Field(100_000, ge=1, description="Rate-limit buckets kept "
+                                     "per budget and replica; the least recently used go")
     max_image_pixels: int = Field(89_478_485, ge=1, description="Pillow's bomb threshold")
     min_side: int = Field(16, ge=1)
     max_side: int = Field(16_384, ge=1)

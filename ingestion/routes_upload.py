@@ -11,14 +11,14 @@ from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import BODY_RESPONSES, TenantDep, problems
+from deeplens.auth import BODY_RESPONSES, IMAGE_PART, TenantDep, problems
 from deeplens.events import ImageUploaded, utcnow
 from deeplens.formats import hostile_trailer, sniff
 from deeplens.kafka import DeliveryError, Outbound
 from deeplens.storage import object_path
 from ingestion import metrics
 from ingestion.catalog import ImageRow
-from ingestion.schemas import IMAGE_PART, UploadOut
+from ingestion.schemas import UploadOut
 from ingestion.services import Services, ServicesDep
 
 log = logging.getLogger(__name__)

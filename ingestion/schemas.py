@@ -12,11 +12,6 @@ from deeplens.events import ImageStatus
 Problem = ErrorBody
 """Every error answer, whatever its status or route: ``{"detail": "<one sentence>"}``."""
 
-IMAGE_PART = {"requestBody": {"content": {"multipart/form-data": {"encoding": {
-    "file": {"contentType": "image/jpeg, image/png, image/webp"}}}}}}
-"""``openapi_extra`` of a route whose ``file`` part is an image: what the bytes must be,
-which a JSON schema of ``format: binary`` cannot say."""
-
 
 class UploadOut(BaseModel):
     image_id: str

@@ -27,11 +27,17 @@ from fastapi import (
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from deeplens.auth import AUTH_RESPONSES, BODY_RESPONSES, PARAM_RESPONSES, TenantDep, problems
+from deeplens.auth import (
+    AUTH_RESPONSES,
+    BODY_RESPONSES,
+    IMAGE_PART,
+    PARAM_RESPONSES,
+    TenantDep,
+    problems,
+)
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
 from deeplens.vectors.base import Hit, VectorStore, is_random_init
-from ingestion.schemas import IMAGE_PART
 
 log = logging.getLogger(__name__)
 
