@@ -12,7 +12,6 @@ DeepLens' own EventProducer, ``senders`` threads each sending 10 events a call
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 import uuid
@@ -55,7 +54,9 @@ def run(kafka: KafkaSettings, events: int, senders: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--senders", type=int, default=8)
     args = parser.parse_args()

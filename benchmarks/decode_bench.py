@@ -10,13 +10,14 @@ Writes results/decode.json.
 
 from __future__ import annotations
 
-import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--batch", type=int, default=32)

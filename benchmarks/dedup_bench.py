@@ -21,7 +21,6 @@ in-memory look-up time at ``--lookup-rows`` stored images. Writes results/dedup.
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import random
@@ -61,7 +60,9 @@ def copies_of(img: Image.Image, rng: random.Random) -> dict[str, bytes]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lookup-rows", type=int, default=100_000)
     parser.add_argument("--scenes", type=int, default=80,

@@ -11,7 +11,6 @@ results/event_codec.json.
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import UTC, datetime
 
@@ -19,7 +18,9 @@ import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--events", type=int, default=2000)
     args = parser.parse_args()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -213,7 +214,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu.json"))
+    parser.add_argument("--out", default=None,
+                        help="results file; default benchmarks/runs/gpu-<UTC time>.json")
+    parser.add_argument("--record", action="store_true",
+                        help="write benchmarks/results/gpu.json (rename it per card)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
@@ -261,9 +265,15 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['images_per_s']} | "
               f"{r['gflops_per_image']} | {r['share_of_peak']:.0%} |")
-    out = Path(args.out)
+    sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a file: the repo root
+    from benchmarks.common import destination, provenance
+
+    out = destination("gpu", Path(args.out) if args.out else None, args.record)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"card": card, "torch": torch.__version__,
+
+    out.write_text(json.dumps({"benchmark": "gpu", **provenance(
+                                   f"{card}, {os.cpu_count()} host cores"),
+                               "card": card, "torch": torch.__version__,
                                "bf16_peak_tflops": round(peak, 1), "decoder": decoder,
                                "decode_images_per_s": round(rate, 1), "rows": rows,
                                "whole_embedder": embedder}, indent=2))

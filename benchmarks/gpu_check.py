@@ -5,13 +5,14 @@
 nvJPEG (``encode_thumbnails`` with CUDA tensors) against Pillow on the host: time per
 thumbnail, size, error against the source; then ``embed_items`` with ViT-B-32 bf16 on
 the card (Pillow decoder, as on a card without DALI) over 64 photos, one corrupt:
-the corrupt one fails alone. Writes $OUT/gpu_check.json (or /tmp/gpu_check.json).
+the corrupt one fails alone. Writes a timestamped gpu_check results file in $OUT (the
+device tool's folder) or benchmarks/runs/; ``--out``, ``--record`` as every script.
 """
 
 import io
-import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,12 +68,18 @@ def embed_on_cuda() -> dict:
 
 
 def main() -> None:
+    from benchmarks.common import bench_parser
+
+    parser = bench_parser(__doc__, repeat=False)
+    parser.set_defaults(out=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    parser.parse_args()  # where record() writes: --out (default $OUT, else benchmarks/runs/)
     host = [np.ascontiguousarray(np.asarray(photo(320, 240, s))) for s in range(64)]
-    out = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__,
-           "thumbnails": thumbnails(host), "embed_items_cuda": embed_on_cuda()}
-    path = os.path.join(os.environ.get("OUT", "/tmp"), "gpu_check.json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
+    from benchmarks.common import record
+
+    card = torch.cuda.get_device_name(0)
+    path = record("gpu_check", {"card": card, "torch": torch.__version__,
+                                "thumbnails": thumbnails(host),
+                                "embed_items_cuda": embed_on_cuda()})
     print(f"recorded in {path}")
 
 

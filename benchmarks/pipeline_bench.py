@@ -20,7 +20,6 @@ fraction; writes results/pipeline.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import threading
@@ -129,7 +128,9 @@ def path_rate(settings, handle, photos: list[bytes]) -> tuple[float, float, list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
@@ -140,7 +141,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from benchmarks.common import machine, record
+    from benchmarks.common import machine, mute_stderr_from_now, quietly_closed, record
     from cluster.samples import jpeg_bytes, scene
     from deeplens.broker import local_broker
     from deeplens.kafka import admin_client
@@ -155,7 +156,8 @@ def main() -> None:
     print(f"bare (decode + hashes + thumbnail + model): {bare:7.1f} images/s", flush=True)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
+    with quietly_closed(local_broker(), "pipeline_bench") as broker, \
+            tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap,
                               one_record_per_batch=True, batch_size=args.batch)
         ensure_topics(admin_client(kafka), TopicNames(""))
@@ -173,6 +175,7 @@ def main() -> None:
         stats = handle.stats.remote().result()
         print(f"whole path:  {whole:7.1f} images/s  ({whole / bare:.0%} of bare), "
               f"Embedder busy {busy:.0%} in the sustained part", flush=True)
+        mute_stderr_from_now("pipeline_bench")  # shutdown noise to a log: results come last
         serve.shutdown()
     ray.shutdown()
     figures = {"model": args.model, "batch": args.batch, "images": args.images,

@@ -22,12 +22,13 @@ the 100k tenant, time to load each tenant (restart: the first query after a star
 and to build the HNSW, memory per vector, and time from a write by another process
 (an indexer) to visible in search.
 
-Writes results/search.json.
+Latencies are steady state: each measured search path answers one query before its
+timed queries. ``--repeat N``: medians of N runs with their spread. Writes a results
+file (benchmarks/common.py: ``--out``, ``--record``).
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -222,7 +223,9 @@ def multi_tenant(total: int, big: int, n_queries: int, rng: np.random.Generator)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import bench_parser
+
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--total", type=int, default=1_000_000)
@@ -231,14 +234,20 @@ def main() -> None:
     parser.add_argument("--skip-candidates", action="store_true")
     args = parser.parse_args()
 
-    from benchmarks.common import machine, record
+    from benchmarks.common import machine, print_spread, record, repeated
 
     rng = np.random.default_rng(0)
-    rows: list[dict] = []
-    if not args.skip_candidates:
-        for size in args.sizes:
-            rows += candidates(size, args.queries, not args.skip_lance_ann, rng)
-    multi = multi_tenant(args.total, args.big, args.queries, rng)
+
+    def one_run(_i: int) -> dict:
+        rows: list[dict] = []
+        if not args.skip_candidates:
+            for size in args.sizes:
+                rows += candidates(size, args.queries, not args.skip_lance_ann, rng)
+        return {"candidates": rows,
+                "multi": multi_tenant(args.total, args.big, args.queries, rng)}
+
+    figures = repeated(args.repeat, one_run)
+    rows, multi = figures["candidates"], figures["multi"]
     print(f"machine: {machine()}; {DIM}-d, {args.queries} queries, one thread")
     print("| vectors | candidate | p50 ms | p99 ms | recall@10 | build s |")
     print("|---|---|---|---|---|---|")
@@ -253,7 +262,8 @@ def main() -> None:
               f"{f['recall_at_10']} | {f['load_s']} | {f['hnsw_build_s'] or '-'} | "
               f"{f['bytes_per_vector']} |")
     print(f"upsert to visible: {multi['upsert_to_visible_s']}")
-    print(f"recorded in {record('search', {'dim': DIM, 'candidates': rows, 'multi': multi})}")
+    print_spread(figures)
+    print(f"recorded in {record('search', {'dim': DIM, **figures})}")
 
 
 if __name__ == "__main__":

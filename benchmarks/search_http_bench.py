@@ -13,7 +13,6 @@ Writes results/search_http.json.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +47,9 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--model", default="ViT-B-32")

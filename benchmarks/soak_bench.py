@@ -19,7 +19,6 @@ Writes results/soak.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -52,7 +51,9 @@ def growth_per_image(rounds: list[dict], warmup: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--images", type=int, default=1000, help="uploads per round")
     parser.add_argument("--clients", type=int, default=8)

@@ -9,7 +9,6 @@ concurrency level. Figures go to benchmarks/results/upload.json.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,9 @@ def run_level(url: str, payloads: list[bytes], concurrency: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    from benchmarks.common import BenchParser
+
+    parser = BenchParser(__doc__, repeat=False)
     parser.add_argument("--images", type=int, default=400, help="uploads per level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
