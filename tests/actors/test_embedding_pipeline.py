@@ -114,6 +114,71 @@ def test_feeder_killed_before_commit_redelivers_everything(api, embedder_app) ->
     assert max(counts.values()) >= 2, "the batch produced before the crash was redelivered"
 
 
+class DeadDevice:
+    """A decoder on a GPU that has failed: every call raises, as torch and DALI then do."""
+
+    name = "dead-device"
+
+    def decode(self, items):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def _embedder_on_a_dead_device_once():
+    """The real Embedder; the first replica to start while ``arm`` exists has a dead device
+    (its every decode faults), the replica Serve starts in its place a working one."""
+    from pathlib import Path
+
+    from serve_apps.embedder import Embedder
+
+    class OnADeadDeviceOnce(Embedder.func_or_class):
+        def __init__(self, args, arm: str) -> None:
+            super().__init__(args)
+            try:
+                Path(arm).unlink()
+            except FileNotFoundError:
+                return
+            self.decoder = DeadDevice()
+
+    return OnADeadDeviceOnce
+
+
+def test_a_device_fault_fails_no_image_and_the_replica_is_replaced(api, ray_session) -> None:
+    """A replica whose GPU fails mid-batch answers with a device fault, not 'corrupt': no
+    image is failed, the replica fails its health check and Serve replaces it, and the
+    feeder's retries embed every image on the new replica."""
+    from ray import serve
+
+    from deeplens.serve_names import EMBEDDER_DEPLOYMENT
+    from serve_apps.embedder import EmbedderArgs
+
+    serve.delete(EMBEDDER_APP)  # the module's Embedder, if up
+    arm = api.settings.data_dir / "arm-device-fault"
+    arm.parent.mkdir(parents=True, exist_ok=True)
+    arm.write_text("x")
+    deployment = serve.deployment(_embedder_on_a_dead_device_once(), name=EMBEDDER_DEPLOYMENT,
+                                  health_check_period_s=1, health_check_timeout_s=30)
+    handle = serve.run(deployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0.5})
+                       .bind(EmbedderArgs(model=TINY, decoder="pillow"), str(arm)),
+                       name=EMBEDDER_APP, route_prefix=None)
+    dead_pid = handle.pid.remote().result(timeout_s=60)
+    assert not arm.exists(), "the first replica has the dead device"
+    sent = put_validated(api.settings, api.tenant_a, 6)
+    actors = launch_stage(api.settings, feeder_spec(), 1)
+    try:
+        processed = read_topic(api.settings.kafka, "images.processed", expect=6, timeout_s=240)
+        stats = __import__("ray").get(actors[0].stats.remote())
+    finally:
+        stop_stage(actors)
+    try:
+        assert {p.image_id for p in processed} == {e.image_id for e in sent}
+        assert stats["failed_out"] == 0 and stats["dead_lettered"] == 0, stats
+        assert stats["batch_retries"] + stats["retried"] >= 1, "the device fault was retried"
+        assert handle.pid.remote().result(timeout_s=60) != dead_pid, "the replica was replaced"
+    finally:
+        serve.delete(EMBEDDER_APP)
+    assert read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=2) == []
+
+
 def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> None:
     """With no Embedder deployed, feeders retry (in place, then on the retry ladder) and fail
     nothing; once it is deployed, everything is embedded."""
