@@ -219,3 +219,16 @@ def test_rate_limits_are_shared_out_among_gateway_replicas(tmp_path, replicas) -
             assert refused.status == 429
     allowed = 40 + 600 * (clock.now / 60)  # the setting: burst + its rate over the window
     assert allowed - 2 * replicas <= admitted <= allowed
+
+
+@pytest.mark.parametrize("data", [images.zip_padded_polyglot(), images.zip_in_png_chunk()],
+                         ids=["zip-padded-past-1MiB-after-a-jpeg", "zip-in-a-png-chunk"])
+def test_polyglots_are_refused_by_structure_not_by_a_window(api, data) -> None:
+    """Issue 23, item 6: both files open with ``zipfile``; both are refused, and nothing
+    of them is stored or catalogued."""
+    with api.client() as client:
+        answer = client.post("/v1/images", files={"file": ("holiday.jpg", data)})
+        listed = client.get("/v1/images").json()
+    assert answer.status_code == 415, answer.text
+    assert "ZIP archive" in answer.json()["detail"]
+    assert listed["items"] == []
