@@ -16,14 +16,19 @@ Two near distances per pair of images (``near_distances``):
 
 Several dedup actors share the table, and each keeps its own cache, so:
 
-- a refresh reads the rows past the highest ``seq`` it has seen and, at most every
-  ``SWEEP_EVERY_S``, re-reads the ids of a window of ``REFRESH_OVERLAP`` sequence
-  numbers below it: a row that took its ``seq`` early but committed late (two
-  writers on PostgreSQL) is still picked up. Only ids are re-read; hashes are
-  fetched for rows not yet cached (re-reading 1,000 rows of hashes per image was
-  most of the dedup actor's CPU in ``ceiling_bench --profile``);
+- a refresh reads the rows past the highest ``seq`` it has seen (in pages: a first
+  load of a million rows streams) and, at most every ``SWEEP_EVERY_S``, re-reads the
+  ``seq`` numbers of a window of ``REFRESH_OVERLAP`` below it: a row that took its
+  ``seq`` early but committed late (two writers on PostgreSQL) is still picked up.
+  Hashes are fetched for rows not yet cached only;
 - matches from the cache are confirmed against the table before they are
-  returned, so an image another actor forgot (deleted) is never reported.
+  returned, so an image another actor forgot (deleted) is never reported; its slot
+  is marked dead, as ``forget`` marks its own: a delete never reloads a tenant.
+
+What a tenant costs: ~420 bytes per stored image (49 window hashes, a 16-byte id,
+its ``seq``), arrays grown by half again when full, dead slots compacted once a
+quarter of the rows are dead; ``max_bytes`` drops the least recently used tenants.
+Every id list sent to the database is cut into ``IN_CHUNK`` slices.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -61,6 +67,8 @@ image_hashes = sa.Table(
 
 REFRESH_OVERLAP = 1000
 SWEEP_EVERY_S = 1.0
+LOAD_PAGE = 50_000  # rows per query when a tenant loads: bounded memory while it streams
+IN_CHUNK = 5_000  # ids per IN (...): far below SQLite's (32,766 by default) and PostgreSQL's (65,535) limits
 
 
 def to_signed(value: int) -> int:
@@ -176,21 +184,130 @@ def _windows_of(phash: int, windows: bytes | None) -> np.ndarray:
     return np.full(len(WINDOWS), np.uint64(phash & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
 
 
-@dataclass
+def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    """``values`` in slices of at most ``size``: every ``IN (...)`` stays far below
+    SQLite's and PostgreSQL's limits on bound parameters, whatever the tenant's size."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
 class _TenantHashes:
-    last_seq: int = 0
-    swept_at: float = float("-inf")  # monotonic time of the last overlap sweep
-    ids: list[str] = field(default_factory=list)
-    known: set[str] = field(default_factory=set)
-    windows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint64))
+    """One tenant's near-tier hashes, compact: per stored image its window hashes
+    (8 bytes each), its id in 16 bytes (a uuid hex id; any other id also in a small
+    side dict), its ``seq`` and a live flag: ~420 bytes for 49 windows. Rows are kept
+    in the order they were read, which is ``seq`` order except for a row that committed
+    late (found by an overlap sweep); ``seqs`` stays non-decreasing so a row is found
+    by its ``seq`` with a binary search, and late rows are also kept in ``late``."""
+
+    GROWTH = 1.5  # amortised growth: each row is copied a bounded number of times
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.n = 0  # slots used (alive or dead)
+        self.dead = 0
+        self.windows = np.empty((0, width), dtype=np.uint64)
+        self.keys = np.empty((0, 16), dtype=np.uint8)
+        self.seqs = np.empty(0, dtype=np.int64)
+        self.alive = np.empty(0, dtype=bool)
+        self.odd: dict[int, str] = {}  # slot -> an id that is not 32 hex digits
+        self.late: dict[int, int] = {}  # seq -> slot of a row appended out of seq order
+        self.last_seq = 0
+        self.swept_at = float("-inf")  # monotonic time of the last overlap sweep
+
+    def __len__(self) -> int:
+        return self.n - self.dead
+
+    def nbytes(self) -> int:
+        return (self.windows.nbytes + self.keys.nbytes + self.seqs.nbytes + self.alive.nbytes
+                + 120 * (len(self.odd) + len(self.late)))
+
+    def append(self, seqs: np.ndarray, ids: Sequence[str], windows: np.ndarray) -> None:
+        count = len(seqs)
+        if not count:
+            return
+        self._reserve(self.n + count)
+        start, stop = self.n, self.n + count
+        self.windows[start:stop] = windows
+        self.alive[start:stop] = True
+        for offset, image_id in enumerate(ids):
+            if len(image_id) == 32 and _HEX.issuperset(image_id):
+                self.keys[start + offset] = np.frombuffer(bytes.fromhex(image_id), np.uint8)
+            else:
+                self.keys[start + offset] = 0
+                self.odd[start + offset] = image_id
+        floor = int(self.seqs[start - 1]) if start else 0
+        for offset, seq in enumerate(seqs.tolist()):  # keep the column non-decreasing
+            if seq < floor:
+                self.late[seq] = start + offset
+                seq = floor
+            self.seqs[start + offset] = floor = seq
+        self.n = stop
+        self.last_seq = max(self.last_seq, int(seqs.max()))
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self.alive):
+            return
+        capacity = max(rows, int(len(self.alive) * self.GROWTH), 1024)
+        for name in ("windows", "keys", "seqs", "alive"):
+            old = getattr(self, name)
+            new = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def image_id(self, slot: int) -> str:
+        odd = self.odd.get(slot)
+        return odd if odd is not None else self.keys[slot].tobytes().hex()
+
+    def slots_of(self, seqs: Sequence[int]) -> np.ndarray:
+        """The slot holding each of ``seqs`` (-1 where none): a binary search each."""
+        wanted = np.asarray(seqs, dtype=np.int64)
+        column = self.seqs[: self.n]
+        found = np.searchsorted(column, wanted)
+        inside = found < self.n
+        hit = np.zeros(len(wanted), dtype=bool)
+        hit[inside] = column[found[inside]] == wanted[inside]
+        out = np.where(hit, found, -1)
+        for i, seq in enumerate(wanted.tolist()):
+            slot = self.late.get(seq)
+            if slot is not None:
+                out[i] = slot
+            elif out[i] >= 0 and int(out[i]) in self.late.values():  # a late row's stand-in
+                out[i] = -1
+        return out
+
+    def kill(self, slots: Iterable[int]) -> None:
+        for slot in slots:
+            if 0 <= slot < self.n and self.alive[slot]:
+                self.alive[slot] = False
+                self.dead += 1
+        if self.dead > max(1024, self.n // 4):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop dead slots (rare: a quarter of the rows dead), keeping the order."""
+        keep = np.flatnonzero(self.alive[: self.n])
+        remap = {int(old): new for new, old in enumerate(keep.tolist())
+                 if int(old) in self.odd or int(old) in self.late.values()}
+        self.odd = {remap[s]: i for s, i in self.odd.items() if s in remap}
+        self.late = {q: remap[s] for q, s in self.late.items() if s in remap}
+        for name in ("windows", "keys", "seqs", "alive"):
+            column = getattr(self, name)
+            column[: len(keep)] = column[keep]
+        self.n, self.dead = len(keep), 0
 
 
 class HashIndex:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_bytes: int = 0) -> None:
+        """``max_bytes``: memory budget of the cached tenants (0: unbounded); past it the
+        least recently used tenants are dropped, and reloaded when asked for again."""
         from deeplens.db import make_engine
 
         self.engine = make_engine(url)  # the catalog database; schema by deeplens/migrations
-        self._cache: dict[str, _TenantHashes] = {}
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[str, _TenantHashes] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, tenant_id: str, image_id: str, sha256: str, pixel_sha256: str,
@@ -224,57 +341,113 @@ class HashIndex:
                             np.asarray(windows, dtype=">u8").tobytes())
         with self._lock:
             cached = self._refresh(tenant_id)
-            if not cached.ids:
+            if not len(cached):
                 return []
-            whole, windowed = near_distances(cached.windows, query)
+            whole, windowed = near_distances(cached.windows[: cached.n], query)
             if windows is None or window_max_distance < 0:
                 windowed = np.full_like(whole, 999)
-            hit = (whole <= max_distance) | (windowed <= window_max_distance)
+            hit = ((whole <= max_distance) | (windowed <= window_max_distance)) \
+                & cached.alive[: cached.n]
             best = np.minimum(whole, windowed)
-            found = [(cached.ids[i], int(best[i])) for i in np.nonzero(hit)[0]
-                     if cached.ids[i] != image_id]
+            slots = [int(s) for s in np.flatnonzero(hit)]
+            found = [(cached.image_id(s), int(best[s]), s) for s in slots]
+            found = [f for f in found if f[0] != image_id]
         if not found:
             return []
-        alive = self._alive(tenant_id, [i for i, _ in found])
-        if len(alive) < len(found):  # another actor forgot some: drop them here too
+        alive = self._alive(tenant_id, [i for i, _, _ in found])
+        if len(alive) < len(found):  # another actor forgot some: drop their slots here too
             with self._lock:
-                self._cache.pop(tenant_id, None)
-        return [(i, d) for i, d in found if i in alive]
+                if self._cache.get(tenant_id) is cached:
+                    cached.kill(s for i, _, s in found if i not in alive)
+        return [(i, d) for i, d, _ in found if i in alive]
 
     def _alive(self, tenant_id: str, image_ids: list[str]) -> set[str]:
-        query = sa.select(image_hashes.c.image_id).where(
-            image_hashes.c.tenant_id == tenant_id, image_hashes.c.image_id.in_(image_ids))
+        out: set[str] = set()
         with self.engine.connect() as conn:
-            return {row[0] for row in conn.execute(query)}
+            for part in chunked(image_ids):
+                out.update(row[0] for row in conn.execute(sa.select(image_hashes.c.image_id)
+                           .where(image_hashes.c.tenant_id == tenant_id,
+                                  image_hashes.c.image_id.in_(part))))
+        return out
+
+    def cached_bytes(self) -> int:
+        return sum(c.nbytes() for c in self._cache.values())
 
     def _refresh(self, tenant_id: str) -> _TenantHashes:
-        cached = self._cache.setdefault(tenant_id, _TenantHashes())
+        """The tenant's cache brought up to date: rows past the highest ``seq`` seen, in
+        pages (a first load of a large tenant streams), and now and then an overlap sweep
+        for rows that committed late. Called with the lock held."""
+        from deeplens.image_hashes import WINDOWS
+
+        cached = self._cache.get(tenant_id)
+        if cached is None:
+            cached = self._cache[tenant_id] = _TenantHashes(len(WINDOWS))
+        self._cache.move_to_end(tenant_id)
         now = time.monotonic()
-        sweep = now - cached.swept_at >= SWEEP_EVERY_S
-        low = cached.last_seq - REFRESH_OVERLAP if sweep else cached.last_seq
         t = image_hashes.c
+        columns = (t.seq, t.image_id, t.phash, t.windows)
         with self.engine.connect() as conn:
-            seen = conn.execute(sa.select(t.seq, t.image_id).where(
-                t.tenant_id == tenant_id, t.seq > low)).all()
-            new = [image_id for _, image_id in seen if image_id not in cached.known]
-            rows = conn.execute(sa.select(t.seq, t.image_id, t.phash, t.windows).where(
-                t.tenant_id == tenant_id, t.image_id.in_(new)).order_by(t.seq)).all() \
-                if new else []
-        if sweep:
-            cached.swept_at = now
-        if rows:
-            cached.ids.extend(r[1] for r in rows)
-            cached.known.update(r[1] for r in rows)
-            fresh = np.stack([_windows_of(int(r[2]), r[3]) for r in rows])
-            cached.windows = (fresh if not len(cached.windows)
-                              else np.concatenate([cached.windows, fresh]))
-        if seen:
-            cached.last_seq = max(cached.last_seq, max(seq for seq, _ in seen))
+            if now - cached.swept_at >= SWEEP_EVERY_S and cached.last_seq:
+                cached.swept_at = now
+                recent = [r[0] for r in conn.execute(sa.select(t.seq).where(
+                    t.tenant_id == tenant_id, t.seq > cached.last_seq - REFRESH_OVERLAP,
+                    t.seq <= cached.last_seq))]
+                missing = [s for s, slot in zip(recent, cached.slots_of(recent).tolist(),
+                                                strict=True) if slot < 0]
+                for part in chunked(missing):
+                    _append_rows(cached, conn.execute(sa.select(*columns).where(
+                        t.tenant_id == tenant_id, t.seq.in_(part)).order_by(t.seq)).all())
+            elif not cached.last_seq:
+                cached.swept_at = now
+            while True:
+                rows = conn.execute(sa.select(*columns).where(
+                    t.tenant_id == tenant_id, t.seq > cached.last_seq)
+                    .order_by(t.seq).limit(LOAD_PAGE)).all()
+                _append_rows(cached, rows)
+                if len(rows) < LOAD_PAGE:
+                    break
+        self._evict(keep=tenant_id)
         return cached
 
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used tenants while the cache is over its budget."""
+        if not self.max_bytes:
+            return
+        total = self.cached_bytes()
+        for tenant in list(self._cache):
+            if total <= self.max_bytes:
+                break
+            if tenant != keep:
+                total -= self._cache.pop(tenant).nbytes()
+                log.info("near-duplicate cache over budget: dropped tenant %s", tenant)
+
     def forget(self, tenant_id: str, image_id: str) -> None:
+        """Delete the image's hashes; its slot in this actor's cache is marked dead (no
+        reload: other actors drop theirs when a look-up finds the row gone)."""
         with self.engine.begin() as conn:
-            conn.execute(image_hashes.delete().where(image_hashes.c.tenant_id == tenant_id,
-                                                     image_hashes.c.image_id == image_id))
-        with self._lock:  # rebuilt from the table on next use
-            self._cache.pop(tenant_id, None)
+            gone = [row[0] for row in conn.execute(image_hashes.delete().where(
+                image_hashes.c.tenant_id == tenant_id, image_hashes.c.image_id == image_id)
+                .returning(image_hashes.c.seq))]
+        if gone:
+            with self._lock:
+                cached = self._cache.get(tenant_id)
+                if cached is not None:
+                    cached.kill(int(s) for s in cached.slots_of(gone).tolist())
+
+
+def _append_rows(cached: _TenantHashes, rows: Sequence[Any]) -> None:
+    """Add a page of (seq, image_id, phash, windows) rows, decoded in bulk."""
+    if not rows:
+        return
+    width = cached.width
+    full = [r[3] is not None and len(r[3]) == 8 * width for r in rows]
+    if all(full):
+        windows = np.frombuffer(b"".join(r[3] for r in rows), dtype=">u8").astype(np.uint64)
+        windows = windows.reshape(len(rows), width)
+    else:  # rows from before window hashes: the whole-image pHash stands for every window
+        phashes = np.fromiter((int(r[2]) for r in rows), dtype=np.int64, count=len(rows))
+        windows = np.repeat(phashes.view(np.uint64)[:, None], width, axis=1)
+        for i in np.flatnonzero(full).tolist():
+            windows[i] = _windows_of(int(rows[i][2]), rows[i][3])
+    cached.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                  [r[1] for r in rows], windows)
