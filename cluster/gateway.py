@@ -21,10 +21,13 @@ def build_gateway(settings: Settings) -> Any:
 
         app = create_app(settings)
         handle = embedder_handle()
-        mount_search(app, make_search_store(settings), HandleEncoder(handle),
+        encoder = HandleEncoder(handle, settings.serve.query_timeout_s)
+        mount_search(app, make_search_store(settings), encoder,
                      producer=app.state.services.producer)
-        register_pipeline_metrics(settings, app.state.services.catalog,
-                                  {spec.stage: count for spec, count in stage_specs(settings)})
+        collector = register_pipeline_metrics(
+            settings, app.state.services.catalog,
+            {spec.stage: count for spec, count in stage_specs(settings)})
+        add_readiness(app, collector.watch)
         return app
 
     deployment = serve.deployment(
@@ -35,3 +38,16 @@ def build_gateway(settings: Settings) -> Any:
         ray_actor_options={"num_cpus": settings.actors.num_cpus},
     )
     return deployment.bind()
+
+
+def add_readiness(app: Any, watch: Any) -> None:
+    """``GET /readyz``: is the pipeline moving? 200 with ``state: ok``, or 503 with
+    ``state: degraded`` and the reasons (a stage without a live actor, no Embedder
+    replica, a node resource nobody offers). ``/healthz`` stays the cheap process check."""
+    from fastapi.responses import JSONResponse
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "degraded, with reasons"}})
+    def readyz() -> JSONResponse:
+        report = watch.report()
+        return JSONResponse(report, status_code=200 if report["state"] == "ok" else 503,
+                            headers={} if report["state"] == "ok" else {"Retry-After": "10"})

@@ -14,6 +14,7 @@ host (node_exporter), and the local tansu broker keeps no disk at all.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from deeplens.events import utcnow
 from deeplens.settings import Settings
 from deeplens.topics import TOPICS, TopicNames
 
@@ -41,6 +43,9 @@ EXPORTED = {
     "deeplens_embedder_items_total", "deeplens_embedder_busy_seconds_total",
     "deeplens_gpu_utilization_ratio", "deeplens_upload_to_indexed_seconds",
     "deeplens_embedder_phase_busy_seconds_total", "deeplens_embedder_busy_ratio",
+    "deeplens_stage_stats_age_seconds", "deeplens_embedder_replicas",
+    "deeplens_oldest_unfinished_image_seconds", "deeplens_reconcile_republished_total",
+    "deeplens_reconcile_deferred_total",
 }
 
 _STAGE_COUNTERS = {
@@ -63,12 +68,17 @@ class PipelineCollector:
         self._admin: Any = None
         self._consumer: Any = None
         self._latency_cache: tuple[float, Any] | None = None
+        self._unfinished_cache: tuple[float, float] | None = None
+        from cluster.pipeline_health import PipelineWatch
+
+        self.watch = PipelineWatch(settings, stage_names)
 
     def describe(self) -> list[Any]:
         return []  # collected on scrape only; nothing to pre-register
 
     def collect(self) -> Iterator[Any]:
-        for part in (self._kafka, self._stages, self._embedder, self._latency, self._sweeper):
+        for part in (self._kafka, self._stages, self._embedder, self._latency,
+                     self._unfinished, self._sweeper):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - one source down must not hide the rest
@@ -100,30 +110,33 @@ class PipelineCollector:
 
     # -- stage actors ---------------------------------------------------------------
     def _stages(self) -> Iterator[Any]:
-        import ray
-
+        # Each actor on its own deadline (cluster.pipeline_health): a stage whose node is
+        # gone shows 0 live actors and its last known counters with their age; the other
+        # stages are not touched by it.
         families = {key: CounterMetricFamily(name.removesuffix("_total"), text, labels=["stage"])
                     for key, (name, text) in _STAGE_COUNTERS.items()}
         in_flight = GaugeMetricFamily("deeplens_stage_in_flight", "Batches in flight",
                                       labels=["stage"])
         actors = GaugeMetricFamily("deeplens_stage_actors", "Live actors of the stage",
                                    labels=["stage"])
-        prefix = self.settings.kafka.topic_prefix
-        for stage, count in sorted(self.stage_names.items()):
-            handles = []
-            for i in range(count):
-                try:
-                    handles.append(ray.get_actor(f"{prefix}{stage}-{i}"))
-                except ValueError:
-                    continue
-            stats = ray.get([h.stats.remote() for h in handles], timeout=5) if handles else []
+        age = GaugeMetricFamily("deeplens_stage_stats_age_seconds", "Age of the stage's "
+                                "counters (they are the last answer while no actor answers)",
+                                labels=["stage"])
+        for stage, state in sorted(self.watch.poll_stages().items()):
             for key, family in families.items():
-                family.add_metric([stage], sum(float(s.get(key, 0)) for s in stats))
-            in_flight.add_metric([stage], sum(s.get("in_flight", 0) for s in stats))
-            actors.add_metric([stage], sum(1 for s in stats if s.get("alive")))
+                family.add_metric([stage], sum(float(s.get(key, 0)) for s in state.stats))
+            in_flight.add_metric([stage], sum(s.get("in_flight", 0) for s in state.stats))
+            actors.add_metric([stage], state.live)
+            if state.answered_at is not None:
+                age.add_metric([stage], time.monotonic() - state.answered_at)
         yield from families.values()
-        yield in_flight
-        yield actors
+        yield from (in_flight, actors, age)
+        replicas = self.watch.poll_embedder()
+        if replicas is not None:
+            running = GaugeMetricFamily("deeplens_embedder_replicas",
+                                        "Running Embedder replicas")
+            running.add_metric([], replicas)
+            yield running
 
     # -- stuck-image sweep ------------------------------------------------------------
     def _sweeper(self) -> Iterator[Any]:
@@ -181,8 +194,6 @@ class PipelineCollector:
     def _latency(self) -> Iterator[Any]:
         # A whole-table aggregate: computed at most once per LATENCY_CACHE_S, however
         # often (or by however many scrapers) /metrics is read.
-        import time
-
         now = time.monotonic()
         if self._latency_cache is None or now - self._latency_cache[0] > LATENCY_CACHE_S:
             self._latency_cache = (now, self.catalog.latency_buckets(LATENCY_BUCKETS))
@@ -192,6 +203,19 @@ class PipelineCollector:
         family = HistogramMetricFamily("deeplens_upload_to_indexed_seconds",
                                        "Time from upload to indexed", labels=[])
         family.add_metric([], buckets=buckets, sum_value=seconds)
+        yield family
+
+    def _unfinished(self) -> Iterator[Any]:
+        # Cached like the latency aggregate; an index on (status, uploaded_at) keeps it
+        # a look-up however many images are stored.
+        now = time.monotonic()
+        if self._unfinished_cache is None or now - self._unfinished_cache[0] > LATENCY_CACHE_S:
+            oldest = self.catalog.oldest_unfinished()
+            age = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+            self._unfinished_cache = (now, age)
+        family = GaugeMetricFamily("deeplens_oldest_unfinished_image_seconds",
+                                   "Age of the oldest image not yet indexed or failed")
+        family.add_metric([], self._unfinished_cache[1])
         yield family
 
 

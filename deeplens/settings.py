@@ -131,6 +131,9 @@ class ServeSettings(BaseModel):
         "nodes share one machine, or behind one load balancer address)")
     gateway_replicas: int = Field(
         1, ge=1, description="Gateway (HTTP edge) replicas; rate limits are divided among them")
+    query_timeout_s: float = Field(
+        5.0, gt=0, description="How long a search waits for the Embedder to encode its query "
+        "before answering 503 with Retry-After (no replica: its node is gone)")
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for torch in a replica; 0 = every core of the node "
         "(Ray would otherwise pin it to its fractional CPU request, i.e. one thread)")

@@ -34,6 +34,18 @@ class StageSpec:
     before_commit: str | None = None
 
 
+def _node() -> str:
+    """The node this actor runs on, as ``ip/node-id-prefix`` ('' outside Ray)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return ""
+        return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    except Exception:  # noqa: BLE001 - only for display
+        return ""
+
+
 def load_factory(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -60,7 +72,8 @@ class StageWorker:
         return self.loop.alive
 
     def stats(self) -> dict[str, Any]:
-        return {"stage": self.spec.stage, "alive": self.loop.alive, **asdict(self.loop.stats)}
+        return {"stage": self.spec.stage, "alive": self.loop.alive, "node": _node(),
+                **asdict(self.loop.stats)}
 
     def pid(self) -> int:
         """The actor's process id (benchmarks attribute CPU time to stages by it)."""

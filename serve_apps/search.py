@@ -56,24 +56,44 @@ class QueryError(ValueError):
     """The query cannot be encoded (an undecodable image)."""
 
 
-class HandleEncoder:
-    """A QueryEncoder over the Embedder's Serve handle."""
+class EmbedderUnavailable(RuntimeError):
+    """No Embedder replica answered the query within its time (node gone, all busy)."""
 
-    def __init__(self, handle: Any) -> None:
+
+class HandleEncoder:
+    """A QueryEncoder over the Embedder's Serve handle. Every call has a deadline: with
+    no replica to take it (its node gone) Serve would hold the request until one comes
+    back, so a query gives up after ``timeout_s`` and search answers 503."""
+
+    def __init__(self, handle: Any, timeout_s: float = 5.0) -> None:
         self.handle = handle
+        self.timeout_s = timeout_s
         self._model_id: str | None = None
+
+    async def _answer(self, response: Any) -> Any:
+        import asyncio
+
+        async def wait() -> Any:
+            return await response
+
+        try:
+            return await asyncio.wait_for(wait(), self.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise EmbedderUnavailable(
+                f"no Embedder replica answered within {self.timeout_s:g} s") from None
 
     async def model_id(self) -> str:
         if self._model_id is None:
-            self._model_id = await self.handle.model_id.remote()
+            self._model_id = await self._answer(self.handle.model_id.remote())
         return self._model_id
 
     async def text(self, text: str) -> np.ndarray:
-        [vector] = await self.handle.embed_text.remote([text])
+        [vector] = await self._answer(self.handle.embed_text.remote([text]))
         return vector  # type: ignore[no-any-return]
 
     async def image(self, data: bytes) -> np.ndarray:
-        result = await self.handle.embed.remote(data)
+        result = await self._answer(self.handle.embed.remote(data))
         if not result.ok:
             raise QueryError(result.error or "undecodable image")
         return result.vector  # type: ignore[no-any-return]
@@ -249,5 +269,17 @@ def mount_search(app: Any, store: VectorStore, encoder: QueryEncoder,
     app.state.search = SearchContext(store, encoder,
                                      search_meter(producer) if producer is not None else None,
                                      limits=limits)
-    app.include_router(router, responses=AUTH_RESPONSES)
+    app.add_exception_handler(EmbedderUnavailable, _embedder_unavailable)
+    app.include_router(router, responses=AUTH_RESPONSES | UNAVAILABLE)
     app.openapi_schema = None
+
+
+UNAVAILABLE = problems({503: "no Embedder replica answered in time (see /readyz); "
+                             "retry after the Retry-After seconds"})
+
+
+async def _embedder_unavailable(request: Request, exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": f"search is unavailable: {exc}"}, status_code=503,
+                        headers={"Retry-After": "5"})

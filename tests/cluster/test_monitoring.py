@@ -32,7 +32,7 @@ def test_rules_pass_promtool_check_and_unit_tests() -> None:
     check = subprocess.run([tool, "check", "rules", "alerts.yml"], cwd=MONITORING,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "4 rules found" in check.stdout
+    assert "7 rules found" in check.stdout
     unit = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=MONITORING,
                           capture_output=True, text=True)
     assert unit.returncode == 0, unit.stdout + unit.stderr
@@ -48,7 +48,8 @@ def test_unit_tests_fire_and_clear_every_alert() -> None:
             (fired if case["exp_alerts"] else cleared).add(case["alertname"])
     assert alerts == fired == cleared == {
         "DeepLensConsumerLagHigh", "DeepLensErrorRateHigh", "DeepLensBrokerDiskHigh",
-        "DeepLensProcessingSlow"}
+        "DeepLensProcessingSlow", "DeepLensStageDown", "DeepLensImagesStuck",
+        "DeepLensEmbedderDown"}
 
 
 def test_every_metric_in_the_rules_is_exported() -> None:

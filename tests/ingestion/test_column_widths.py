@@ -138,7 +138,7 @@ def test_a_0003_catalog_on_postgresql_is_widened_in_place(postgres_server_url) -
     engine.dispose()
 
     index = HashIndex(url)  # starts the way a dedup actor does: migrates to head
-    assert current_revision(make_engine(url)) == "0004"
+    assert current_revision(make_engine(url)) == "0005"
     index.add("acme", "new", "e" * 64, "px1:" + "e" * 64, 2)
     assert index.exact("acme", "x", "c" * 64, "unrelated") == ["old"]
     assert index.exact("acme", "y", "unrelated", "px1:" + "e" * 64) == ["new"]

@@ -1,0 +1,158 @@
+"""Is the pipeline moving? Per stage and for the Embedder, with the reason when not.
+
+Read where the truth is, each part on its own deadline, so one unreachable stage (its
+node gone) never blanks the others:
+
+- each stage actor's ``stats()``, every actor with its own short timeout; the last
+  answer of a stage is kept with its age, and how long the stage has had no live actor;
+- the Embedder's replicas from the Serve controller (``serve.status()``);
+- the resources the stage actors and the Embedder ask for (``ACTORS__RESOURCES``,
+  ``SERVE__RESOURCES``) against the nodes alive: "waiting for a node with resource
+  gpu_pool" when none provides them.
+
+``PipelineWatch.report()`` is what ``/readyz``, ``deeplens status`` and the metrics show.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from deeplens.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTOR_TIMEOUT_S = 2.0
+DEGRADED_AFTER_S = 30.0  # a stage with no live actor this long makes the pipeline degraded
+
+
+@dataclass
+class StageState:
+    wanted: int
+    live: int = 0
+    stats: list[dict[str, Any]] = field(default_factory=list)  # last answers, one per actor
+    answered_at: float | None = None  # monotonic time of the last answer of any actor
+    dead_since: float | None = None  # monotonic time since when no actor answered alive
+    nodes: list[str] = field(default_factory=list)
+
+
+def missing_resources(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> list[str]:
+    """The custom resources in ``wanted`` that no alive node offers (pure)."""
+    offered: set[str] = set()
+    for node in nodes:
+        if node.get("Alive"):
+            offered |= {name for name, amount in node.get("Resources", {}).items() if amount}
+    return sorted(name for name, amount in wanted.items() if amount and name not in offered)
+
+
+def verdict(stages: dict[str, StageState], replicas: int | None, missing: dict[str, list[str]],
+            now: float, degraded_after_s: float = DEGRADED_AFTER_S) -> tuple[str, list[str]]:
+    """("ok" | "degraded", reasons) from what was observed (pure)."""
+    reasons = []
+    for name, state in sorted(stages.items()):
+        if state.live == 0 and state.dead_since is not None \
+                and now - state.dead_since >= degraded_after_s:
+            reasons.append(f"stage {name} has no live actor for {now - state.dead_since:.0f} s")
+    if replicas == 0:
+        reasons.append("no Embedder replica is running")
+    for what, names in sorted(missing.items()):
+        for resource in names:
+            reasons.append(f"waiting for a node with resource {resource} (for the {what})")
+    return ("degraded" if reasons else "ok"), reasons
+
+
+class PipelineWatch:
+    """Observes stage actors and Embedder replicas; thread-safe; one per Gateway replica."""
+
+    def __init__(self, settings: Settings, stage_counts: dict[str, int],
+                 degraded_after_s: float = DEGRADED_AFTER_S) -> None:
+        self.settings = settings
+        self.degraded_after_s = degraded_after_s
+        started = time.monotonic()
+        self.stages = {name: StageState(wanted=count, dead_since=started)
+                       for name, count in stage_counts.items()}
+        self.replicas: int | None = None
+        self._lock = threading.Lock()
+
+    def poll_stages(self) -> dict[str, StageState]:
+        """Ask every stage actor for its stats, each on its own deadline."""
+        import ray
+
+        prefix = self.settings.kafka.topic_prefix
+        calls: dict[Any, str] = {}
+        for stage, state in self.stages.items():
+            for i in range(state.wanted):
+                try:
+                    handle = ray.get_actor(f"{prefix}{stage}-{i}")
+                except ValueError:
+                    continue  # not started, or gone for good
+                calls[handle.stats.remote()] = stage
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=ACTOR_TIMEOUT_S) \
+            if calls else ([], [])
+        answers: dict[str, list[dict[str, Any]]] = {stage: [] for stage in self.stages}
+        for ref in ready:
+            try:
+                answers[calls[ref]].append(ray.get(ref, timeout=0))
+            except Exception as exc:  # noqa: BLE001 - a dead actor answers with its death
+                log.debug("stage actor stats: %s", exc)
+        now = time.monotonic()
+        with self._lock:
+            for stage, got in answers.items():
+                state = self.stages[stage]
+                state.live = sum(1 for s in got if s.get("alive"))
+                if got:
+                    state.stats, state.answered_at = got, now
+                    state.nodes = sorted({s["node"] for s in got if s.get("node")})
+                if state.live:
+                    state.dead_since = None
+                elif state.dead_since is None:
+                    state.dead_since = now
+            return dict(self.stages)
+
+    def poll_embedder(self) -> int | None:
+        """Running Embedder replicas (None if Serve cannot be asked)."""
+        from ray import serve
+
+        from deeplens.serve_names import EMBEDDER_APP, EMBEDDER_DEPLOYMENT
+
+        try:
+            app = serve.status().applications.get(EMBEDDER_APP)
+        except Exception as exc:  # noqa: BLE001 - controller unreachable: unknown, not zero
+            log.debug("serve status: %s", exc)
+            return self.replicas
+        deployment = app.deployments.get(EMBEDDER_DEPLOYMENT) if app else None
+        states = deployment.replica_states if deployment else {}
+        self.replicas = int(sum(n for state, n in states.items() if str(state).endswith(
+            "RUNNING")))
+        return self.replicas
+
+    def missing(self) -> dict[str, list[str]]:
+        import ray
+
+        nodes = ray.nodes()
+        out = {}
+        for what, wanted in (("stage actors", self.settings.actors.resources),
+                             ("Embedder", self.settings.serve.resources)):
+            names = missing_resources(dict(wanted or {}), nodes)
+            if names:
+                out[what] = names
+        return out
+
+    def report(self) -> dict[str, Any]:
+        stages = self.poll_stages()
+        replicas = self.poll_embedder()
+        missing = self.missing()
+        now = time.monotonic()
+        state, reasons = verdict(stages, replicas, missing, now, self.degraded_after_s)
+        return {
+            "state": state, "reasons": reasons, "embedder_replicas": replicas,
+            "stages": {name: {
+                "live": s.live, "wanted": s.wanted, "nodes": s.nodes,
+                "no_live_actor_for_s": None if s.dead_since is None else round(
+                    now - s.dead_since, 1),
+                "stats_age_s": None if s.answered_at is None else round(now - s.answered_at, 1),
+            } for name, s in sorted(stages.items())},
+        }
