@@ -16,6 +16,7 @@ Writes a results file (benchmarks/common.py: ``--out``, ``--record``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -59,6 +60,7 @@ def main() -> None:
 
     photos = [jpeg_bytes(scene(i, 320)) for i in range(args.requests)]
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no per-deploy INFO lines
     model = ModelSettings(name=args.model, pretrained="random")
     args_ = EmbedderArgs(model=model, max_batch_size=max(args.sizes))
     rows = []

@@ -300,10 +300,11 @@ def _decimals(value: float) -> int:
 
 
 def _median(values: list[Any]) -> Any:
+    """The median, to the decimals the runs have (an even count averages two)."""
     middle = statistics.median(values)
     if all(isinstance(v, int) for v in values) and float(middle).is_integer():
         return int(middle)
-    return round(float(middle), max(_decimals(v) for v in values) + 1)
+    return round(float(middle), max(_decimals(v) for v in values))
 
 
 def median_of(runs: list[Any]) -> Any:
@@ -404,9 +405,39 @@ def mute_stderr_from_now(label: str) -> Path:
     target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(target, 2)
     os.close(target)
-    sys.stderr = open(terminal, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = _Sorted(open(terminal, "w", buffering=1, closefd=False),  # noqa: SIM115
+                         open(log, "a", buffering=1))  # noqa: SIM115
     _muted.append(log)
     return log
+
+
+class _Sorted:
+    """stderr past a teardown: Ray's forwarded lines ("(raylet) Task ServeController...
+    actor is dead") to the log, everything else (tracebacks) to the terminal."""
+
+    RAY_LINE = re.compile(r"^(\x1b\[[\d;]*m)?\((raylet|pid=|\w+ pid=|ServeController|"
+                          r"ServeReplica|ProxyActor)")
+
+    def __init__(self, terminal: Any, log: Any) -> None:
+        self.terminal, self.log, self._line = terminal, log, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        while "\n" in self._line:
+            line, self._line = self._line.split("\n", 1)
+            target = self.log if self.RAY_LINE.match(line) else self.terminal
+            target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line:
+            (self.log if self.RAY_LINE.match(self._line) else self.terminal).write(self._line)
+            self._line = ""
+        self.terminal.flush()
+        self.log.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.terminal, name)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ settings lines that apply it. ``recommend`` and the figures are pure functions
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -173,6 +174,7 @@ def measure(args: Any) -> dict:
 
     photos = [jpeg_bytes(scene(i, args.side)) for i in range(64)]
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no per-deploy INFO lines
     model = ModelSettings(name=args.model, pretrained=args.pretrained)
     deploy_args = EmbedderArgs(model=model, max_batch_size=max(args.sizes))
 
