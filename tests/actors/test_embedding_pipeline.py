@@ -191,9 +191,10 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
     put_validated(api.settings, api.tenant_a, 6)
     actors = launch_stage(api.settings, feeder_spec(), 1)
     try:
-        time.sleep(8)
-        stats = __import__("ray").get(actors[0].stats.remote())
+        # Retried in place, then moved to the retry ladder, every one of the six.
+        stats = _stats_when(actors[0], lambda got: got["retried"] >= 6)
         assert stats["batch_retries"] >= 1 and stats["dead_lettered"] == 0, stats
+        assert stats["retried"] >= 6 and stats["failed_out"] == 0, stats
         assert "Embedder" in stats["last_error"]
         assert read_topic(api.settings.kafka, "images.failed", expect=1, timeout_s=2) == []
         settings = Settings(model=TINY, serve=ServeSettings(num_cpus=0.5))
@@ -203,3 +204,15 @@ def test_feeders_wait_for_the_embedder_instead_of_failing(api, ray_session) -> N
     finally:
         stop_stage(actors)
         serve.delete(EMBEDDER_APP)
+
+
+def _stats_when(actor, condition, timeout_s: float = 120.0) -> dict:
+    """The stage actor's stats once ``condition`` holds of them."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = ray.get(actor.stats.remote())
+        if condition(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
