@@ -157,7 +157,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
 
     from benchmarks.common import quietly_closed, repeated
     from benchmarks.stack_profile import profile_processes
-    from cluster.metrics import offsets_and_lag
+    from cluster.lag import offsets_and_lag
     from cluster.samples import scene
     from cluster.stack import LocalStack
     from deeplens.kafka import admin_client, make_consumer

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import threading
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pydantic import SecretStr
-
+from cluster.stack_checks import (
+    StackError,
+    deployment_error,
+    ensure_demo_key,
+    from_project_root,
+    shared_state_problems,
+)
 from cluster.stages import stage_specs
 from deeplens.broker import LocalBroker, start_local_broker
 from deeplens.events import utcnow
@@ -25,69 +28,6 @@ from deeplens.stage_actor import launch_stage, stop_stage
 from deeplens.topics import TopicNames, ensure_topics, wanted_partitions
 
 log = logging.getLogger(__name__)
-
-DEMO_TENANT = "demo"
-
-
-class StackError(RuntimeError):
-    """A part of the stack did not start; the message says which and why."""
-
-
-def shared_state_problems(settings: Settings, nodes: int) -> list[str]:
-    """What keeps a stack of ``nodes`` Ray nodes from sharing its state, as settings to
-    change; nothing on a single node. Called before the local broker would start, so no
-    ``KAFKA__BOOTSTRAP_SERVERS`` means a broker on this node's loopback."""
-    if nodes <= 1:
-        return []
-    problems = []
-    if not settings.kafka.bootstrap_servers:
-        problems.append("no broker is configured, so a local one would start on this node's "
-                        "127.0.0.1: set DEEPLENS_KAFKA__BOOTSTRAP_SERVERS to a Kafka every "
-                        "node reaches")
-    if settings.effective_catalog_url.startswith("sqlite"):
-        problems.append("the catalog is a SQLite file on this node: set DEEPLENS_CATALOG_URL "
-                        "to a shared database (postgresql+psycopg://...)")
-    if settings.storage.provider == "local":
-        problems.append("uploaded bytes are stored in a local folder: set "
-                        "DEEPLENS_STORAGE__PROVIDER=s3 and DEEPLENS_STORAGE__S3_BUCKET (and "
-                        "S3_ENDPOINT_URL for a non-AWS store)")
-    if settings.vector_store.backend == "lancedb":
-        problems.append("vectors are in an embedded LanceDB folder on this node: set "
-                        "DEEPLENS_VECTOR_STORE__BACKEND=weaviate and WEAVIATE_URL")
-    return problems
-
-
-def _deployment_error(exc: BaseException) -> str:
-    """The replica's own start-up error (Serve keeps it in the deployment status)."""
-    from ray import serve
-
-    text = str(exc)
-    try:
-        for app in serve.status().applications.values():
-            for deployment in app.deployments.values():
-                text += "\n" + (deployment.message or "")
-    except Exception:  # noqa: BLE001 - fall back to the exception text
-        pass
-    marker = "ModelLoadError: "
-    if marker in text:
-        return text[text.index(marker) + len(marker):].split("\n")[0]
-    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-
-
-def ensure_demo_key(settings: Settings) -> tuple[Settings, str | None]:
-    """With no API keys configured, a ``demo`` tenant with a key kept in the data dir."""
-    if settings.tenant_keys():
-        return settings, None
-    key_file: Path = settings.data_dir / "demo-api-key"
-    if not key_file.exists():
-        # Created 0600 from the first byte: no moment where another user could read it.
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"dl-{secrets.token_urlsafe(24)}\n")
-    key = key_file.read_text().strip()
-    return settings.model_copy(update={"api_keys": SecretStr(f"{DEMO_TENANT}:{key}")}), key
-
-
 
 
 class LocalStack:
@@ -199,12 +139,13 @@ class LocalStack:
             from ray.exceptions import AuthenticationError
 
             try:
-                ray.init(address=self.settings.ray_address or None,
-                         include_dashboard=False if local else None,
-                         object_store_memory=store,
-                         log_to_driver=False,
-                         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
-                                                   "HF_HUB_OFFLINE": offline}})
+                with from_project_root():
+                    ray.init(address=self.settings.ray_address or None,
+                             include_dashboard=False if local else None,
+                             object_store_memory=store,
+                             log_to_driver=False,
+                             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0",
+                                                       "HF_HUB_OFFLINE": offline}})
             except AuthenticationError as exc:
                 raise StackError(
                     f"the Ray cluster at {self.settings.ray_address} refused this node's "
@@ -232,7 +173,7 @@ class LocalStack:
         try:
             serve.run(build_embedder(self.settings), name=EMBEDDER_APP, route_prefix=None)
         except Exception as exc:  # the replica's start-up error, e.g. weights missing
-            raise StackError(f"the Embedder did not start: {_deployment_error(exc)}") from exc
+            raise StackError(f"the Embedder did not start: {deployment_error(exc)}") from exc
         serve.run(build_gateway(self.settings), name=GATEWAY_APP, route_prefix="/")
 
     def _resume(self, began_at: datetime) -> None:

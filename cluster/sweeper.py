@@ -86,7 +86,7 @@ class StuckSweeper:
             threading.Thread(target=self._loop, daemon=True, name="stuck-sweeper").start()
 
     def _lags(self) -> dict[tuple[str, str, int], int]:
-        from cluster.metrics import offsets_and_lag
+        from cluster.lag import offsets_and_lag
         from deeplens.kafka import admin_client, make_consumer
         from deeplens.topics import TopicNames
 

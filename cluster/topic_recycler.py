@@ -89,7 +89,7 @@ class TopicRecycler:
             self._consumer = None
 
     def recycle_once(self) -> list[str]:
-        from cluster.metrics import offsets_and_lag
+        from cluster.lag import offsets_and_lag
         from deeplens.kafka import admin_client, make_consumer
 
         if self._admin is None:
