@@ -93,8 +93,29 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print("(lag is read from the broker; handled, failed and ms/event count since each "
           "actor started and restart from 0 when an actor restarts. Throughput: the rate of "
           "deeplens_stage_handled_total; see the Grafana dashboard)")
+    print_pipeline(url, headers)
     print_tenant_counts(settings)
     return 0
+
+
+def print_pipeline(url: str, headers: dict[str, str]) -> None:
+    """The Gateway's /readyz: ok, or degraded with its reasons; the nodes of each stage."""
+    try:
+        answer = httpx.get(url + "/readyz", timeout=30, headers=headers)
+        report = answer.json()
+    except (httpx.HTTPError, ValueError):
+        print("\npipeline: unknown (/readyz did not answer)")
+        return
+    if "state" not in report:
+        print(f"\npipeline: unknown (/readyz answered {answer.status_code})")
+        return
+    print(f"\npipeline: {report['state'].upper() if report['state'] != 'ok' else 'ok'}"
+          f"; Embedder replicas: {report.get('embedder_replicas', '?')}")
+    for reason in report.get("reasons", []):
+        print(f"  - {reason}")
+    for stage, state in sorted(report.get("stages", {}).items()):
+        nodes = ", ".join(state.get("nodes") or []) or "-"
+        print(f"  {stage:12} {state['live']}/{state['wanted']} live on {nodes}")
 
 
 def _recorded_catalog(settings: Settings) -> str:

@@ -35,7 +35,9 @@ def build_gateway(settings: Settings) -> Any:
         name="Gateway",
         num_replicas=settings.serve.gateway_replicas,
         max_ongoing_requests=256,
-        ray_actor_options={"num_cpus": settings.actors.num_cpus},
+        ray_actor_options={"num_cpus": settings.actors.num_cpus,
+                           **({"resources": settings.serve.gateway_resources}
+                              if settings.serve.gateway_resources else {})},
     )
     return deployment.bind()
 
@@ -43,11 +45,19 @@ def build_gateway(settings: Settings) -> Any:
 def add_readiness(app: Any, watch: Any) -> None:
     """``GET /readyz``: is the pipeline moving? 200 with ``state: ok``, or 503 with
     ``state: degraded`` and the reasons (a stage without a live actor, no Embedder
-    replica, a node resource nobody offers). ``/healthz`` stays the cheap process check."""
+    replica, a node resource nobody offers). ``/healthz`` stays the cheap process check.
+    Which nodes run each stage is shown to the operator only (as ``/metrics`` is)."""
+    from fastapi import Request
     from fastapi.responses import JSONResponse
 
+    from ingestion.routes_ops import operator_refusal
+
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "degraded, with reasons"}})
-    def readyz() -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
         report = watch.report()
-        return JSONResponse(report, status_code=200 if report["state"] == "ok" else 503,
-                            headers={} if report["state"] == "ok" else {"Retry-After": "10"})
+        if operator_refusal(request, app.state.services.settings):
+            for stage in report["stages"].values():
+                stage.pop("nodes", None)
+        degraded = report["state"] != "ok"
+        return JSONResponse(report, status_code=503 if degraded else 200,
+                            headers={"Retry-After": "10"} if degraded else {})

@@ -26,7 +26,7 @@ from deeplens.settings import Settings
 log = logging.getLogger(__name__)
 
 ACTOR_TIMEOUT_S = 2.0
-DEGRADED_AFTER_S = 30.0  # a stage with no live actor this long makes the pipeline degraded
+DEGRADED_AFTER_S = 30.0  # the default of DEEPLENS_OPS__STAGE_DOWN_AFTER_S
 
 
 @dataclass
@@ -67,10 +67,9 @@ def verdict(stages: dict[str, StageState], replicas: int | None, missing: dict[s
 class PipelineWatch:
     """Observes stage actors and Embedder replicas; thread-safe; one per Gateway replica."""
 
-    def __init__(self, settings: Settings, stage_counts: dict[str, int],
-                 degraded_after_s: float = DEGRADED_AFTER_S) -> None:
+    def __init__(self, settings: Settings, stage_counts: dict[str, int]) -> None:
         self.settings = settings
-        self.degraded_after_s = degraded_after_s
+        self.degraded_after_s = settings.ops.stage_down_after_s
         started = time.monotonic()
         self.stages = {name: StageState(wanted=count, dead_since=started)
                        for name, count in stage_counts.items()}

@@ -58,12 +58,22 @@ def prometheus_metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-def _require_operator(request: Request, settings: Settings) -> None:
+def operator_refusal(request: Request, settings: Settings) -> str | None:
+    """Why this request is not the operator's (None if it is): with
+    ``DEEPLENS_OPS__METRICS_TOKEN`` set, it must carry that bearer token; without it, it
+    must come from this host."""
     token = settings.ops.metrics_token.get_secret_value()
     if token:
         given = request.headers.get("authorization", "").partition(" ")[2].strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(403, "metrics need the operator token (Authorization: Bearer)")
+            return "metrics need the operator token (Authorization: Bearer)"
     elif (request.client.host if request.client else "") not in _LOOPBACK:
-        raise HTTPException(403, "metrics are served to this host only; set "
-                                 "DEEPLENS_OPS__METRICS_TOKEN to scrape from elsewhere")
+        return ("metrics are served to this host only; set DEEPLENS_OPS__METRICS_TOKEN to "
+                "scrape from elsewhere")
+    return None
+
+
+def _require_operator(request: Request, settings: Settings) -> None:
+    refusal = operator_refusal(request, settings)
+    if refusal:
+        raise HTTPException(403, refusal)

@@ -76,12 +76,16 @@ class HandleEncoder:
         async def wait() -> Any:
             return await response
 
+        from serve_apps.device_faults import DeviceFault
+
         try:
             return await asyncio.wait_for(wait(), self.timeout_s)
         except TimeoutError:
             response.cancel()
             raise EmbedderUnavailable(
                 f"no Embedder replica answered within {self.timeout_s:g} s") from None
+        except DeviceFault as exc:  # that replica's GPU is gone; Serve is replacing it
+            raise EmbedderUnavailable(f"the Embedder replica failed: {exc}") from None
 
     async def model_id(self) -> str:
         if self._model_id is None:

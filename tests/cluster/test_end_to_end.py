@@ -233,6 +233,10 @@ def test_status_command(stack, capsys, monkeypatch) -> None:
     assert main(["status", "--api", stack.url]) == 0
     out = capsys.readouterr().out
     assert "validation" in out and "indexing" in out and "error %" in out
+    assert "pipeline: ok; Embedder replicas: 1" in out, out
+    ready = httpx.get(stack.url + "/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["reasons"] == []
+    assert all(s["live"] == s["wanted"] for s in ready.json()["stages"].values())
     acme = next(line for line in out.splitlines() if line.startswith("acme"))
     assert int(acme.split()[4]) > 0, "acme has indexed images"
 

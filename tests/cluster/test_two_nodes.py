@@ -62,3 +62,16 @@ def test_pipeline_on_two_ray_nodes_with_shared_state(tmp_path, kafka_settings,
     placed = result["placed"]
     assert placed["StageWorker"] and set(placed["StageWorker"]) == {"worker"}, placed
     assert placed["Embedder"] == ["worker"], placed
+    # 3. The second node dies mid-stream, then a replacement joins.
+    assert result["upload_status_during"] == [202] * 4, result
+    during = result["readyz_during"]
+    assert during["status"] == 503, during
+    assert any(r.startswith("stage ") and "no live actor" in r for r in during["reasons"])
+    assert any("waiting for a node with resource worker_node" in r for r in during["reasons"])
+    search = result["search_during"]
+    assert search["status"] == 503 and search["retry_after"] and search["seconds"] < 30, search
+    assert result["statuses_after"] == ["indexed"] * 8, result
+    assert result["readyz_after"] == 200
+    objects = [o.properties["image_id"] for c in standin.state.collections.values()
+               for o in c.objects.get("acme", {}).values()]
+    assert sorted(objects) == sorted(result["all_ids"]), "every image indexed exactly once"

@@ -36,13 +36,15 @@ def main() -> None:
         ActorSettings,
         KafkaSettings,
         ModelSettings,
+        OpsSettings,
         ServeSettings,
         Settings,
         StorageSettings,
         VectorStoreSettings,
     )
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"head_node": 100}})
     worker = cluster.add_node(num_cpus=2, resources={"worker_node": 100})
     cluster.wait_for_nodes()
     result: dict = {"worker_node_id": worker.node_id}
@@ -79,7 +81,9 @@ def main() -> None:
             **base, **shared,
             actors=ActorSettings(num_cpus=0.1, resources={"worker_node": 1}),
             serve=ServeSettings(port=free_port(), num_cpus=0.25, proxy_location="HeadOnly",
-                                resources={"worker_node": 1}))
+                                resources={"worker_node": 1}, query_timeout_s=3,
+                                gateway_resources={"head_node": 1}),
+            ops=OpsSettings(stage_down_after_s=5))
         with LocalStack(settings) as stack:
             client = httpx.Client(base_url=stack.url, timeout=60,
                                   headers={"Authorization": "Bearer acme-key-0123456789ab"})
@@ -108,9 +112,61 @@ def main() -> None:
                 placed.setdefault(name, []).append(
                     "worker" if actor.node_id == worker.node_id else "head")
             result["placed"] = placed
+            result.update(lose_the_worker_node(cluster, worker, client, ids))
     finally:
         cluster.shutdown()
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def lose_the_worker_node(cluster, worker, client: httpx.Client, ids: list[str]) -> dict:
+    """Kill every process of the second node while uploads go on; readiness and search
+    must say so within their bounds; a replacement node with the same resources brings
+    everything back with no manual command."""
+    from cluster.samples import jpeg_bytes, scene
+
+    cluster.remove_node(worker, allow_graceful=False)
+    out: dict = {}
+    during = []
+    for i in range(4):  # the broker still takes events: uploads are accepted
+        answer = client.post("/v1/images", files={"file": (f"d{i}.jpg", jpeg_bytes(scene(
+            900 + i, 160)))})
+        during.append(answer.json().get("image_id"))
+        out.setdefault("upload_status_during", []).append(answer.status_code)
+    deadline = time.monotonic() + 120
+    ready: httpx.Response | None = None
+    while time.monotonic() < deadline:
+        ready = client.get("/readyz")
+        reasons = ready.json().get("reasons", [])
+        if ready.status_code == 503 and any("worker_node" in r for r in reasons) and \
+                any(r.startswith("stage ") for r in reasons):
+            break
+        time.sleep(1)
+    out["readyz_during"] = {"status": ready.status_code if ready else None,
+                            "reasons": ready.json().get("reasons") if ready else None}
+    began = time.monotonic()
+    search = client.post("/v1/search", json={"text": "a photo", "k": 3})
+    out["search_during"] = {"status": search.status_code,
+                            "seconds": round(time.monotonic() - began, 1),
+                            "retry_after": search.headers.get("Retry-After")}
+    cluster.add_node(num_cpus=2, resources={"worker_node": 100})
+    cluster.wait_for_nodes()
+    everything = [*ids, *during]
+    deadline = time.monotonic() + 300
+    statuses: dict = {}
+    while time.monotonic() < deadline:
+        statuses = client.post("/v1/images/statuses", json={"image_ids": everything}
+                               ).json()["statuses"]
+        if len(statuses) == len(everything) and all(
+                s in ("indexed", "failed") for s in statuses.values()):
+            break
+        time.sleep(1)
+    out["statuses_after"] = sorted(statuses.values())
+    out["all_ids"] = everything
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and client.get("/readyz").status_code != 200:
+        time.sleep(1)
+    out["readyz_after"] = client.get("/readyz").status_code
+    return out
 
 
 if __name__ == "__main__":
