@@ -269,7 +269,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
 
 
 def print_cell(figures: dict) -> None:
-    from benchmarks.common import with_spread
+    from benchmarks.common import key_path, with_spread
 
     print(f"uploads at the edge:        "
           f"{with_spread(figures, 'uploads_per_s', figures['uploads_per_s'], ' /s')}")
@@ -289,7 +289,7 @@ def print_cell(figures: dict) -> None:
     whole, net = figures["cpu_ms_per_image_by_role"], figures["marginal_cpu_ms_per_image_by_role"]
     fixed = figures["fixed_cpu_ms_per_s_by_role"]
     for name, ms in whole.items():
-        path = f'cpu_ms_per_image_by_role["{name}"]'
+        path = key_path("cpu_ms_per_image_by_role", name)
         print(f"| {name} | {with_spread(figures, path, ms)} | {net.get(name, '-')} | "
               f"{fixed.get(name, 0)} |")
     print(f"| total | {figures['cpu_ms_per_image_total']} | "

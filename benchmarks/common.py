@@ -23,6 +23,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -254,7 +255,7 @@ def _is_number(value: Any) -> bool:
         and math.isfinite(value)
 
 
-def _key_path(prefix: str, key: str) -> str:
+def key_path(prefix: str, key: str) -> str:
     if re.fullmatch(r"[A-Za-z_][\w-]*", key):
         return f"{prefix}.{key}" if prefix else key
     return f'{prefix}["{key}"]'
@@ -268,7 +269,7 @@ def figures_of(data: Any, prefix: str = "") -> dict[str, float]:
         for key, value in data.items():
             if key in NOT_FIGURES:
                 continue
-            found.update(figures_of(value, _key_path(prefix, str(key))))
+            found.update(figures_of(value, key_path(prefix, str(key))))
     elif isinstance(data, list):
         for i, value in enumerate(data):
             found.update(figures_of(value, f"{prefix}[{i}]"))
@@ -287,7 +288,7 @@ def spreads_of(data: Any, prefix: str = "") -> dict[str, tuple[float, float]]:
                   else prefix + path] = (float(low_high[0]), float(low_high[1]))
         for key, value in data.items():
             if key not in NOT_FIGURES:
-                found.update(spreads_of(value, _key_path(prefix, str(key))))
+                found.update(spreads_of(value, key_path(prefix, str(key))))
     elif isinstance(data, list):
         for i, value in enumerate(data):
             found.update(spreads_of(value, f"{prefix}[{i}]"))
@@ -367,77 +368,37 @@ def print_spread(summary: dict) -> None:
 # -- clean output -------------------------------------------------------------------------
 
 
-@contextmanager
-def quiet_stderr(label: str) -> Iterator[Path]:
-    """Send what the process writes to stderr (file descriptor 2: librdkafka's
-    "Connection refused" once the broker is gone, Serve's and Ray's teardown messages) to
-    a log file under runs/logs/ while shutting down, so a run's last lines are its
-    results. Yields the log's path."""
-    log = _free(RUNS_DIR / "logs" / f"{label}-{_stamp()}.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(target, 2)
-    try:
-        yield log
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(target)
-
-
 _muted: list[Path] = []
 
 
 def mute_stderr_from_now(label: str) -> Path:
     """Past a clean teardown, clients a library still holds (an admin client's librdkafka
-    thread retrying a stopped broker, Ray's core worker) may write to stderr until the
-    process exits: file descriptor 2 goes to a log from here on. Python's own
-    ``sys.stderr`` (tracebacks, warnings) keeps the terminal, so a failure still shows."""
+    thread retrying a stopped broker, Ray's core worker and its forwarded "(raylet)"
+    lines) may write to stderr until the process exits: stderr goes to a log from here
+    on, file descriptor 2 and Python's ``sys.stderr`` both. An uncaught exception is
+    still printed on the terminal (and in the log)."""
     if _muted:
         return _muted[0]
     log = _free(RUNS_DIR / "logs" / f"{label}-{_stamp()}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
-    terminal = os.dup(2)
+    terminal = open(os.dup(2), "w", buffering=1)  # noqa: SIM115
     target = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(target, 2)
     os.close(target)
-    sys.stderr = _Sorted(open(terminal, "w", buffering=1, closefd=False),  # noqa: SIM115
-                         open(log, "a", buffering=1))  # noqa: SIM115
+    sys.stderr = open(log, "a", buffering=1)  # noqa: SIM115
+
+    def show(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        import traceback
+
+        for stream in (terminal, sys.stderr):
+            traceback.print_exception(kind, error, tb, file=stream)
+
+    sys.excepthook = show
+    threading.excepthook = lambda hook: show(hook.exc_type, hook.exc_value,  # type: ignore[arg-type]
+                                             hook.exc_traceback)
     _muted.append(log)
     return log
-
-
-class _Sorted:
-    """stderr past a teardown: Ray's forwarded lines ("(raylet) Task ServeController...
-    actor is dead") to the log, everything else (tracebacks) to the terminal."""
-
-    RAY_LINE = re.compile(r"^(\x1b\[[\d;]*m)?\((raylet|pid=|\w+ pid=|ServeController|"
-                          r"ServeReplica|ProxyActor)")
-
-    def __init__(self, terminal: Any, log: Any) -> None:
-        self.terminal, self.log, self._line = terminal, log, ""
-
-    def write(self, text: str) -> int:
-        self._line += text
-        while "\n" in self._line:
-            line, self._line = self._line.split("\n", 1)
-            target = self.log if self.RAY_LINE.match(line) else self.terminal
-            target.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if self._line:
-            (self.log if self.RAY_LINE.match(self._line) else self.terminal).write(self._line)
-            self._line = ""
-        self.terminal.flush()
-        self.log.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.terminal, name)
 
 
 @contextmanager

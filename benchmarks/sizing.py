@@ -99,10 +99,10 @@ def per_gpu_rate(gpu: dict[str, Any], model: str) -> tuple[float, str]:
     model_rate = float(best["images_per_s"])
     decode = gpu.get("decode_images_per_s")
     if decode is not None and float(decode) < model_rate:
-        return float(decode), (f"{card}: decode-bound ({gpu.get('decoder', 'decode')}, "
-                               f"{decode:g}/s; {model} {best['dtype']} batch {best['batch']} "
-                               f"alone {model_rate:g}/s)")
-    return model_rate, f"{card}: {model} {best['dtype']} batch {best['batch']}"
+        return float(decode), (f"{card}, decode-bound: {gpu.get('decoder', 'decode')} "
+                               f"{float(decode):,.0f}/s; {model} {best['dtype']} alone "
+                               f"{model_rate:,.0f}/s at batch {best['batch']}")
+    return model_rate, f"{card}: {model} {best['dtype']}, batch {best['batch']}"
 
 
 def plan(cpu_ms: dict[str, float], per_gpu: float, gpus: int, *, utilisation: float = 0.8,
@@ -127,7 +127,7 @@ def plan(cpu_ms: dict[str, float], per_gpu: float, gpus: int, *, utilisation: fl
         cores = rate * edge_share * ms / 1000 / utilisation
         count = max(1, math.ceil(cores))
         setting = (f"DEEPLENS_SERVE__GATEWAY_REPLICAS={count}" if edge == "gateway"
-                   else "one per node (Serve)")
+                   else "Serve runs one per node: this many nodes take uploads")
         stages.append(StagePlan(edge, ms, cores, count, setting, ()))
     topics = []
     for name in dict.fromkeys(t for s in STAGES for t in s.inputs):
@@ -142,8 +142,9 @@ def plan(cpu_ms: dict[str, float], per_gpu: float, gpus: int, *, utilisation: fl
 def render(p: Plan) -> str:
     """The two markdown tables README.md carries, with what they follow from."""
     lines = [f"{p.gpus} GPU(s) x {p.per_gpu:,.0f} images/s ({p.per_gpu_source}) = "
-             f"{p.images_per_s:,.0f} images/s; CPU per image from {p.cpu_source}; cores "
-             f"at {p.utilisation:.0%} busy; {p.edge_share:.0%} of images uploaded over HTTP.",
+             f"{p.images_per_s:,.0f} images/s.",
+             f"CPU per image from {p.cpu_source}; cores at {p.utilisation:.0%} busy; "
+             f"{p.edge_share:.0%} of images uploaded over HTTP.",
              "",
              "| stage | CPU ms/image | cores | actors | setting |",
              "|---|---|---|---|---|"]
