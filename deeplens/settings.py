@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deeplens.api_keys import parse_api_keys
-from deeplens.scaling_settings import ScalingSettings
 from deeplens.kafka_settings import KafkaSettings
 from deeplens.scaling_settings import ScalingSettings
 
@@ -219,7 +218,6 @@ class Settings(BaseSettings):
     ingestion: IngestionSettings = IngestionSettings()
     dedup: DedupSettings = DedupSettings()
     ops: OpsSettings = OpsSettings()
-    scaling: ScalingSettings = ScalingSettings()
     scaling: ScalingSettings = ScalingSettings()
 
     @field_validator("api_keys")
