@@ -53,7 +53,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from benchmarks.common import machine, mute_stderr_from_now, percentile, record, repeated
+    from benchmarks.common import machine, mute_stderr_from_now, percentile, record
+    from benchmarks.spread import repeated
     from cluster.samples import jpeg_bytes, scene
     from deeplens.settings import ModelSettings
     from serve_apps.embedder import Embedder, EmbedderArgs

@@ -155,7 +155,8 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
     rounds; the rounds summarized (median, spread)."""
     import httpx
 
-    from benchmarks.common import quietly_closed, repeated
+    from benchmarks.common import quietly_closed
+    from benchmarks.spread import repeated
     from benchmarks.stack_profile import profile_processes
     from cluster.lag import offsets_and_lag
     from cluster.samples import scene
@@ -269,7 +270,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
 
 
 def print_cell(figures: dict) -> None:
-    from benchmarks.common import key_path, with_spread
+    from benchmarks.spread import key_path, with_spread
 
     print(f"uploads at the edge:        "
           f"{with_spread(figures, 'uploads_per_s', figures['uploads_per_s'], ' /s')}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import figures_of, spreads_of
+from benchmarks.spread import figures_of, spreads_of
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def main() -> None:
     import ray
 
     from actors import indexer
-    from benchmarks.common import machine, mute_stderr_from_now, record, repeated
+    from benchmarks.common import machine, mute_stderr_from_now, record
+    from benchmarks.spread import repeated
     from deeplens.broker import local_broker
     from deeplens.events import ImageProcessed, encode_vector
     from deeplens.kafka import EventProducer, Outbound, admin_client

@@ -234,7 +234,8 @@ def main() -> None:
     parser.add_argument("--skip-candidates", action="store_true")
     args = parser.parse_args()
 
-    from benchmarks.common import machine, print_spread, record, repeated
+    from benchmarks.common import machine, record
+    from benchmarks.spread import print_spread, repeated
 
     rng = np.random.default_rng(0)
 

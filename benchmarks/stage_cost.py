@@ -232,7 +232,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
 
-    from benchmarks.common import machine, print_spread, quietly_closed, record, repeated
+    from benchmarks.common import machine, quietly_closed, record
+    from benchmarks.spread import print_spread, repeated
     from deeplens.broker import local_broker
     from deeplens.kafka import admin_client
     from deeplens.settings import IngestionSettings, KafkaSettings, ModelSettings, Settings

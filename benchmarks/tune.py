@@ -167,7 +167,8 @@ def measure(args: Any) -> dict:
     import ray
     from ray import serve
 
-    from benchmarks.common import mute_stderr_from_now, repeated
+    from benchmarks.common import mute_stderr_from_now
+    from benchmarks.spread import repeated
     from cluster.samples import jpeg_bytes, scene
     from deeplens.settings import ModelSettings
     from serve_apps.embedder import Embedder, EmbedderArgs

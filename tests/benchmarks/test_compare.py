@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import compare
-from benchmarks.common import figures_of, summarize
+from benchmarks.spread import figures_of, summarize
 
 
 def repeated_run(*rates: float, p99: float = 5.0) -> dict:
