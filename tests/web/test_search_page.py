@@ -3,83 +3,12 @@
 from __future__ import annotations
 
 import io
-import shutil
 import time
-import uuid
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from cluster.samples import jpeg_bytes, scene
-from cluster.stack import LocalStack
-from deeplens.broker import free_port
-from deeplens.kafka import admin_client
-from deeplens.settings import (
-    IngestionSettings,
-    KafkaSettings,
-    ModelSettings,
-    ServeSettings,
-    Settings,
-)
-from deeplens.topics import TopicNames, ensure_topics
-
-ARTIFACTS = Path(__file__).parent.parent.parent / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags for a closed network: no background traffic, no first-run work.
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def _require_browser() -> None:
-    import os
-
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("DEEPLENS_REQUIRE_BROWSER"):
-            pytest.fail("chromium missing: apt-get install chromium (.ci/run does)")
-        pytest.skip("Debian chromium not installed (apt-get install chromium)")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, broker, ray_session):
-    from ray import serve
-
-    _require_browser()
-    prefix = f"web{uuid.uuid4().hex[:6]}."
-    kafka = KafkaSettings(bootstrap_servers=broker,
-                          one_record_per_batch=True, topic_prefix=prefix, poll_timeout_s=0.2,
-                          session_timeout_ms=6000, batch_size=16)
-    ensure_topics(admin_client(kafka), TopicNames(prefix))
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("web"), kafka=kafka,
-        model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-        api_keys="acme:key-acme-0123456789ab", serve=ServeSettings(port=free_port(), num_cpus=0.25),
-        ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
-    serve.shutdown()
-    try:
-        with LocalStack(settings) as running:
-            yield running
-    finally:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-
-
-@pytest.fixture
-def page(stack, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        tab = context.new_page()
-        tab.goto(stack.url + "/")
-        yield tab
-        browser.close()
-
-
-def write(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    return str(path)
+from tests.web.conftest import ARTIFACTS, use_key, wait_rows, write
 
 
 def drop_file(page, name: str, data: bytes, mime: str) -> None:
@@ -91,18 +20,6 @@ def drop_file(page, name: str, data: bytes, mime: str) -> None:
             return dt;
         }""", [name, list(data), mime])
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
-
-
-def wait_rows(page, count: int, timeout_s: float = 120) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    states: list[str] = []
-    while time.monotonic() < deadline:
-        states = page.locator("#uploads .file .state").all_inner_texts()
-        done = [s for s in states if s in ("indexed", "already uploaded") or s.startswith("failed")]
-        if len(states) >= count and len(done) == len(states):
-            return states
-        time.sleep(0.5)
-    return states
 
 
 def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
@@ -144,6 +61,8 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     # Dedup runs beside indexing: the link appears once the later of p2 and its copy is
     # deduplicated, which may be after both are indexed. Reopen until it is there.
     for _ in range(30):
+        if page.locator("#detail").is_visible():
+            page.keyboard.press("Escape")  # the detail is a dialog over the results
         page.locator("#results .card", has_text="p2.jpg").first.click()
         page.wait_for_selector("#detail-status-line:has-text('indexed')")
         page.wait_for_selector("#detail-dups p")  # the panel has rendered its answer
@@ -173,12 +92,6 @@ def test_service_down_is_shown_plainly(page) -> None:
     page.fill("#query", "anything")
     page.click("#search-text")
     page.wait_for_selector("#error:has-text('not reachable')")
-
-
-def use_key(page) -> None:
-    page.fill("#key", "key-acme-0123456789ab")
-    page.press("#key", "Enter")  # Enter applies the key, like the button
-    page.wait_for_selector("#who:has-text('key accepted')")
 
 
 def test_plain_errors_and_no_stale_results(page, tmp_path) -> None:
@@ -264,23 +177,3 @@ def test_a_hundred_file_drop_loses_nothing_to_429s(page, tmp_path) -> None:
     assert states.count("indexed") == 100, (sorted(set(states)), answers)
     assert seen["posts"] > 100, "some uploads were answered 429 and sent again"
     assert seen["per_image_polls"] == 0 and seen["bulk_polls"] < 150, seen
-
-
-def test_usable_at_phone_width(stack, tmp_path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        tab = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        tab.goto(stack.url + "/")
-        use_key(tab)
-        long_name = "a-very-long-file-name-from-a-phone-camera-roll-" + "x" * 60 + ".jpg"
-        tab.set_input_files("#files", write(tmp_path / long_name, jpeg_bytes(scene(7000))))
-        wait_rows(tab, 1)
-        width = tab.evaluate("document.documentElement.scrollWidth")
-        bar = tab.locator("#uploads .file progress").first.bounding_box()
-        ARTIFACTS.mkdir(exist_ok=True)
-        tab.screenshot(path=str(ARTIFACTS / "search-page-390.png"), full_page=True)
-        browser.close()
-    assert width <= 390, f"horizontal scroll: the page is {width} px wide"
-    assert bar is not None and bar["width"] >= 40, bar
