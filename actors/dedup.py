@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ from deeplens.events import (
     DuplicatesFound,
     ImageProcessed,
 )
+from deeplens.formats import upright_rgb
 from deeplens.hash_index import HashIndex
 from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
@@ -50,6 +52,7 @@ from deeplens.vectors.factory import make_search_store
 log = logging.getLogger(__name__)
 
 STAGE = "dedup"
+PRUNE_EVERY_S = 3600.0
 TOPICS = ("images.processed", "images.deleted")
 
 
@@ -59,10 +62,10 @@ Hashes = tuple[str, int, "np.ndarray | None"]  # fingerprint, pHash, window pHas
 def content_hashes(data: bytes) -> Hashes:
     """(pixel fingerprint, 64-bit pHash, window pHashes) by decoding the bytes with
     Pillow, as the Embedder's Pillow path does. Only for events that carry no hashes."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
+        rgb = upright_rgb(img)
     grey, print_, _ = pillow_parts(rgb)
     windows = window_hashes(grey)
     return print_, int(windows[0]), windows
@@ -169,7 +172,15 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
 
 def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
     storage = make_storage(settings)
-    index = HashIndex(settings.effective_catalog_url)
+    index = HashIndex(settings.effective_catalog_url, max_bytes=settings.dedup.cache_max_mb << 20)
     store = make_search_store(settings)  # the similar tier searches: in memory, like search
     tombstones = Tombstones(settings.effective_catalog_url)
-    return lambda batch: dedup_batch(settings, storage, index, store, tombstones, batch)
+    pruned_at = [time.monotonic()]
+
+    def handle(batch: Sequence[Envelope]) -> list[Outbound]:
+        if time.monotonic() - pruned_at[0] >= PRUNE_EVERY_S:  # tombstones past every topic
+            pruned_at[0] = time.monotonic()
+            log.info("pruned %d tombstones", tombstones.prune())
+        return dedup_batch(settings, storage, index, store, tombstones, batch)
+
+    return handle

@@ -50,6 +50,10 @@ class VectorStoreSettings(BaseModel):
         "(0: never; searches go through the in-memory index of deeplens/vectors/memory.py, and "
         "building it would stall the indexer that crosses the threshold for minutes)")
     ann_nprobes: int = Field(32, ge=1, description="LanceDB: IVF partitions probed per query")
+    memory_max_mb: int = Field(
+        0, ge=0, description="In-memory search index of a process (the Gateway): past this "
+        "many MiB the least recently searched tenants are dropped and reloaded on demand "
+        "(0: no bound; ~2.5 KB per 512-d image, benchmarks/scale_bench.py)")
 
 
 class ModelSettings(BaseModel):
@@ -180,6 +184,10 @@ class DedupSettings(DedupThresholds):
     DEEPLENS_DEDUP__TENANTS='{"acme": {"near_max_distance": 6}}'."""
 
     tenants: dict[str, DedupThresholds] = Field(default_factory=dict)
+    cache_max_mb: int = Field(
+        0, ge=0, description="Near-duplicate hash cache of a dedup actor: past this many MiB "
+        "the least recently used tenants are dropped and reloaded on demand (0: no bound; "
+        "~420 bytes per stored image, benchmarks/scale_bench.py)")
 
     def for_tenant(self, tenant_id: str) -> DedupThresholds:
         return self.tenants.get(tenant_id) or DedupThresholds(

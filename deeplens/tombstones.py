@@ -8,13 +8,19 @@ when a delete landed in between. Because the tombstone precedes the delete
 event, a delete processed by any other actor after that second check comes
 later than the write, and removes it.
 
-A table in the catalog database (``deleted_images``), one row per image.
+A table in the catalog database (``deleted_images``), one row per image, numbered
+by ``seq`` as written: readers keep in step by sequence (``after``), never by clock.
+
+Tombstones are pruned (``prune``) once no topic can still hold an event of the image
+from before its delete: past the longest retention in the topic table. An event
+that arrives later still (a replay of an old dead letter) finds no catalog row, and
+the projection moves nothing that is not catalogued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +35,10 @@ deleted_images = sa.Table(
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("image_id", sa.String(64), primary_key=True),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=True),  # write order (migration 0006)
 )
+
+CHUNK = 5_000  # keys per IN (...): far below SQLite's and PostgreSQL's parameter limits
 
 Key = tuple[str, str]  # (tenant_id, image_id)
 
@@ -42,7 +51,7 @@ class Tombstones:
 
     def bury(self, tenant_id: str, image_id: str) -> None:
         """Record a deletion (idempotent)."""
-        try:
+        try:  # numbered by the database (a sequence, or a trigger on SQLite)
             with self.engine.begin() as conn:
                 conn.execute(deleted_images.insert().values(
                     tenant_id=tenant_id, image_id=image_id, deleted_at=utcnow()))
@@ -66,12 +75,42 @@ class Tombstones:
         found: set[Key] = set()
         with self.engine.connect() as conn:  # by the full key: the primary key's index
             for tenant_id, ids in by_tenant.items():
-                for start in range(0, len(ids), 500):
+                for start in range(0, len(ids), CHUNK):
                     query = sa.select(deleted_images.c.image_id).where(
                         deleted_images.c.tenant_id == tenant_id,
-                        deleted_images.c.image_id.in_(ids[start:start + 500]))
+                        deleted_images.c.image_id.in_(ids[start:start + CHUNK]))
                     found.update((tenant_id, row[0]) for row in conn.execute(query))
         return found
+
+    def after(self, seq: int, upto: int | None = None,
+              limit: int = 10_000) -> list[tuple[int, str, str]]:
+        """(seq, tenant, image) of the tombstones numbered above ``seq`` (and at most
+        ``upto``), in order, at most ``limit``."""
+        t = deleted_images.c
+        query = sa.select(t.seq, t.tenant_id, t.image_id).where(t.seq > seq)
+        if upto is not None:
+            query = query.where(t.seq <= upto)
+        with self.engine.connect() as conn:
+            return [(int(r[0]), r[1], r[2])
+                    for r in conn.execute(query.order_by(t.seq).limit(limit))]
+
+    def last_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(deleted_images.c.seq))).scalar() or 0)
+
+    def prune(self, now: datetime | None = None, keep: timedelta | None = None) -> int:
+        """Remove tombstones older than ``keep`` (default: the longest retention of any
+        topic, plus a day: by then no topic holds an event from before the delete).
+        Returns how many were removed."""
+        if keep is None:
+            from deeplens.topics import TOPICS
+
+            keep = timedelta(milliseconds=max(s.retention_ms for s in TOPICS.values()),
+                             days=1)
+        cut = (now or utcnow()) - keep
+        with self.engine.begin() as conn:
+            return int(conn.execute(deleted_images.delete().where(
+                deleted_images.c.deleted_at < cut)).rowcount or 0)
 
     def since(self, when: datetime) -> list[tuple[str, str, datetime]]:
         """(tenant, image, deleted_at) of deletions recorded after ``when``."""

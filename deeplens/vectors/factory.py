@@ -26,4 +26,5 @@ def make_search_store(settings: Settings) -> VectorStore:
     from deeplens.vectors.memory import MemoryIndexedStore
 
     return MemoryIndexedStore(LanceStore(settings.data_dir / "vectors", settings.vector_store),
-                              Tombstones(settings.effective_catalog_url))
+                              Tombstones(settings.effective_catalog_url),
+                              max_bytes=settings.vector_store.memory_max_mb << 20)

@@ -2,7 +2,10 @@
 
 The durable half of the default store: indexer actors write here (``merge_insert``
 by deterministic id), and scalar indexes on ``id``, ``tenant_id`` and
-``indexed_at`` keep look-ups, deletes and "rows written since" cheap. Searches
+``indexed_at`` keep look-ups and deletes cheap. Tables are created with stable row
+ids, so every row carries the table version that last wrote it
+(``_row_last_updated_at_version``): readers ask for "rows written after version v",
+an order the commits themselves define, with no clock involved. Searches
 are answered by the in-memory index of ``deeplens/vectors/memory.py``, which reads
 its rows from here; a direct ``search`` (exact, prefiltered by tenant) remains for
 tools and tests, and LanceDB's own ANN index is built only if ``ann_min_rows`` asks.
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 
 OPTIMIZE_EVERY_UPSERTS = 100
+ROW_VERSIONS = b"deeplens.row_versions"  # schema metadata: the table has stable row ids
+VERSION_COLUMN = "_row_last_updated_at_version"
 
 
 def _quote(value: str) -> str:
@@ -66,7 +71,7 @@ class LanceStore:
             # When this version of the row was written: readers that keep an in-memory
             # index (the search path) pick up new rows by it.
             pa.field("indexed_at", pa.timestamp("us", tz="UTC")),
-        ])
+        ], metadata={ROW_VERSIONS: b"1"})
 
     def _table(self, model_id: str, dim: int | None = None) -> Any:
         name = collection_name(model_id)
@@ -79,7 +84,9 @@ class LanceStore:
                 if dim is None:
                     return None
                 try:
-                    table = self.db.create_table(name, schema=self._schema(dim))
+                    table = self.db.create_table(
+                        name, schema=self._schema(dim),
+                        storage_options={"new_table_enable_stable_row_ids": "true"})
                 except (OSError, ValueError):  # created concurrently by another writer
                     table = self.db.open_table(name)
             if "indexed_at" not in table.schema.names:  # a table from before the column
@@ -197,16 +204,30 @@ class LanceStore:
     ROW_COLUMNS = ["image_id", "tenant_id", "vector", "original_file_name", "uploaded_at",
                    "indexed_at"]
 
+    def version(self, model_id: str) -> int | None:
+        """The model table's newest version, for readers that follow it by version; None
+        for a missing table or one from before row versions (created without stable row
+        ids: its readers fall back to ``indexed_at``)."""
+        table = self._table(model_id)
+        if table is None or ROW_VERSIONS not in (table.schema.metadata or {}):
+            return None
+        table.checkout_latest()
+        return int(table.version)
+
     def rows(self, model_id: str, *, tenant_id: str | None = None,
-             since: datetime | None = None) -> pa.Table | None:
-        """Rows of a model's table (one tenant's, or those written since a time), for
-        readers that keep their own index; None if the table does not exist."""
+             since: datetime | None = None, after_version: int | None = None
+             ) -> pa.Table | None:
+        """Rows of a model's table (one tenant's, those written after a table version,
+        or, for a table from before row versions, since a time), for readers that keep
+        their own index; None if the table does not exist."""
         table = self._table(model_id)
         if table is None:
             return None
         clauses = []
         if tenant_id is not None:
             clauses.append(f"tenant_id = {_quote(tenant_id)}")
+        if after_version is not None:
+            clauses.append(f"{VERSION_COLUMN} > {int(after_version)}")
         if since is not None:
             stamp = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
             clauses.append(f"indexed_at > TIMESTAMP '{stamp}'")

@@ -10,13 +10,21 @@ has been asked about, that tenant's vectors in memory:
   approximately (~0.5 ms for 100k vectors at recall@10 ~0.98), built in a
   background thread while the flat path keeps answering.
 
-It stays in step with the store without being told: a refresh thread reads, every
-``refresh_s``, the rows written since it last looked (LanceDB's ``indexed_at``
-column, through its scalar index) and the deletions recorded since (the catalog's
-tombstones). Rows are re-read over a window of ``OVERLAP`` so a write that
-committed late is not missed; a re-read row whose image has a tombstone is left out,
-so a delete the indexer has not applied yet never comes back. Several writers (indexer actors) are therefore
-fine, and a new vector is searchable within ``refresh_s`` plus a query.
+It stays in step with the store without being told, by sequence, never by clock:
+
+- rows: every LanceDB row carries the table version that wrote it; a refresh thread
+  reads, every ``refresh_s``, the table's version, and only when it moved, the rows
+  written after the version it last applied. A row is loaded whatever the clock of
+  the node that wrote it, however late its write committed. (A table from before row
+  versions falls back to its ``indexed_at`` stamps, re-read over ``OVERLAP``.)
+- deletions: the catalog's tombstones past the highest ``seq`` applied, plus, every
+  ``TOMBSTONE_SWEEP_S``, the last ``TOMBSTONE_OVERLAP`` numbers again (one taken
+  early but committed late). A row whose image has a tombstone is never taken in, on
+  load, refresh or upsert, so a delete the indexer has not applied yet never comes back.
+
+Several writers (indexer actors) are therefore fine, and a new vector is searchable
+within ``refresh_s`` plus a query. ``max_bytes`` bounds the memory: past it the least
+recently searched tenants are dropped, and reloaded when asked for again.
 
 Chosen by ``benchmarks/search_bench.py``, which shows every candidate side by side.
 """
@@ -25,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +45,9 @@ from deeplens.vectors.tenant_index import HNSW_MIN_ROWS, Row, TenantIndex
 
 log = logging.getLogger(__name__)
 
-OVERLAP = timedelta(seconds=5)
+OVERLAP = timedelta(seconds=5)  # tables from before row versions only
+TOMBSTONE_OVERLAP = 1000
+TOMBSTONE_SWEEP_S = 5.0
 
 
 class MemoryIndexedStore:
@@ -44,15 +56,19 @@ class MemoryIndexedStore:
     backend = "lancedb"
 
     def __init__(self, store: Any, tombstones: Any = None, refresh_s: float = 0.5,
-                 hnsw_min_rows: int = HNSW_MIN_ROWS) -> None:
+                 hnsw_min_rows: int = HNSW_MIN_ROWS, max_bytes: int = 0) -> None:
         self.store = store  # LanceStore: the durable truth
         self.tombstones = tombstones  # Tombstones of the catalog, or None
         self.refresh_s = refresh_s
         self.hnsw_min_rows = hnsw_min_rows
-        self._indexes: dict[tuple[str, str], TenantIndex] = {}
-        self._watermarks: dict[str, datetime] = {}  # model -> newest indexed_at seen
-        self._deleted_mark = datetime.now(UTC)
+        self.max_bytes = max_bytes  # 0: unbounded
+        self._indexes: OrderedDict[tuple[str, str], TenantIndex] = OrderedDict()
+        self._versions: dict[str, int] = {}  # model -> table version applied
+        self._watermarks: dict[str, datetime] = {}  # legacy tables: newest indexed_at seen
+        self._tomb_seq = tombstones.last_seq() if tombstones is not None else 0
+        self._tomb_swept = time.monotonic()
         self._lock = threading.Lock()
+        self._apply = threading.Lock()  # a load and a refresh never interleave
         self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
@@ -113,6 +129,10 @@ class MemoryIndexedStore:
         key = (model_id, tenant_id)
         index = self._indexes.get(key)
         if index is not None:
+            try:
+                self._indexes.move_to_end(key)  # most recently used
+            except KeyError:  # evicted meanwhile: this search still has its index
+                pass
             return index
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
@@ -120,18 +140,42 @@ class MemoryIndexedStore:
             index = self._indexes.get(key)
             if index is None:
                 index = self._load(model_id, tenant_id)
-                if index is not None:
-                    self._indexes[key] = index
+                self._evict(keep=key)
         return index
 
     def _load(self, model_id: str, tenant_id: str) -> TenantIndex | None:
-        self._watermarks.setdefault(model_id, datetime.now(UTC))  # refresh from now on
-        rows = self.store.rows(model_id, tenant_id=tenant_id)
-        if rows is None:
-            return None
-        index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
-        index.upsert(self._alive({tenant_id: _rows_of(rows)})[tenant_id])
-        return index
+        """Read the tenant's rows and start following the table from the version read
+        before them: a write after it comes by refresh, one before it is in the rows."""
+        with self._apply:
+            version = self.store.version(model_id)
+            if version is None:
+                self._watermarks.setdefault(model_id, datetime.now(UTC))
+            else:
+                self._versions.setdefault(model_id, version)
+            rows = self.store.rows(model_id, tenant_id=tenant_id)
+            if rows is None:
+                return None
+            index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
+            index.upsert(self._alive({tenant_id: _rows_of(rows)})[tenant_id])
+            self._indexes[(model_id, tenant_id)] = index
+            return index
+
+    def memory_bytes(self) -> int:
+        return sum(index.nbytes() for index in list(self._indexes.values()))
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        """Drop the least recently searched tenants while over ``max_bytes``."""
+        if not self.max_bytes:
+            return
+        total = self.memory_bytes()
+        for key in list(self._indexes):
+            if total <= self.max_bytes:
+                break
+            if key != keep:
+                index = self._indexes.pop(key, None)
+                if index is not None:
+                    total -= index.nbytes()
+                    log.info("search index over budget: dropped %s", key)
 
     def _alive(self, by_tenant: dict[str, list[Row]]) -> dict[str, list[Row]]:
         """``by_tenant`` without the rows of deleted images: the store keeps a deleted
@@ -159,26 +203,65 @@ class MemoryIndexedStore:
 
     def refresh(self) -> None:
         """Apply the rows written and the images deleted since the last refresh."""
-        for model_id in list({m for m, _ in self._indexes}):
-            since = self._watermarks.get(model_id, datetime.now(UTC)) - OVERLAP
-            rows = self.store.rows(model_id, since=since)
-            if rows is None or rows.num_rows == 0:
-                continue
-            by_tenant: dict[str, list[Row]] = {}
-            tenants = rows.column("tenant_id").to_pylist()
-            for tenant, row in zip(tenants, _rows_of(rows), strict=True):
+        with self._apply:
+            for model_id in list({m for m, _ in self._indexes}):
+                version = self.store.version(model_id)
+                if version is None:
+                    self._refresh_by_stamp(model_id)
+                    continue
+                applied = self._versions.setdefault(model_id, version)
+                if version <= applied:
+                    continue  # nothing written since: no read at all
+                rows = self.store.rows(model_id, after_version=applied)
+                if rows is not None and rows.num_rows:
+                    self._apply_rows(model_id, rows)
+                self._versions[model_id] = version
+            self._apply_tombstones()
+
+    def _apply_rows(self, model_id: str, rows: Any) -> dict[str, list[Row]]:
+        by_tenant: dict[str, list[Row]] = {}
+        tenants = rows.column("tenant_id").to_pylist()
+        loaded = {t for m, t in self._indexes if m == model_id}
+        for tenant, row in zip(tenants, _rows_of(rows), strict=True):
+            if tenant in loaded:
                 by_tenant.setdefault(tenant, []).append(row)
-            stamps = [r.indexed_at for rs in by_tenant.values() for r in rs if r.indexed_at]
-            newest = max(stamps, default=since + OVERLAP)
-            self._upsert_alive(model_id, {t: rs for t, rs in by_tenant.items()
-                                          if (model_id, t) in self._indexes})
-            self._watermarks[model_id] = max(self._watermarks.get(model_id, newest), newest)
-        if self.tombstones is not None:
-            for tenant, image_id, deleted_at in self.tombstones.since(self._deleted_mark - OVERLAP):
-                for (_, loaded_tenant), index in list(self._indexes.items()):
-                    if loaded_tenant == tenant:
-                        index.remove(image_id)
-                self._deleted_mark = max(self._deleted_mark, deleted_at)
+        self._upsert_alive(model_id, by_tenant)
+        return by_tenant
+
+    def _refresh_by_stamp(self, model_id: str) -> None:
+        """A table from before row versions: rows stamped after the watermark, re-read
+        over ``OVERLAP`` (recreate the table to follow it by version)."""
+        since = self._watermarks.get(model_id, datetime.now(UTC)) - OVERLAP
+        rows = self.store.rows(model_id, since=since)
+        if rows is None or rows.num_rows == 0:
+            return
+        by_tenant = self._apply_rows(model_id, rows)
+        stamps = [r.indexed_at for rs in by_tenant.values() for r in rs if r.indexed_at]
+        newest = max(stamps, default=since + OVERLAP)
+        self._watermarks[model_id] = max(self._watermarks.get(model_id, newest), newest)
+
+    def _apply_tombstones(self) -> None:
+        if self.tombstones is None:
+            return
+        sweep = time.monotonic() - self._tomb_swept >= TOMBSTONE_SWEEP_S
+        found = []
+        if sweep:  # numbers taken early but committed late (PostgreSQL)
+            self._tomb_swept = time.monotonic()
+            found = self.tombstones.after(self._tomb_seq - TOMBSTONE_OVERLAP,
+                                          upto=self._tomb_seq)
+        while True:
+            fresh = self.tombstones.after(self._tomb_seq)
+            found.extend(fresh)
+            if fresh:
+                self._tomb_seq = fresh[-1][0]
+            if len(fresh) < 10_000:
+                break
+        by_tenant: dict[str, list[TenantIndex]] = {}
+        for (_, tenant), index in list(self._indexes.items()):
+            by_tenant.setdefault(tenant, []).append(index)
+        for _, tenant, image_id in found:
+            for index in by_tenant.get(tenant, ()):
+                index.remove(image_id)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_s):

@@ -1,6 +1,9 @@
 """One tenant's vectors in memory: a flat float32 matrix searched exactly, plus a usearch
 HNSW graph (f16, cosine) from ``HNSW_MIN_ROWS`` rows on, built in a background thread
-while the flat path keeps answering. Used by ``deeplens/vectors/memory.py``."""
+while the flat path keeps answering. Used by ``deeplens/vectors/memory.py``.
+
+A removed image's slot is reused by the next new one, so a tenant with churn keeps
+as many slots as it ever held at once, and the flat scan covers few dead rows."""
 
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ from deeplens.vectors.base import Hit
 log = logging.getLogger(__name__)
 
 HNSW_MIN_ROWS = 20_000
-HNSW_EXPANSION_SEARCH = 128  # recall@10 ~0.98 at 100k (benchmarks/RESULTS.md)
+HNSW_EXPANSION_SEARCH = 128
+# An id string, its dict entry and list slots, a name, two datetimes (measured by
+# benchmarks/scale_bench.py, which reports the process's growth per image as well).
+PER_SLOT_OBJECT_BYTES = 300  # recall@10 ~0.98 at 100k (benchmarks/RESULTS.md)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TenantIndex:
         self.vectors = np.zeros((64, dim), dtype=np.float32)
         self.alive = np.zeros(64, dtype=bool)
         self.used = 0
+        self.free: list[int] = []  # slots of removed images, reused first
         self.hnsw: Any = None
         self._building = False
         self._changed_while_building: set[int] = set()
@@ -77,9 +84,22 @@ class TenantIndex:
                 return False
             self.alive[slot] = False
             self._touch(slot, present=False)
+            self.free.append(slot)
             return True
 
+    def nbytes(self) -> int:
+        """Memory held, about: arrays, the per-slot Python objects, the HNSW graph."""
+        graph = int(self.hnsw.memory_usage) if self.hnsw is not None else 0
+        return self.vectors.nbytes + self.alive.nbytes + PER_SLOT_OBJECT_BYTES * self.used \
+            + graph
+
     def _new_slot(self, image_id: str) -> int:
+        if self.free:
+            slot = self.free.pop()
+            self.slots[image_id] = slot
+            self.ids[slot], self.names[slot] = image_id, ""
+            self.uploaded[slot] = self.stamps[slot] = None
+            return slot
         if self.used == len(self.alive):
             grow = max(64, len(self.alive))
             self.vectors = np.concatenate([self.vectors, np.zeros((grow, self.dim), np.float32)])

@@ -127,3 +127,29 @@ def test_a_late_row_and_a_row_appended_out_of_order_are_found_by_seq(tmp_path) -
     assert [i for i, _ in index.near("t", "q", PHASH, 0)] == ["ten"]
     with index.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(image_hashes)).scalar() == 1
+
+
+def test_tombstones_are_pruned_past_every_topic_s_retention_and_a_late_event_is_refused(
+        catalog_url) -> None:
+    from datetime import timedelta
+
+    from deeplens.events import utcnow
+    from deeplens.topics import TOPICS
+    from ingestion.catalog import Catalog
+    from tests.ingestion import lifecycle_events as events
+    from tests.ingestion.test_catalog import row
+
+    catalog, tombstones = Catalog(catalog_url), Tombstones(catalog_url)
+    catalog.insert(row("gone"))
+    catalog.insert(row("kept"))
+    tombstones.bury("acme", "gone")  # the API's delete: tombstone, then the catalog row
+    catalog.delete("acme", "gone")
+    longest = timedelta(milliseconds=max(s.retention_ms for s in TOPICS.values()))
+    assert tombstones.prune(utcnow() + longest) == 0, "an event may still be in a topic"
+    assert tombstones.prune(utcnow() + longest + timedelta(days=2)) == 1
+    assert tombstones.dead([("acme", "gone")]) == set()
+    late = events.uploaded("gone")  # a replay of an event from before the delete
+    events.project(catalog, events.processed(late, seconds=2))
+    events.project(catalog, events.indexed(late, seconds=3))
+    assert catalog.get("acme", "gone") is None, "the catalog takes no step for it"
+    assert catalog.get("acme", "kept") is not None

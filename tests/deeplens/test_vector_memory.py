@@ -259,3 +259,121 @@ def test_get_vector_of_an_image_written_since_the_last_refresh(tmp_path) -> None
     assert search.get_vector("m/x", "acme", "img2") is None
     assert search.get_vector("m/x", "acme", "nothing") is None
     search.close()
+
+
+class _ClockBehind(datetime):
+    """``datetime`` on a node whose clock is 10 s behind."""
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        from datetime import timedelta
+
+        return datetime.now(tz) - timedelta(seconds=10)
+
+
+def test_a_row_from_a_node_whose_clock_is_10s_behind_is_loaded(tmp_path, monkeypatch) -> None:
+    import deeplens.vectors.lancedb as lancedb_module
+
+    vectors = clustered(3, dim=8, seed=8)
+    indexer = LanceStore(tmp_path / "v", VectorStoreSettings())
+    indexer.upsert("m/x", [_record("acme", 0, vectors[0])])
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                refresh_s=3600)
+    assert search.count("m/x", "acme") == 1
+    indexer.upsert("m/x", [_record("acme", 1, vectors[1])])
+    search.refresh()
+    monkeypatch.setattr(lancedb_module, "datetime", _ClockBehind)
+    LanceStore(tmp_path / "v", VectorStoreSettings()).upsert(
+        "m/x", [_record("acme", 2, vectors[2])])
+    search.refresh()
+    assert search.count("m/x", "acme") == 3
+    assert search.search("m/x", "acme", vectors[2], 1)[0].image_id == "img2"
+    search.close()
+
+
+def test_a_write_that_commits_late_is_loaded(tmp_path, monkeypatch) -> None:
+    """A slow merge_insert: its rows were stamped before the others' were written and
+    refreshed, and commit after them."""
+    import deeplens.vectors.lancedb as lancedb_module
+
+    vectors = clustered(4, dim=8, seed=9)
+    indexer = LanceStore(tmp_path / "v", VectorStoreSettings())
+    indexer.upsert("m/x", [_record("acme", 0, vectors[0])])
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                refresh_s=3600)
+    assert search.count("m/x", "acme") == 1
+    stamped = datetime.now(UTC)
+
+    class _Stamped(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return stamped
+
+    indexer.upsert("m/x", [_record("acme", 1, vectors[1])])  # written and seen first
+    search.refresh()
+    from datetime import timedelta
+
+    stamped = datetime.now(UTC) - timedelta(seconds=30)  # the slow write began long ago
+    later = LanceStore(tmp_path / "v", VectorStoreSettings())
+    monkeypatch.setattr(lancedb_module, "datetime", _Stamped)
+    later.upsert("m/x", [_record("acme", 3, vectors[3])])
+    search.refresh()
+    assert search.search("m/x", "acme", vectors[3], 1)[0].image_id == "img3"
+    search.close()
+
+
+def test_a_tombstone_from_a_node_whose_clock_is_behind_is_applied(tmp_path) -> None:
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from deeplens.tombstones import deleted_images
+
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    vectors = clustered(5, dim=8, seed=10)
+    LanceStore(tmp_path / "v", VectorStoreSettings()).upsert(
+        "m/x", [_record("acme", i, vectors[i]) for i in range(5)])
+    tombstones = Tombstones(url)
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()), tombstones,
+                                refresh_s=3600)
+    assert search.count("m/x", "acme") == 5
+    tombstones.bury("acme", "img0")
+    search.refresh()
+    with tombstones.engine.begin() as conn:  # written by a Gateway whose clock is behind
+        conn.execute(sa.insert(deleted_images).values(
+            tenant_id="acme", image_id="img1",
+            deleted_at=datetime.now(UTC) - timedelta(seconds=60)))
+    search.refresh()
+    assert search.count("m/x", "acme") == 3
+    hits = {h.image_id for h in search.search("m/x", "acme", vectors[1], 5)}
+    assert hits == {"img2", "img3", "img4"}
+    search.close()
+
+
+def test_a_removed_slot_is_reused() -> None:
+    vectors = clustered(100, dim=8, seed=11)
+    index = TenantIndex(8)
+    index.upsert(rows(vectors[:50]))
+    for i in range(10):
+        index.remove(f"img{i}")
+    index.upsert(rows(vectors[50:60], prefix="new"))
+    assert index.used == 50 and len(index) == 50
+    assert [h.image_id for h in index.search(vectors[55], 1, frozenset())] == ["new5"]
+    assert index.vector("img3") is None
+
+
+def test_a_memory_budget_drops_the_least_recently_searched_tenant(tmp_path) -> None:
+    vectors = clustered(300, dim=16, seed=12)
+    LanceStore(tmp_path / "v", VectorStoreSettings()).upsert(
+        "m/x", [_record(t, i, vectors[i]) for t in ("a", "b", "c") for i in range(300)])
+    search = MemoryIndexedStore(LanceStore(tmp_path / "v", VectorStoreSettings()),
+                                refresh_s=3600)
+    search.count("m/x", "a")
+    search.max_bytes = int(search.memory_bytes() * 2.5)
+    search.count("m/x", "b")
+    search.count("m/x", "a")
+    search.count("m/x", "c")
+    assert [t for _, t in search._indexes] == ["a", "c"]
+    assert search.memory_bytes() <= search.max_bytes
+    assert search.search("m/x", "b", vectors[7], 1)[0].image_id == "img7", "reloaded"
+    search.close()
