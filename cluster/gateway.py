@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
 from deeplens.settings import Settings
 
 
@@ -47,13 +50,10 @@ def add_readiness(app: Any, watch: Any) -> None:
     ``state: degraded`` and the reasons (a stage without a live actor, no Embedder
     replica, a node resource nobody offers). ``/healthz`` stays the cheap process check.
     Which nodes run each stage is shown to the operator only (as ``/metrics`` is)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
     from ingestion.routes_ops import operator_refusal
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "degraded, with reasons"}})
-    def readyz(request: Request) -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:  # Request: a module name (annotations)
         report = watch.report()
         if operator_refusal(request, app.state.services.settings):
             for stage in report["stages"].values():

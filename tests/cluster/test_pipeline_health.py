@@ -32,3 +32,36 @@ def test_ok_when_every_stage_has_an_actor_and_the_embedder_a_replica() -> None:
     stages = {"indexing": StageState(wanted=2, live=1), "dedup": StageState(wanted=1, live=1)}
     assert verdict(stages, 1, {}, 50.0) == ("ok", [])
     assert verdict(stages, None, {}, 50.0) == ("ok", []), "unknown replicas is not zero"
+
+
+class FakeWatch:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def report(self) -> dict:
+        reasons = [] if self.state == "ok" else ["no Embedder replica is running"]
+        return {"state": self.state, "reasons": reasons, "embedder_replicas": 0,
+                "stages": {"indexing": {"live": 1, "wanted": 1, "nodes": ["10.0.0.2/ab"]}}}
+
+
+def test_readyz_answers_503_with_reasons_and_shows_nodes_to_the_operator_only() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from cluster.gateway import add_readiness
+    from deeplens.settings import OpsSettings, Settings
+
+    app = FastAPI()
+    app.state.services = type("S", (), {"settings": Settings(
+        ops=OpsSettings(metrics_token="op-token-0123456789"))})()
+    watch = FakeWatch("degraded")
+    add_readiness(app, watch)
+    client = TestClient(app)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "10"
+    assert answer.json()["reasons"] == ["no Embedder replica is running"]
+    assert "nodes" not in answer.json()["stages"]["indexing"]
+    operator = client.get("/readyz", headers={"Authorization": "Bearer op-token-0123456789"})
+    assert operator.json()["stages"]["indexing"]["nodes"] == ["10.0.0.2/ab"]
+    watch.state = "ok"
+    assert client.get("/readyz").status_code == 200
