@@ -3,6 +3,9 @@ delete."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from datetime import timedelta
 from typing import Annotated
 
@@ -12,7 +15,7 @@ from deeplens.auth import BODY_RESPONSES, TenantDep, problems
 from deeplens.events import ImageDeleted, ImageStatus, utcnow
 from deeplens.kafka import DeliveryError, Outbound
 from deeplens.storage import ObjectMissing, thumbnail_path
-from ingestion.catalog import ImageRow
+from ingestion.catalog import Catalog, ImageRow
 from ingestion.schemas import (
     DuplicateOut,
     DuplicatesOut,
@@ -37,15 +40,46 @@ THUMBNAIL = {200: {"description": "a JPEG of at most 320 px a side",
                    "content": {"image/jpeg": _BINARY}}}
 
 
+class TenantCounts:
+    """Each tenant's images per status, counted at most once per ``max_age_s`` per
+    process: counting reads every row of the tenant (a million for a large one), and a
+    client paging through them, or polling its first page, must not pay that per page."""
+
+    def __init__(self, max_age_s: float = 1.0, max_tenants: int = 10_000) -> None:
+        self.max_age_s, self.max_tenants = max_age_s, max_tenants
+        self._counted: OrderedDict[tuple[int, str], tuple[float, dict[str, int]]] = \
+            OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, catalog: Catalog, tenant: str) -> dict[str, int]:
+        key = (id(catalog), tenant)
+        with self._lock:
+            held = self._counted.get(key)
+        if held is not None and time.monotonic() - held[0] < self.max_age_s:
+            return held[1]
+        counts = catalog.counts(tenant)
+        with self._lock:
+            self._counted[key] = (time.monotonic(), counts)
+            self._counted.move_to_end(key)
+            while len(self._counted) > self.max_tenants:
+                self._counted.popitem(last=False)
+        return counts
+
+
+COUNTS = TenantCounts()
+
+
 @router.get("/v1/images", response_model=ImagePage, tags=["images"])
 def list_images(svc: ServicesDep, tenant: TenantDep,
                 status: Annotated[ImageStatus | None, Query()] = None,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 after: Annotated[str | None, Query(max_length=64)] = None) -> ImagePage:
+    """A page of the tenant's images, newest first, and its counts per status (as of at
+    most ``TenantCounts.max_age_s`` ago)."""
     rows = svc.catalog.list(tenant, status=status, limit=limit, after=after)
     return ImagePage(items=[image_out(r) for r in rows],
                      next_after=rows[-1].image_id if len(rows) == limit else None,
-                     counts=svc.catalog.counts(tenant))
+                     counts=COUNTS.get(svc.catalog, tenant))
 
 
 @router.post("/v1/images/statuses", response_model=StatusAnswer, tags=["images"],
