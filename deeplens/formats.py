@@ -10,6 +10,7 @@ import io
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -209,6 +210,27 @@ def _hostile_chunk(data: bytes, fmt: ImageFormat) -> str | None:
             break
         pos = after
     return None
+
+
+# Pillow's 16-bit greyscale modes (PNG); convert("RGB") would clip them, not scale them.
+_WIDE_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def upright_rgb(img: Any) -> Any:
+    """The 8-bit RGB picture a Pillow image shows, turned upright by its EXIF orientation.
+
+    Every mode the allowed formats yield: CMYK (Adobe's inverted JPEGs included), grey,
+    palette, alpha (dropped, as DALI drops it), and 16-bit grey scaled as DALI scales it,
+    round(v / 257), where Pillow's own conversion would clip it to white. An MPO gives
+    its first picture.
+    """
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_GREY:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def walk_png(data: bytes) -> tuple[int | None, str | None]:

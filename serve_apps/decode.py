@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from deeplens.formats import upright_rgb
 from deeplens.image_hashes import (
     HASH_SIDE,
     fingerprint,
@@ -72,11 +73,11 @@ class PillowDecoder:
         self.preprocess = preprocess
 
     def decode_one(self, data: bytes) -> Decoded:
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(data)) as img:  # an MPO's first picture
-                rgb = to_rgb(ImageOps.exif_transpose(img))
+                rgb = upright_rgb(img)
             grey, print_, thumb = pillow_parts(rgb)
             return Decoded(self.preprocess(rgb), grey, print_, np.asarray(thumb))
         except UnidentifiedImageError as exc:
@@ -92,22 +93,6 @@ class PillowDecoder:
             except DecodeError as exc:
                 out.append(exc)
         return out
-
-
-# Pillow's 16-bit greyscale modes (PNG); convert("RGB") would clip them, not scale them.
-_WIDE_GREY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-
-
-def to_rgb(img: Any) -> Any:
-    """8-bit RGB of any mode the formats yield: CMYK (Adobe's inverted JPEGs included),
-    grey, palette, alpha (dropped, as DALI does), and 16-bit grey scaled as DALI scales it,
-    round(v / 257), where Pillow's own conversion would clip it to white."""
-    from PIL import Image
-
-    if img.mode in _WIDE_GREY:
-        wide = np.asarray(img, dtype=np.uint32)
-        img = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), "L")
-    return img.convert("RGB")
 
 
 class DaliDecoder:

@@ -1,3 +1,5 @@
+import io
+
 import pytest
 
 from deeplens.formats import JPEG, PNG, WEBP, hostile_trailer, image_end, sniff
@@ -114,3 +116,19 @@ def test_a_samsung_trailer_is_allowed_and_scanned_whole() -> None:
     assert hostile_trailer(images.jpeg() + trailer, JPEG) is None
     hostile = b"<?php x" + trailer
     assert hostile_trailer(images.jpeg() + hostile, JPEG) == "PHP code"
+
+
+def test_upright_rgb_shows_every_variant_at_its_true_levels() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from deeplens.formats import upright_rgb
+
+    picture = np.asarray(images.photo(96, 72, 0), dtype=np.float64)
+    grey = np.asarray(images.photo(96, 72, 0).convert("L").convert("RGB"), dtype=np.float64)
+    for name, data in images.camera_formats().items():
+        with Image.open(io.BytesIO(data)) as img:
+            shown = np.asarray(upright_rgb(img), dtype=np.float64)
+        expected = grey if "grey" in name else picture
+        assert shown.shape == expected.shape, name
+        assert np.abs(shown - expected).mean() < 12, name  # 16-bit grey clipped: 128

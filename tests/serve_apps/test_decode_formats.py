@@ -56,3 +56,13 @@ def test_every_camera_variant_gets_a_vector_hashes_and_a_thumbnail(clip) -> None
     results = embed_items(clip, dali, list(FORMATS.values()), [True] * len(FORMATS))
     assert [r.error for r in results] == [None] * len(FORMATS)
     assert all(r.thumbnail and r.windows and r.fingerprint for r in results)
+
+
+def test_dedups_own_decode_of_old_events_agrees_with_the_embedder(clip) -> None:
+    """Version-1 events carry no hashes; dedup decodes their bytes with the same
+    ``upright_rgb``, so a 16-bit grey PNG gets the fingerprint the Embedder gives it."""
+    from actors.dedup import content_hashes
+
+    dali = make_decoder("dali", clip=clip, max_batch_size=16).decode(list(FORMATS.values()))
+    for (name, data), decoded in zip(FORMATS.items(), dali, strict=True):
+        assert content_hashes(data)[0] == decoded.fingerprint, name
