@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from deeplens.containers import jpeg_components
 from deeplens.formats import upright_rgb
 from deeplens.image_hashes import (
     HASH_SIDE,
@@ -37,6 +38,7 @@ from deeplens.image_hashes import (
     pillow_parts,
     thumb_size,
 )
+from serve_apps.dali_torch import to_torch, to_torch_each
 from serve_apps.device_faults import is_device_fault
 
 log = logging.getLogger(__name__)
@@ -158,10 +160,10 @@ class DaliDecoder:
                             ("thumb_w", 4), ("thumb_h", 5)):
             feed(name, [np.array(g[index], dtype=np.float32) for g in geometry])
         model, thumbs, greys, *rest = self._pipe.run()
-        pixels = _to_torch(model)
+        pixels = to_torch(model)
         if self.gpu:
             columns, rows = rest[0].as_cpu(), rest[1].as_cpu()
-            thumbs_out = _to_torch_each(thumbs)
+            thumbs_out = to_torch_each(thumbs)
             greys = greys.as_cpu()
             prints = [fingerprint(g[6], g[7], np.asarray(columns[i]), np.asarray(rows[i]))
                       for i, g in enumerate(geometry)]
@@ -182,8 +184,8 @@ class DaliDecoder:
             except DecodeError as exc:
                 out[index] = exc  # not even a readable header: no decoder will manage
                 continue
-            if _pillow_only(data):
-                out[index] = self._pillow(data)
+            if jpeg_components(data) == 4:  # CMYK/YCCK: nvJPEG's handling is unverified,
+                out[index] = self.fallback.decode([data])[0]  # Pillow = DALI CPU, exactly
             else:
                 ready.append(index)
         for start in range(0, len(ready), self.max_batch_size):
@@ -214,28 +216,6 @@ class DaliDecoder:
             return decoded
         except DecodeError as exc:
             return exc
-
-
-    def _pillow(self, data: bytes) -> Decoded | DecodeError:
-        try:
-            return self.fallback.decode_one(data)
-        except DecodeError as exc:
-            return exc
-
-
-def _pillow_only(data: bytes) -> bool:
-    """CMYK (and YCCK) JPEGs go straight to Pillow: nvJPEG's handling of four-component
-    JPEGs (Adobe's inverted CMYK above all) is not verified, while Pillow and DALI's CPU
-    decoder agree on them to the last level."""
-    from PIL import Image
-
-    if data[:3] != b"\xff\xd8\xff":
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.mode == "CMYK"
-    except Exception:  # noqa: BLE001 - center_crop_geometry already read this header
-        return False
 
 
 # Resized width, height and crop_pos_x, crop_pos_y of the model input; the thumbnail's
@@ -276,30 +256,6 @@ def center_crop_geometry(data: bytes, size: int) -> _Geometry:
     pos_y = (top + 0.25) / (new_h - size) if new_h > size else 0.5
     return (new_w, new_h, min(pos_x, 1.0), min(pos_y, 1.0), *thumb_size(width, height),
             width, height)
-
-
-def _to_torch(tensor_list: Any) -> torch.Tensor:
-    if hasattr(tensor_list, "as_cpu") and type(tensor_list).__name__.endswith("GPU"):
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        dense = tensor_list.as_tensor()
-        result = torch.empty(dense.shape(), dtype=torch.float32, device="cuda")
-        feed_ndarray(dense, result)
-        return result
-    return torch.from_numpy(np.array(tensor_list.as_tensor()))
-
-
-def _to_torch_each(tensor_list: Any) -> list[torch.Tensor]:
-    """Samples of different shapes (thumbnails) of a GPU TensorList, as CUDA uint8 tensors."""
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-
-    out = []
-    for i in range(len(tensor_list)):
-        sample = tensor_list[i]
-        tensor = torch.empty(tuple(sample.shape()), dtype=torch.uint8, device="cuda")
-        feed_ndarray(sample, tensor)
-        out.append(tensor)
-    return out
 
 
 def encode_thumbnails(thumbnails: list[Any]) -> list[bytes]:

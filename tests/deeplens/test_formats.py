@@ -132,3 +132,13 @@ def test_upright_rgb_shows_every_variant_at_its_true_levels() -> None:
         expected = grey if "grey" in name else picture
         assert shown.shape == expected.shape, name
         assert np.abs(shown - expected).mean() < 12, name  # 16-bit grey clipped: 128
+
+
+def test_jpeg_components_from_the_frame_header() -> None:
+    from deeplens.containers import jpeg_components
+
+    kinds = images.camera_formats()
+    assert {k: jpeg_components(v) for k, v in kinds.items() if "jpeg" in k or k == "mpo"} == {
+        "mpo": 3, "cmyk_jpeg": 4, "grey_jpeg": 1, "progressive_jpeg": 3,
+        "exif_rotated_jpeg": 3}
+    assert jpeg_components(kinds["png16_grey"]) is None
