@@ -269,11 +269,39 @@ def mute_stderr_from_now(label: str) -> Path:
         for stream in (terminal, sys.stderr):
             traceback.print_exception(kind, error, tb, file=stream)
 
+    sys.stdout = _WithoutRayLines(sys.stdout, sys.stderr)
     sys.excepthook = show
     threading.excepthook = lambda hook: show(hook.exc_type, hook.exc_value,  # type: ignore[arg-type]
                                              hook.exc_traceback)
     _muted.append(log)
     return log
+
+
+class _WithoutRayLines:
+    """stdout past a teardown: the lines Ray forwards from its processes ("(raylet) Task
+    ServeController.listen_for_change failed ... actor is dead") go to the log; the
+    results stay on stdout."""
+
+    RAY_LINE = re.compile(r"^(\x1b\[[\d;]*m)?\((raylet|pid=|\w+ pid=)")
+
+    def __init__(self, out: Any, log: Any) -> None:
+        self.out, self.log, self._line = out, log, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        while "\n" in self._line:
+            line, self._line = self._line.split("\n", 1)
+            (self.log if self.RAY_LINE.match(line) else self.out).write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line:
+            (self.log if self.RAY_LINE.match(self._line) else self.out).write(self._line)
+            self._line = ""
+        self.out.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.out, name)
 
 
 @contextmanager
