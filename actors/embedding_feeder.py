@@ -7,7 +7,9 @@ across every feeder's items. What comes back per image is its vector, its dedup
 hashes and a JPEG thumbnail, all from the Embedder's one decode; the feeder stores
 the thumbnail beside the original and publishes ``images.processed`` (version 2:
 vector as base64 float32, hashes, thumbnail path). The number of batches in flight
-is bounded by the consumer loop, which pauses its partitions at the bound.
+is bounded by the consumer loop, which pauses its partitions at the bound. Each batch
+goes out as one call per running Embedder replica (``ReplicaCount``), so the calls in
+flight grow with the replicas and a replica the scaling controller adds gets work.
 
 An image the Embedder cannot decode fails alone (``images.failed``, reason
 ``corrupt``, ``stage=embedding``). A fault of the Embedder itself (replica gone,
@@ -40,6 +42,8 @@ STAGE = "embedding"
 TOPICS = ("images.validated",)
 _USAGE_NS = uuid.UUID("0b6f3d0e-51c4-4a4f-9a55-1f0f3c9c7e21")
 IO_THREADS = 8  # storage reads and thumbnail writes of one batch run side by side (S3)
+REPLICA_REFRESH_S = 5.0  # how old the running-replica count may be
+MIN_CALL_IMAGES = 4  # a call smaller than this would only split @serve.batch's batches
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -94,6 +98,44 @@ def _store_thumbnails(storage: Storage, pool: ThreadPoolExecutor, tombstones: To
     return thumbs
 
 
+class ReplicaCount:
+    """The Embedder's running replicas, asked of Serve at most every ``REPLICA_REFRESH_S``
+    (1 when Serve cannot say)."""
+
+    def __init__(self, ask: Callable[[], int | None] | None = None) -> None:
+        self._ask = ask or serve_names.running_embedder_replicas
+        self._value, self._at = 1, -REPLICA_REFRESH_S
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= REPLICA_REFRESH_S:
+            self._at = now
+            try:
+                self._value = max(1, self._ask() or 1)
+            except Exception:  # noqa: BLE001 - Serve busy: keep the last count
+                pass
+        return self._value
+
+
+def split(items: list[bytes], parts: int) -> list[list[bytes]]:
+    """``items`` in up to ``parts`` contiguous chunks of near-equal size, none smaller
+    than ``MIN_CALL_IMAGES`` unless the whole batch is (order kept)."""
+    parts = max(1, min(parts, len(items) // MIN_CALL_IMAGES or 1))
+    size, extra = divmod(len(items), parts)
+    chunks, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+def embed_spread(handle: Any, images: list[bytes], replicas: int) -> list[Any]:
+    """One ``embed_images`` call per replica, all in flight at once; results in order."""
+    calls = [handle.embed_images.remote(chunk) for chunk in split(images, replicas)]
+    return [result for call in calls for result in call.result(timeout_s=300)]
+
+
 def build_handler(settings: Settings,
                   embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound | Retry]]:
     """The batch handler; ``embedder`` is a Serve handle (looked up by name if not given)."""
@@ -101,6 +143,7 @@ def build_handler(settings: Settings,
     tombstones = Tombstones(settings.effective_catalog_url)
     pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="feeder-io")
     handles: list[Any] = [embedder] if embedder is not None else []
+    replicas = ReplicaCount(None if embedder is None else (lambda: 1))
 
     def embedder_handle() -> Any:
         # Looked up on first use, so feeders may start before the Embedder and wait for it.
@@ -123,8 +166,8 @@ def build_handler(settings: Settings,
         if not sent:
             return outputs
         started = time.perf_counter()
-        try:  # one call for the whole batch: a list of bytes in, a list of results out
-            results = handle.embed_images.remote([data for _, data in sent]).result(timeout_s=300)
+        try:  # a list of bytes in, a list of results out, spread over the replicas
+            results = embed_spread(handle, [data for _, data in sent], replicas())
         except Exception as exc:  # noqa: BLE001 - replica gone, timeout, overload: retry
             raise EmbedderUnavailable(f"Embedder call failed: {type(exc).__name__}: {exc}") from exc
         per_image_ms = (time.perf_counter() - started) * 1000 / len(sent)

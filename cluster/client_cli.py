@@ -94,6 +94,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           "actor started and restart from 0 when an actor restarts. Throughput: the rate of "
           "deeplens_stage_handled_total; see the Grafana dashboard)")
     print_pipeline(url, headers)
+    print_scaling(text)
     print_tenant_counts(settings)
     return 0
 
@@ -116,6 +117,43 @@ def print_pipeline(url: str, headers: dict[str, str]) -> None:
     for stage, state in sorted(report.get("stages", {}).items()):
         nodes = ", ".join(state.get("nodes") or []) or "-"
         print(f"  {stage:12} {state['live']}/{state['wanted']} live on {nodes}")
+
+
+def print_scaling(metrics_text: str) -> None:
+    """Per stage and the Embedder: what runs where, lag, rate, and the scaling
+    controller's last decision and why (its metrics; nothing when it is off)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            name = sample.labels.get("name")
+            if not sample.name.startswith("deeplens_scaling") or name is None:
+                continue
+            row = rows.setdefault(name, {"nodes": []})
+            key = sample.name.removeprefix("deeplens_scaling_")
+            if key == "bound":
+                row[sample.labels["bound"]] = int(sample.value)
+            elif key == "actors":
+                row["nodes"].append(f"{sample.labels['node']} x{sample.value:.0f}")
+            elif key == "decision":
+                row.update(action=sample.labels["action"], cause=sample.labels["cause"],
+                           wait_s=sample.value)
+            else:
+                row[key] = sample.value
+    if not rows:
+        return
+    print(f"\n{'scaling':12} {'now':>4} {'wants':>5} {'range':>6} {'rate/s':>7}  decision")
+    for name, row in sorted(rows.items()):
+        action = row.get("action", "none")
+        if action.startswith("waiting"):
+            action = f"{action[8:]} to {row.get('wanted', 0):.0f} in {row['wait_s']:.0f} s"
+        rate = f"{row['rate']:>7.1f}" if "rate" in row else f"{'-':>7}"
+        print(f"{name:12} {row.get('target', 0):>4.0f} {row.get('wanted', 0):>5.0f} "
+              f"{row.get('min', 0):>2}-{row.get('max', 0):<3} {rate}  {action}: "
+              f"{row.get('cause', '')}{' (pinned)' if row.get('pinned') else ''}")
+        if row["nodes"]:
+            print(f"{'':12} on {', '.join(row['nodes'])}")
 
 
 def _recorded_catalog(settings: Settings) -> str:

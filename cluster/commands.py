@@ -89,6 +89,12 @@ def _cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale(settings: Settings, args: argparse.Namespace) -> int:
+    from cluster.scale_cli import cmd_scale
+
+    return cmd_scale(settings, args)
+
+
 def _since(text: str):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
@@ -122,6 +128,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--older-than", type=float, default=10.0, help="minutes (default 10)")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_cmd_reconcile)
+
+    from cluster.client_cli import client_command
+    from cluster.stages import STAGES
+
+    p = sub.add_parser("scale", help="set a stage's actors or the Embedder's replicas, live")
+    p.add_argument("name", choices=[s.name for s in STAGES] + ["embedder"])
+    p.add_argument("count", metavar="N|auto", help="a count held until `auto` hands it back "
+                   "to the scaling controller")
+    p.set_defaults(func=client_command(_cmd_scale))
 
     p = sub.add_parser("demo", help="deeplens up, plus a sample run (make demo)")
     p.add_argument("--smoke", action="store_true", help="exit 0 once the samples went through")

@@ -46,7 +46,10 @@ EXPORTED = {
     "deeplens_embedder_phase_busy_seconds_total", "deeplens_embedder_busy_ratio",
     "deeplens_stage_stats_age_seconds", "deeplens_embedder_replicas",
     "deeplens_oldest_unfinished_image_seconds", "deeplens_reconcile_republished_total",
-    "deeplens_reconcile_deferred_total",
+    "deeplens_reconcile_deferred_total", "deeplens_scaling_target", "deeplens_scaling_wanted",
+    "deeplens_scaling_bound", "deeplens_scaling_pinned", "deeplens_scaling_rate",
+    "deeplens_scaling_decision", "deeplens_scaling_actors", "deeplens_scaling_steps_total",
+    "deeplens_embedder_queued_images", "deeplens_embedder_cold_start_seconds",
 }
 
 _STAGE_COUNTERS = {
@@ -79,7 +82,7 @@ class PipelineCollector:
 
     def collect(self) -> Iterator[Any]:
         for part in (self._kafka, self._stages, self._embedder, self._latency,
-                     self._unfinished, self._sweeper):
+                     self._unfinished, self._sweeper, self._scaling):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - one source down must not hide the rest
@@ -159,6 +162,18 @@ class PipelineCollector:
         deferred.add_metric([], stats["deferred"])
         yield deferred
 
+    # -- scaling controller -----------------------------------------------------------
+    def _scaling(self) -> Iterator[Any]:
+        import ray
+
+        from cluster.scaling_ops import find_controller
+
+        try:
+            stats = ray.get(find_controller(self.settings).stats.remote(), timeout=5)
+        except ValueError:
+            return  # not started (scaling off, or a stack without Ray)
+        yield from scaling_families(stats)
+
     # -- Embedder -------------------------------------------------------------------
     def _embedder(self) -> Iterator[Any]:
         from deeplens.serve_names import embedder_handle
@@ -218,6 +233,50 @@ class PipelineCollector:
                                    "Age of the oldest image not yet indexed or failed")
         family.add_metric([], self._unfinished_cache[1])
         yield family
+
+
+def scaling_families(stats: dict[str, Any]) -> list[Any]:
+    """The controller's report as metrics: per stage (and ``embedder``) what runs, what is
+    wanted, between which bounds, the last decision's action and cause."""
+    def gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, text, labels=labels)
+
+    target = gauge("deeplens_scaling_target", "Actors (replicas) the controller runs", ["name"])
+    wanted = gauge("deeplens_scaling_wanted", "Actors (replicas) the signal asks for", ["name"])
+    bound = gauge("deeplens_scaling_bound", "Automatic range", ["name", "bound"])
+    pinned = gauge("deeplens_scaling_pinned", "1 while `deeplens scale` holds it", ["name"])
+    rate = gauge("deeplens_scaling_rate", "Messages the stage committed per second", ["name"])
+    decision = gauge("deeplens_scaling_decision", "The last decision (value: seconds a "
+                     "wanted change still waits)", ["name", "action", "cause"])
+    actors = gauge("deeplens_scaling_actors", "Live actors per node", ["name", "node"])
+    steps = CounterMetricFamily("deeplens_scaling_steps", "Scale steps taken", labels=["name"])
+    for name, row in sorted(stats.get("scalers", {}).items()):
+        if row.get("target") is not None:
+            target.add_metric([name], row["target"])
+            wanted.add_metric([name], row["wanted"])
+        bound.add_metric([name, "min"], row["min"])
+        bound.add_metric([name, "max"], row["max"])
+        pinned.add_metric([name], 0 if row.get("pinned") is None else 1)
+        decision.add_metric([name, row.get("action", "none"), row.get("cause", "")],
+                            row.get("wait_s", 0.0))
+        if "rate" in row:
+            rate.add_metric([name], row["rate"])
+        for node, count in (row.get("nodes") or {}).items():
+            actors.add_metric([name, node], count)
+        steps.add_metric([name], stats.get("step_counts", {}).get(name, 0))
+    out: list[Any] = [target, wanted, bound, pinned, rate, decision, actors, steps]
+    embedder = stats.get("scalers", {}).get("embedder", {})
+    if "queued" in embedder:
+        queued = gauge("deeplens_embedder_queued_images", "Images waiting for the Embedder "
+                       "(the embedding stage's lag)", [])
+        queued.add_metric([], embedder["queued"])
+        out.append(queued)
+    if stats.get("cold_starts_s"):
+        cold = gauge("deeplens_embedder_cold_start_seconds", "Last added replica: seconds "
+                     "from asking Serve to it running", [])
+        cold.add_metric([], stats["cold_starts_s"][-1])
+        out.append(cold)
+    return out
 
 
 def register_pipeline_metrics(settings: Settings, catalog: Any,

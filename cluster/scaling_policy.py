@@ -27,7 +27,10 @@ from deeplens.scaling_settings import ScalingSettings
 class Decision:
     target: int  # the count to run now
     wanted: int  # what the signal asks for (before delays)
-    reason: str
+    action: str  # up | down | waiting-up | waiting-down | steady | pinned
+    cause: str  # a fixed phrase (a metric label): why this count is wanted
+    reason: str  # the whole story in words, numbers included
+    wait_s: float = 0.0  # how long a wanted change still waits
 
 
 def wanted_count(load: float, per_unit: int, current: int, minimum: int, maximum: int,
@@ -79,47 +82,58 @@ class Scaler:
     pinned: int | None = None
     last: Decision | None = field(default=None)
 
-    def decide(self, current: int, wanted: int, now: float, signal: str) -> Decision:
+    def decide(self, current: int, wanted: int, now: float, cause: str,
+               detail: str = "") -> Decision:
+        signal = f"{cause} ({detail})" if detail else cause
         if self.pinned is not None:
             self.hysteresis.step(current, current, now)  # forget a pending change
-            return self._keep(Decision(self.pinned, self.pinned,
+            return self._keep(Decision(self.pinned, self.pinned, "pinned", PINNED,
                                        f"pinned to {self.pinned} by `deeplens scale`"))
         target, wait = self.hysteresis.step(current, wanted, now)
         if target != current:
-            verb = "up" if target > current else "down"
-            why = f"{verb} {current} -> {target}: {signal}"
+            action = "up" if target > current else "down"
+            why = f"{action} {current} -> {target}: {signal}"
         elif wanted != current:
-            verb = "up" if wanted > current else "down"
-            why = f"{verb} to {wanted} in {wait:.0f} s unless it changes: {signal}"
+            action = "waiting-up" if wanted > current else "waiting-down"
+            why = f"{action[8:]} to {wanted} in {wait:.0f} s unless it changes: {signal}"
         else:
-            why = f"steady at {current}: {signal}"
-        return self._keep(Decision(target, wanted, why))
+            action, why = "steady", f"steady at {current}: {signal}"
+        return self._keep(Decision(target, wanted, action, cause, why, round(wait, 1)))
 
     def _keep(self, decision: Decision) -> Decision:
         self.last = decision
         return decision
 
 
+PINNED = "pinned by deeplens scale"
+LAG = "lag above what the actors carry"
+DRAINS = "backlog drains soon at the current rate"
+CAPPED = "lag above what the partitions allow"
+LOW_LAG = "lag within what the actors carry"
+QUEUED = "images queued for the Embedder"
+IDLE = "no images queued"
+
+
 def stage_signal(lag: int, rate: float, current: int, minimum: int, maximum: int,
-                 cfg: ScalingSettings) -> tuple[int, str]:
-    """A stage's wanted actor count and its reason in words."""
+                 cfg: ScalingSettings) -> tuple[int, str, str]:
+    """A stage's wanted actor count, its cause (a fixed phrase) and the numbers."""
     wanted = wanted_count(lag, cfg.lag_per_actor, current, minimum, maximum, cfg.tolerance)
-    words = f"lag {lag}, {rate:.1f}/s"
+    detail = f"lag {lag}, {rate:.1f}/s, {cfg.lag_per_actor} per actor"
     if wanted > current and rate > 0 and lag / rate <= cfg.drain_target_s:
-        return current, f"{words} drains in {lag / rate:.0f} s at {current} actor(s)"
+        return current, DRAINS, f"{detail}: {lag / rate:.0f} s"
     if wanted == maximum and maximum < math.ceil(lag / cfg.lag_per_actor):
-        words += f"; capped at {maximum} (partitions)"
-    return wanted, f"{words} wants {wanted} (lag per actor {cfg.lag_per_actor})"
+        return wanted, CAPPED, f"{detail}, {maximum} partitions"
+    return wanted, (LAG if lag > current * cfg.lag_per_actor else LOW_LAG), detail
 
 
 def embedder_signal(queued: int, busy: float | None, current: int, minimum: int,
-                    maximum: int, cfg: ScalingSettings) -> tuple[int, str]:
-    """The Embedder's wanted replica count and its reason in words."""
+                    maximum: int, cfg: ScalingSettings) -> tuple[int, str, str]:
+    """The Embedder's wanted replica count, its cause and the numbers."""
     wanted = wanted_count(queued, cfg.queued_images_per_replica, current, minimum, maximum,
                           cfg.tolerance)
     busy_text = "" if busy is None else f", busy {busy:.0%}"
-    return wanted, (f"{queued} image(s) queued{busy_text} wants {wanted} "
-                    f"({cfg.queued_images_per_replica} per replica)")
+    return wanted, (QUEUED if queued else IDLE), (
+        f"{queued} queued{busy_text}, {cfg.queued_images_per_replica} per replica")
 
 
 def partitions_of(ends: dict[tuple[str, int], int], topics: list[str]) -> int:

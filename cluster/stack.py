@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from cluster.controller import launch_controller, stop_controller
 from cluster.stack_checks import (
     StackError,
     deployment_error,
@@ -51,6 +52,7 @@ class LocalStack:
         self.resumed = 0  # images an earlier run left in flight, re-published at start
         self.sweeper: Any = None  # cluster.sweeper.StuckSweeper actor
         self.recycler: Any = None  # cluster.topic_recycler.TopicRecycler (local broker)
+        self.controller: Any = None  # cluster.controller.ScalingController actor
 
     def __enter__(self) -> LocalStack:
         try:
@@ -84,8 +86,7 @@ class LocalStack:
             return
         self.settings, self.demo_key = ensure_demo_key(self.settings)
         self._start_serve()
-        for spec, count in stage_specs(self.settings):
-            spec = replace(spec, **self.stage_overrides.get(spec.stage, {}))
+        for spec, count in stage_table(self.settings, self.stage_overrides).values():
             self.actors += launch_stage(self.settings, spec, count)
         self._resume(began_at)
         self._write_runtime()
@@ -109,7 +110,7 @@ class LocalStack:
         write_runtime(self.settings, {
             "bootstrap_servers": self.settings.kafka.bootstrap_servers, "url": self.url,
             "local_broker": self.broker is not None, "pid": os.getpid(),
-            "catalog": catalog}, self.announce)
+            "catalog": catalog, "ray_address": ray_address()}, self.announce)
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
@@ -171,7 +172,8 @@ class LocalStack:
                                   "port": self.settings.serve.port})
         self._serve_started = True
         try:
-            serve.run(build_embedder(self.settings), name=EMBEDDER_APP, route_prefix=None)
+            serve.run(build_embedder(self.settings), name=EMBEDDER_APP, route_prefix=None,
+                      external_scaler_enabled=True)  # the scaling controller sets replicas
         except Exception as exc:  # the replica's start-up error, e.g. weights missing
             raise StackError(f"the Embedder did not start: {deployment_error(exc)}") from exc
         serve.run(build_gateway(self.settings), name=GATEWAY_APP, route_prefix="/")
@@ -192,6 +194,9 @@ class LocalStack:
             from cluster.topic_recycler import TopicRecycler
 
             self.recycler = TopicRecycler(self.settings, running).start()
+        if self.settings.scaling.enabled:
+            self.controller = launch_controller(
+                self.settings, stage_table(self.settings, self.stage_overrides))
 
     def print_banner(self) -> None:
         kafka = self.settings.kafka
@@ -253,6 +258,9 @@ class LocalStack:
 
             ray.kill(self.sweeper, no_restart=True)
             self.sweeper = None
+        if self.controller is not None:  # first: it stops the actors it added, cleanly
+            stop_controller(self.controller, stage_table(self.settings, self.stage_overrides))
+            self.controller = None
         if self.actors:
             stop_stage(self.actors)
             self.actors = []
@@ -273,3 +281,17 @@ class LocalStack:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+
+
+def stage_table(settings: Settings, overrides: dict[str, dict[str, Any]]
+                ) -> dict[str, tuple[Any, int]]:
+    """stage -> (its spec with the stack's overrides, the count started: the minimum)."""
+    return {spec.stage: (replace(spec, **overrides.get(spec.stage, {})), count)
+            for spec, count in stage_specs(settings)}
+
+
+def ray_address() -> str:
+    """Where `deeplens scale` joins this stack's Ray ('' without one)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else ""

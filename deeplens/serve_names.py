@@ -19,3 +19,17 @@ def embedder_handle() -> Any:
     from ray import serve
 
     return serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=EMBEDDER_APP)
+
+
+def running_embedder_replicas() -> int | None:
+    """Embedder replicas RUNNING per the Serve controller (None if it cannot be asked):
+    the feeders spread their calls over them, the scaling controller reports them."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(EMBEDDER_APP)
+    except Exception:  # noqa: BLE001 - controller unreachable: unknown, not zero
+        return None
+    deployment = app.deployments.get(EMBEDDER_DEPLOYMENT) if app else None
+    states = deployment.replica_states if deployment else {}
+    return int(sum(n for state, n in states.items() if str(state).endswith("RUNNING")))

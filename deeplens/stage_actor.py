@@ -95,7 +95,7 @@ def launch_stage(settings: Settings, spec: StageSpec, count: int,
             resources=settings.actors.resources or None,
             max_restarts=-1,
             max_concurrency=4,  # stats()/stop() answer while the loop thread runs
-            name=f"{settings.kafka.topic_prefix}{spec.stage}-{i}",
+            name=stage_actor_name(settings, spec.stage, i),
             get_if_exists=False,
         ).remote(settings, spec)
         for i in range(first_index, first_index + count)
@@ -112,13 +112,27 @@ def launch_stage(settings: Settings, spec: StageSpec, count: int,
     return actors
 
 
+def stage_actor_name(settings: Settings, stage: str, index: int) -> str:
+    """``<prefix><stage>-<i>``: the stack, the scaling controller and the health watch
+    find a stage's actors by these names."""
+    return f"{settings.kafka.topic_prefix}{stage}-{index}"
+
+
 def stop_stage(actors: list[Any], timeout_s: float = 20.0) -> None:
-    """Stop loops cleanly (they leave the group), then end the actors."""
+    """Stop loops cleanly (each finishes its batches in flight, commits and leaves the
+    group), then end the actors. Each actor gets the whole deadline: one already dead
+    does not cut the others' clean stop short."""
     import ray
 
-    try:
-        ray.get([a.stop.remote() for a in actors], timeout=timeout_s)
-    except Exception as exc:  # noqa: BLE001 - an actor already dead still gets killed
-        log.warning("stopping stage actors: %s", exc)
+    calls = [a.stop.remote() for a in actors]
+    done, pending = ray.wait(calls, num_returns=len(calls), timeout=timeout_s) if calls \
+        else ([], [])
+    for ref in done:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception as exc:  # noqa: BLE001 - an actor already dead still gets killed
+            log.warning("stopping a stage actor: %s", exc)
+    if pending:
+        log.warning("%d stage actor(s) did not stop within %.0f s", len(pending), timeout_s)
     for actor in actors:
         ray.kill(actor, no_restart=True)

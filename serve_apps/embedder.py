@@ -197,11 +197,9 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
         "user_config": {"max_batch_size": args.max_batch_size,
                         "batch_wait_timeout_s": args.batch_wait_timeout_s},
     }
-    if cfg.autoscale_max_replicas > cfg.replicas:
-        options["autoscaling_config"] = {
-            "min_replicas": cfg.replicas, "max_replicas": cfg.autoscale_max_replicas,
-            "target_ongoing_requests": cfg.max_batch_size * 2,
-        }
-    else:
-        options["num_replicas"] = cfg.replicas
+    # Replicas start at SERVE__REPLICAS; the scaling controller (cluster/controller.py)
+    # moves them up to SERVE__AUTOSCALE_MAX_REPLICAS by queued images, through Serve's
+    # external-scaler API. Serve's own autoscaler counts handle calls, and the feeders
+    # send few, large ones: it would never see a backlog (issue 27).
+    options["num_replicas"] = cfg.replicas
     return Embedder.options(**options).bind(args)

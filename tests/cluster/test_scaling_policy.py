@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from cluster.scaling_policy import (
+    CAPPED,
+    DRAINS,
+    IDLE,
+    LAG,
+    LOW_LAG,
+    QUEUED,
     Hysteresis,
     Scaler,
     embedder_signal,
@@ -32,18 +38,18 @@ def test_fewer_are_wanted_only_once_the_lag_is_clearly_below_the_smaller_count()
 
 
 def test_a_backlog_the_stage_drains_soon_by_itself_adds_no_actor() -> None:
-    wanted, why = stage_signal(500, 20.0, 1, 1, 3, CFG)  # 25 s at its rate
-    assert wanted == 1 and "drains in 25 s" in why
-    wanted, why = stage_signal(500, 2.0, 1, 1, 3, CFG)  # 250 s
-    assert wanted == 3 and "lag 500" in why and "capped at 3 (partitions)" in why
-    wanted, why = stage_signal(500, 0.0, 1, 1, 6, CFG)  # no rate yet: KEDA's rule alone
-    assert wanted == 5
+    assert stage_signal(500, 20.0, 1, 1, 3, CFG) == (  # 25 s at its rate
+        1, DRAINS, "lag 500, 20.0/s, 100 per actor: 25 s")
+    assert stage_signal(500, 2.0, 1, 1, 3, CFG) == (  # 250 s, and 5 wanted
+        3, CAPPED, "lag 500, 2.0/s, 100 per actor, 3 partitions")
+    assert stage_signal(500, 0.0, 1, 1, 6, CFG)[:2] == (5, LAG), "no rate yet: KEDA's rule"
+    assert stage_signal(150, 0.0, 3, 1, 3, CFG)[:2] == (2, LOW_LAG)
 
 
 def test_the_embedder_follows_queued_images_between_its_bounds() -> None:
-    assert embedder_signal(0, 0.0, 1, 1, 3, CFG)[0] == 1
-    wanted, why = embedder_signal(120, 0.93, 1, 1, 3, CFG)
-    assert wanted == 3 and "120 image(s) queued, busy 93%" in why
+    assert embedder_signal(0, 0.0, 1, 1, 3, CFG)[:2] == (1, IDLE)
+    assert embedder_signal(120, 0.93, 1, 1, 3, CFG) == (
+        3, QUEUED, "120 queued, busy 93%, 50 per replica")
     assert embedder_signal(5000, None, 1, 1, 3, CFG)[0] == 3
     assert embedder_signal(0, 0.0, 3, 1, 3, CFG)[0] == 1
 
@@ -70,19 +76,21 @@ def test_a_flip_of_direction_restarts_the_wait() -> None:
 
 def test_the_scaler_says_why_and_holds_a_pin_until_released() -> None:
     scaler = Scaler("indexing", 1, 3, Hysteresis(30, 600))
-    first = scaler.decide(1, 3, now=0, signal="lag 900")
-    assert first.target == 1 and first.reason.startswith("up to 3 in 30 s") and "lag 900" in \
-        first.reason
-    assert scaler.decide(1, 3, now=30, signal="lag 900").reason == "up 1 -> 3: lag 900"
+    first = scaler.decide(1, 3, now=0, cause=LAG, detail="lag 900")
+    assert (first.target, first.action, first.cause, first.wait_s) == (1, "waiting-up", LAG, 30)
+    assert first.reason == f"up to 3 in 30 s unless it changes: {LAG} (lag 900)"
+    assert scaler.decide(1, 3, now=30, cause=LAG, detail="lag 900").reason == \
+        f"up 1 -> 3: {LAG} (lag 900)"
     scaler.pinned = 2
-    pinned = scaler.decide(3, 1, now=40, signal="lag 0")
-    assert (pinned.target, pinned.reason) == (2, "pinned to 2 by `deeplens scale`")
-    assert scaler.decide(2, 1, now=2000, signal="lag 0").target == 2, "a pin outlasts delays"
+    pinned = scaler.decide(3, 1, now=40, cause=LOW_LAG)
+    assert (pinned.target, pinned.action, pinned.reason) == (
+        2, "pinned", "pinned to 2 by `deeplens scale`")
+    assert scaler.decide(2, 1, now=2000, cause=LOW_LAG).target == 2, "a pin outlasts delays"
     scaler.pinned = None
-    released = scaler.decide(2, 1, now=2001, signal="lag 0")
-    assert released.target == 2 and "down to 1 in 600 s" in released.reason
-    assert scaler.decide(2, 1, now=2601, signal="lag 0").target == 1
-    assert scaler.decide(1, 1, now=2602, signal="lag 0").reason == "steady at 1: lag 0"
+    released = scaler.decide(2, 1, now=2001, cause=LOW_LAG)
+    assert (released.target, released.action, released.wait_s) == (2, "waiting-down", 600)
+    assert scaler.decide(2, 1, now=2601, cause=LOW_LAG).action == "down"
+    assert scaler.decide(1, 1, now=2602, cause=LOW_LAG).reason == f"steady at 1: {LOW_LAG}"
 
 
 def test_partitions_are_counted_from_the_broker_ends() -> None:
