@@ -64,10 +64,14 @@ class Catalog:
                          .values(pending=None))
 
     def statuses(self, tenant_id: str, image_ids: list[str]) -> dict[str, str]:
-        query = sa.select(images.c.image_id, images.c.status).where(
-            images.c.tenant_id == tenant_id, images.c.image_id.in_(image_ids))
+        out: dict[str, str] = {}
         with self.engine.connect() as conn:
-            return {row[0]: row[1] for row in conn.execute(query)}
+            for start in range(0, len(image_ids), lifecycle.IN_CHUNK):
+                out.update((row[0], row[1]) for row in conn.execute(
+                    sa.select(images.c.image_id, images.c.status).where(
+                        images.c.tenant_id == tenant_id,
+                        images.c.image_id.in_(image_ids[start:start + lifecycle.IN_CHUNK]))))
+        return out
 
     def find_by_sha256(self, tenant_id: str, sha256: str) -> ImageRow | None:
         query = images.select().where(images.c.tenant_id == tenant_id, images.c.sha256 == sha256)
@@ -170,8 +174,9 @@ class Catalog:
         ids = [e[0] for e in entries]
         try:
             with self.engine.begin() as conn:
-                seen = {row[0] for row in conn.execute(
-                    sa.select(usage_seen.c.event_id).where(usage_seen.c.event_id.in_(ids)))}
+                seen = {row[0] for start in range(0, len(ids), lifecycle.IN_CHUNK)
+                        for row in conn.execute(sa.select(usage_seen.c.event_id).where(
+                            usage_seen.c.event_id.in_(ids[start:start + lifecycle.IN_CHUNK])))}
                 fresh = {e[0]: e for e in entries if e[0] not in seen}  # one per id
                 if not fresh:
                     return 0

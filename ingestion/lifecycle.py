@@ -58,6 +58,9 @@ class Changes:
         self.failures.append(failure_row(image_id, stage, reason, message, at))
 
 
+IN_CHUNK = 5_000  # ids per IN (...): far below SQLite's and PostgreSQL's limits
+
+
 def failure_row(image_id: str, stage: str, reason: str, message: str,
                 at: datetime) -> dict[str, Any]:
     return {"image_id": image_id, "stage": stage, "reason": reason, "message": message[:2000],
@@ -148,9 +151,11 @@ def link(conn: sa.Connection, links: list[tuple[str, str, list[str], list[tuple[
     if not involved:
         return
     ids = sorted({i for _, i in involved})
-    alive = {(t, i) for t, i in conn.execute(
-        sa.select(images.c.tenant_id, images.c.image_id).where(images.c.image_id.in_(ids))
-        .order_by(images.c.image_id).with_for_update(read=True, key_share=True))}
+    alive = {(t, i) for start in range(0, len(ids), IN_CHUNK)  # in order: locks too
+             for t, i in conn.execute(
+                 sa.select(images.c.tenant_id, images.c.image_id)
+                 .where(images.c.image_id.in_(ids[start:start + IN_CHUNK]))
+                 .order_by(images.c.image_id).with_for_update(read=True, key_share=True))}
     rows = [{"tenant_id": t, "image_id": a, "other_id": b, "kind": kind, "score": score}
             for t, image_id, _, matches in links if (t, image_id) in alive
             for other, kind, score in matches if (t, other) in alive

@@ -153,3 +153,27 @@ def test_tombstones_are_pruned_past_every_topic_s_retention_and_a_late_event_is_
     events.project(catalog, events.indexed(late, seconds=3))
     assert catalog.get("acme", "gone") is None, "the catalog takes no step for it"
     assert catalog.get("acme", "kept") is not None
+
+
+def test_catalog_id_lists_of_300k_are_chunked(catalog_url) -> None:
+    """Statuses of 300k ids, a projection batch linking 300k matches, usage of 300k
+    events: each query that takes their ids stays within the database's limits."""
+    from datetime import UTC, datetime
+
+    from ingestion import lifecycle
+    from ingestion.catalog import Catalog
+    from tests.ingestion.test_catalog import row
+
+    catalog = Catalog(catalog_url)
+    catalog.insert(row("a"))
+    catalog.insert(row("b"))
+    ids = ["a", "b", *(uuid.uuid4().hex for _ in range(BIG))]
+    assert catalog.statuses("acme", ids) == {"a": "uploaded", "b": "uploaded"}
+    matches = [(i, "near", 0.9) for i in ids[1:]]
+    with catalog.engine.begin() as conn:
+        lifecycle.link(conn, [("acme", "a", ["exact", "near"], matches)])
+    assert [d.image_id for d in catalog.duplicates_of("acme", "a")] == ["b"]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    entries = [(f"e{n}", "acme", at, "uploads", 1.0) for n in range(BIG)]
+    assert catalog.add_usage_batch(entries) == BIG
+    assert catalog.add_usage_batch(entries[:10]) == 0
