@@ -247,6 +247,22 @@ def search_side(settings: Any, tenant: str, n_rows: int, args: Any,
             "cpu_ms_per_delete_tombstone_and_refresh": round(delete_ms, 3)}
 
 
+def projected(results: dict[str, Any], size: int) -> dict[str, float]:
+    """What one tenant of ``size`` images costs a node, scaled from this run's measured
+    per-image figures: memory linearly, the near look-up linearly (an exact scan), the
+    other per-image CPU as measured (it does not grow with the tenant)."""
+    rows = results["rows"]
+    return {
+        "dedup_cache_gb": round(results["dedup_cache"]["cache_bytes_per_image"] * size / 1e9,
+                                2),
+        "gateway_index_gb": round(results["gateway"]["index_bytes_per_image"] * size / 1e9, 2),
+        "near_lookup_ms": round(results["dedup_cache"]["near_lookup_ms_p50"] * size / rows, 1),
+        "dedup_cpu_ms_per_image": round(results["prefilled"]["dedup"]
+                                        + results["dedup_cache"]["near_lookup_ms_p50"]
+                                        * (size / rows - 1), 1),
+    }
+
+
 def make_settings(data_dir: Path) -> Any:
     from deeplens.settings import Settings
 
@@ -301,6 +317,8 @@ def main() -> None:
         results["gateway"] = search_side(full, "big", args.rows, args, rng)
         print("gateway:", results["gateway"], flush=True)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    results["tenant_of"] = {label: projected(results, size)
+                            for label, size in (("1M", 10**6), ("10M", 10**7))}
     record("scale", results)
 
 
