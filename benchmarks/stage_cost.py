@@ -286,6 +286,7 @@ def main() -> None:
             figures = repeated(args.repeat, one_round)
         finally:
             api.terminate()
+    print_spread(figures)
     table = figures["cpu_ms_per_image"]
     print(f"\nmachine: {machine()}\nCPU ms per image (tiny model; Embedder decode = DALI CPU); "
           "every handler built once and warmed on two images of each kind first")
@@ -297,7 +298,6 @@ def main() -> None:
     for stage in [*STAGES, "outside the model"]:
         print(f"| {stage} | " + " | ".join(f"{table[k][stage]:.2f}" for k in table) + " |")
     print("| KB per image | " + " | ".join(f"{table[k]['bytes']:.0f}" for k in table) + " |")
-    print_spread(figures)
     path = record("stage_cost", {"batch": args.batch, "quick": args.quick, **figures})
     print(f"recorded in {path}")
 
