@@ -66,7 +66,7 @@ def content_hashes(data: bytes) -> Hashes:
 
     with Image.open(io.BytesIO(data)) as img:
         rgb = upright_rgb(img)
-    grey, print_, _ = pillow_parts(rgb)
+    grey, print_, _ = pillow_parts(rgb, data)  # a JPEG: of its coded data, as the Embedder
     windows = window_hashes(grey)
     return print_, int(windows[0]), windows
 

@@ -94,6 +94,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           "actor started and restart from 0 when an actor restarts. Throughput: the rate of "
           "deeplens_stage_handled_total; see the Grafana dashboard)")
     print_pipeline(url, headers)
+    for family in text_string_to_metric_families(text):  # which decoder the Embedder chose
+        for sample in family.samples:
+            if sample.name == "deeplens_embedder_decoder":
+                print(f"\nembedder decoder: {sample.labels['decoder']}")
     print_scaling(text)
     print_tenant_counts(settings)
     return 0

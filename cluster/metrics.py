@@ -199,7 +199,10 @@ class PipelineCollector:
         phase.add_metric([model, "decode"], stats.get("decode_busy_s", 0.0))
         phase.add_metric([model, "model"], stats.get("model_busy_s", 0.0))
         fraction.add_metric([model], stats.get("busy_fraction", 0.0))
-        yield from (batches, items, busy, phase, fraction)
+        decoder = GaugeMetricFamily("deeplens_embedder_decoder", "The replica's decoder "
+                                    "(serve_apps.decoder_choice), always 1", labels=["model", "decoder"])
+        decoder.add_metric([model, str(stats.get("decoder", "unknown"))], 1.0)
+        yield from (batches, items, busy, phase, fraction, decoder)
         if stats.get("gpu_utilization") is not None:
             gpu = GaugeMetricFamily("deeplens_gpu_utilization_ratio", "GPU busy share (NVML)",
                                     labels=["model"])

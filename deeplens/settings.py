@@ -99,6 +99,13 @@ class ServeSettings(BaseModel):
     torch_threads: int = Field(
         0, ge=0, description="CPU threads for torch in a replica; 0 = every core of the node "
         "(Ray would otherwise pin it to its fractional CPU request, i.e. one thread)")
+    decoder: Literal["auto", "dali", "torch", "cpu", "pillow"] = Field(
+        "auto", description="Embedder decoder; auto: on a GPU DALI mixed, else torchvision's "
+        "nvJPEG, else (only with allow_cpu_decode) the CPU pool; on a CPU the CPU pool")
+    allow_cpu_decode: bool = Field(
+        False, description="Let a GPU replica decode on its host instead of refusing to start")
+    decode_threads: int = Field(
+        0, ge=0, description="Decoder threads per replica; 0 = every core it may run on")
 
 
 class ActorSettings(BaseModel):

@@ -2,7 +2,8 @@
 
 Requests (one image or a list) are gathered by ``@serve.batch`` into batches of
 up to ``max_batch_size`` (tunable at run time through ``user_config``), decoded
-with DALI, encoded by open_clip, and answered item by item: a bad item gets an
+(DALI, torchvision's nvJPEG or a CPU pool: ``serve_apps.decoder_choice``), encoded
+by open_clip, and answered item by item: a bad item gets an
 error result, never an exception that would fail its whole batch (the batch work
 is ``serve_apps/embed_batch.py``).
 
@@ -41,7 +42,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EmbedderArgs:
     model: ModelSettings
-    decoder: str = "dali"  # or "pillow"
+    decoder: str = "auto"  # serve_apps.decoder_choice: auto, dali, torch, cpu, pillow
+    allow_cpu_decode: bool = False  # a GPU replica may decode on its host
+    decode_threads: int = 0  # 0: every core the replica may run on
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
     device: str | None = None  # None: CUDA when there is one
@@ -59,7 +62,7 @@ class Embedder:
         import torch
         from PIL import Image
 
-        from serve_apps.decode import make_decoder
+        from serve_apps.decode import choose_decoder
         from serve_apps.model import load_clip
 
         # Query images reach the Embedder without the validation stage: Pillow and the
@@ -70,8 +73,9 @@ class Embedder:
         # replica that halves the model's speed on a 2-core machine, so set it explicitly.
         torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
         self.clip = load_clip(args.model, device=args.device)
-        self.decoder = make_decoder(args.decoder, clip=self.clip,
-                                    max_batch_size=args.max_batch_size)
+        self.decoder, self.decoders_passed_over = choose_decoder(
+            args.decoder, clip=self.clip, max_batch_size=args.max_batch_size,
+            threads=args.decode_threads, allow_cpu_decode=args.allow_cpu_decode)
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
         self.items = 0
         self.busy_s = 0.0
@@ -128,6 +132,8 @@ class Embedder:
             "model_busy_s": round(self.phases.model_s, 3),
             "busy_fraction": round(self.phases.busy_fraction(), 4),
             "dali_fallbacks": getattr(self.decoder, "fallbacks", 0),
+            "decoder_fallbacks": getattr(self.decoder, "fallbacks", 0),
+            "decoders_passed_over": list(self.decoders_passed_over),
             "gpu_utilization": _gpu_utilization(self.clip.device),
         }
 
@@ -188,7 +194,9 @@ def build_embedder(settings: Settings, args: EmbedderArgs | None = None) -> Any:
     cfg = settings.serve
     args = args or EmbedderArgs(model=settings.model, max_batch_size=cfg.max_batch_size,
                                 batch_wait_timeout_s=cfg.batch_wait_timeout_s,
-                                torch_threads=cfg.torch_threads,
+                                torch_threads=cfg.torch_threads, decoder=cfg.decoder,
+                                allow_cpu_decode=cfg.allow_cpu_decode,
+                                decode_threads=cfg.decode_threads,
                                 max_image_pixels=settings.ingestion.max_image_pixels)
     options: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,

@@ -32,7 +32,7 @@ def reference(kind: str) -> np.ndarray:
     return np.asarray(pillow_parts(picture)[2], dtype=np.float64)
 
 
-@pytest.mark.parametrize("kind", ["pillow", "dali"])
+@pytest.mark.parametrize("kind", ["pillow", "dali", "cpu", "torch"])
 def test_every_camera_variant_decodes_to_its_picture(clip, kind) -> None:
     decoder = make_decoder(kind, clip=clip, max_batch_size=16)
     decoded = decoder.decode(list(FORMATS.values()))

@@ -21,6 +21,7 @@ PIXEL_TOLERANCE = 0.05
 MEAN_TOLERANCE = 0.006
 # Embeddings of the two inputs (unit vectors) must agree to this cosine.
 COSINE_TOLERANCE = 0.995
+DECODERS = ["pillow", "dali", "cpu", "torch"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_out_of_memory_splits_the_batch(clip, monkeypatch) -> None:
     assert sum(c for c in calls if c <= 2) == 7, "every row was encoded once, in halves"
 
 
-@pytest.mark.parametrize("kind", ["pillow", "dali"])
+@pytest.mark.parametrize("kind", DECODERS)
 def test_a_bomb_or_corrupt_query_fails_alone_in_its_batch(clip, kind) -> None:
     """Query images skip the validation stage: the decoders themselves must refuse a bomb
     (DecompressionBombError is no OSError) without failing another tenant's batch-mates."""
@@ -177,7 +178,7 @@ def _rotated_by_exif(seed: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["pillow", "dali"])
+@pytest.mark.parametrize("kind", DECODERS)
 def test_uploads_get_hashes_and_a_thumbnail_from_the_one_decode(clip, kind) -> None:
     from PIL import Image
 
@@ -190,7 +191,9 @@ def test_uploads_get_hashes_and_a_thumbnail_from_the_one_decode(clip, kind) -> N
     assert thumb.format == "JPEG" and thumb.size == (320, 240)  # longest side 320
     small = Image.open(__import__("io").BytesIO(results[1].thumbnail))
     assert small.size == (96, 72)  # never enlarged
-    assert results[0].phash is not None and results[0].fingerprint.startswith("px1:")
+    assert results[0].phash is not None
+    assert results[0].fingerprint.startswith("jc1:")  # a JPEG: its coded data
+    assert results[1].fingerprint.startswith("px1:")  # a PNG: its pixels
     assert results[2].thumbnail is None and results[2].phash is None  # a query: vector only
 
 
@@ -208,7 +211,7 @@ def test_both_decoders_agree_on_hashes(clip) -> None:
     assert len({d.fingerprint for d in dali}) == 3
 
 
-@pytest.mark.parametrize("kind", ["pillow", "dali"])
+@pytest.mark.parametrize("kind", DECODERS)
 def test_an_exif_rotated_image_is_decoded_upright(clip, kind) -> None:
     from PIL import Image
 
