@@ -77,7 +77,7 @@ def test_feeders_embed_every_validated_image(api, embedder_app) -> None:
         assert abs(float(np.linalg.norm(event.vector())) - 1.0) < 1e-4
         assert event.storage_path and event.processed_at >= event.validated_at
         # What the Embedder's one decode yielded besides the vector:
-        assert len(event.phash) == 16 and event.pixel_fingerprint.startswith("px1:")
+        assert len(event.phash) == 16 and event.pixel_fingerprint.startswith("jc1:")  # JPEGs
         thumb = make_storage(api.settings).get(event.thumbnail_path)
         assert event.thumbnail_path.endswith(".thumb.jpg") and thumb[:3] == b"\xff\xd8\xff"
     usage = read_topic(api.settings.kafka, "tenant.usage", expect=48, timeout_s=30)
