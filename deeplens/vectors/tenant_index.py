@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 HNSW_MIN_ROWS = 20_000
 HNSW_EXPANSION_SEARCH = 128
+# Vectors per usearch add() while a graph builds: the call holds the GIL throughout (a
+# 100k build froze every search of the process for ~55 s, benchmarks/scale_bench.py),
+# so the build goes in slices and other threads run between them.
+HNSW_ADD_CHUNK = 256
 # An id string, its dict entry and list slots, a name, two datetimes (measured by
 # benchmarks/scale_bench.py, which reports the process's growth per image as well).
 PER_SLOT_OBJECT_BYTES = 300  # recall@10 ~0.98 at 100k (benchmarks/RESULTS.md)
@@ -137,7 +141,10 @@ class TenantIndex:
         started = time.perf_counter()
         graph = Index(ndim=self.dim, metric="cos", dtype="f16", connectivity=16,
                       expansion_add=128, expansion_search=HNSW_EXPANSION_SEARCH)
-        graph.add(keys, vectors, threads=2)
+        for start in range(0, len(keys), HNSW_ADD_CHUNK):  # usearch holds the GIL per call
+            graph.add(keys[start:start + HNSW_ADD_CHUNK], vectors[start:start + HNSW_ADD_CHUNK],
+                      threads=2)
+            time.sleep(0)  # let searches and the refresh of this process run meanwhile
         with self._lock:
             for slot in self._changed_while_building:
                 if graph.contains(slot):
