@@ -17,19 +17,28 @@ actors = cores rounded up (an actor is one Python process, about one core); part
 of each topic = the most actors any stage reading it runs, never below the seed's count.
 The edge: Gateway replicas for the share of images uploaded over HTTP (``--edge-share``;
 bulk imports skip it) and the HTTP proxy's cores. README.md's "Partitions for a GPU
-count" table is this script's output (tests/benchmarks/test_sizing.py checks it).
+count" table is this script's output (tests/benchmarks/test_sizing.py checks it);
+``--update-readme`` rewrites it after a new recorded run or a change of the stage table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).parent.parent / "README.md"
+# README's generated table: the command that makes it, its output, an end marker
+README_BLOCK = re.compile(r"<!-- sizing: (?P<command>python -m benchmarks\.sizing [^>]*?) -->\n"
+                          r"(?P<table>.*?)\n<!-- end sizing -->", re.S)
 # ceiling_bench's process roles and stage_cost's stages -> the stage table's names
 CEILING_ROLES = {"stage validation": "validation", "stage embedding": "embedding",
                  "stage indexing": "indexing", "stage dedup": "dedup",
@@ -179,10 +188,37 @@ def calculate(gpus: int, model: str, results: Path, gpu: Path, *, per_gpu: float
                 per_gpu_source=source, cpu_source=f"{results.name} ({cpu_source})")
 
 
+def readme_table(readme: str) -> tuple[str, str, str]:
+    """(command, table in README, the command's output now) of README's sizing block."""
+    block = README_BLOCK.search(readme)
+    if block is None:
+        raise SystemExit("README.md has no <!-- sizing: ... --> ... <!-- end sizing --> block")
+    root = README.parent
+    argv = [str(root / a) if a.startswith("benchmarks/") else a
+            for a in shlex.split(block["command"])[3:]]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(argv)
+    return block["command"], block["table"], out.getvalue().strip()
+
+
+def update_readme(path: Path = README) -> bool:
+    """Rewrite README's sizing table from its command (after a recorded run or a change of
+    the stage or topic table); True when it changed."""
+    text = path.read_text()
+    command, table, now = readme_table(text)
+    if table.strip() == now:
+        return False
+    block = README_BLOCK.search(text)
+    assert block is not None
+    path.write_text(text[:block.start("table")] + now + text[block.end("table"):])
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpus", type=int, required=True)
+    parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--results", type=Path, default=RESULTS / "ceiling.json",
                         help="a ceiling_bench or stage_cost results file")
@@ -194,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edge-share", type=float, default=1.0,
                         help="share of images uploaded over HTTP (imports skip the edge)")
     parser.add_argument("--kind", default="jpeg 0.3 MP", help="stage_cost: which image kind")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite README.md's table from the command in its marker")
     args = parser.parse_args(argv)
+    if args.update_readme:
+        print("README.md's sizing table " + ("rewritten" if update_readme() else "is current"))
+        return 0
     print(render(calculate(args.gpus, args.model, args.results, args.gpu,
                            per_gpu=args.per_gpu, utilisation=args.utilisation,
                            edge_share=args.edge_share, kind=args.kind)))
