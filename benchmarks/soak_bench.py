@@ -14,7 +14,7 @@ the Gateway's in-memory search index (a 64-d tiny-model vector per image, plus i
 dedup's hash cache (~400 bytes an image). Anything above ``--allow-kb-per-image`` per
 image in any role fails the run loudly (exit 1), naming the role.
 
-Writes results/soak.json.
+Writes benchmarks/runs/soak-<time>.json (--out to choose; results/soak.json with --record).
 """
 
 from __future__ import annotations
