@@ -35,11 +35,12 @@ from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope, Retry, usage_event
 from deeplens.storage import ObjectMissing, Storage, make_storage, thumbnail_path
 from deeplens.tombstones import Tombstones
+from deeplens.usage_batch import fold_usage
 
 log = logging.getLogger(__name__)
 
 STAGE = "embedding"
-TOPICS = ("images.validated",)
+TOPICS = ("images.validated", "images.validated.bulk")  # the live lane, then the bulk lane
 _USAGE_NS = uuid.UUID("0b6f3d0e-51c4-4a4f-9a55-1f0f3c9c7e21")
 IO_THREADS = 8  # storage reads and thumbnail writes of one batch run side by side (S3)
 REPLICA_REFRESH_S = 5.0  # how old the running-replica count may be
@@ -185,6 +186,6 @@ def build_handler(settings: Settings,
             else:  # a device error on this item (e.g. out of memory even alone): later
                 outputs.append(Retry(env, f"Embedder device error: {result.error}",
                                      "EmbedderDeviceError"))
-        return outputs
+        return fold_usage(outputs)  # usage per tenant per batch, same totals
 
     return handle_batch

@@ -20,14 +20,16 @@ from deeplens.events import (
     utcnow,
 )
 from deeplens.kafka import Outbound
+from deeplens.lanes import same_lane
 from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope, failure, usage_event
 from deeplens.storage import ObjectMissing, Storage, make_storage
+from deeplens.usage_batch import fold_usage
 
 log = logging.getLogger(__name__)
 
 STAGE = "validation"
-TOPICS = ("images.uploaded",)
+TOPICS = ("images.uploaded", "images.uploaded.bulk")  # the live lane, then the bulk lane
 _USAGE_NS = uuid.UUID("6f1c1f3e-3a0f-4d8e-9d7e-4d6c2b1a0f11")
 
 
@@ -65,7 +67,9 @@ def validate_one(env: Envelope, storage: Storage, settings: Settings) -> list[Ou
         width=verdict.width, height=verdict.height, format=verdict.format,
         validated_at=utcnow(),
     )
-    return [*out, Outbound("images.validated", upload.image_id, validated)]
+    # Bulk work stays on its lane (deeplens.lanes), so the feeders serve live work first.
+    topic = same_lane("images.validated", env.origin_topic)
+    return [*out, Outbound(topic, upload.image_id, validated)]
 
 
 def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Outbound]]:
@@ -78,6 +82,7 @@ def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Out
     def handle(batch: Sequence[Envelope]) -> list[Outbound]:
         # Storage errors other than a missing object are transient: they propagate,
         # and the loop rewinds and retries the batch.
-        return [out for env in batch for out in validate_one(env, storage, settings)]
+        # Usage is folded per tenant per batch (deeplens.usage_batch): same totals.
+        return fold_usage([out for env in batch for out in validate_one(env, storage, settings)])
 
     return handle

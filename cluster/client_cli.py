@@ -93,6 +93,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print("(lag is read from the broker; handled, failed and ms/event count since each "
           "actor started and restart from 0 when an actor restarts. Throughput: the rate of "
           "deeplens_stage_handled_total; see the Grafana dashboard)")
+    from cluster.lanes_status import print_lanes
+
+    print_lanes(text)
     print_pipeline(url, headers)
     for family in text_string_to_metric_families(text):  # which decoder the Embedder chose
         for sample in family.samples:

@@ -138,6 +138,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "to the scaling controller")
     p.set_defaults(func=client_command(_cmd_scale))
 
+    from cluster.import_cli import register as register_import
+
+    register_import(sub)
+
     p = sub.add_parser("demo", help="deeplens up, plus a sample run (make demo)")
     p.add_argument("--smoke", action="store_true", help="exit 0 once the samples went through")
     p.set_defaults(func=_cmd_demo)

@@ -78,8 +78,13 @@ class IngestState:
         tmp.replace(self.path)
 
 
+BATCH_FILES = 100  # what POST /v1/images/batch takes at most
+BATCH_BYTES = 90 * 1024 * 1024  # under its 100 MB, with room for the framing
+
+
 class _Uploader:
-    """Uploads files concurrently, skipping what the server already has; retries 429/503."""
+    """Uploads files in batches (``POST /v1/images/batch``) on concurrent threads,
+    skipping what the server already has; a file answered 429/503 is sent again."""
 
     def __init__(self, client: httpx.Client, state: IngestState, shas: dict[Path, str]) -> None:
         self.client, self.state, self.shas = client, state, shas
@@ -89,43 +94,81 @@ class _Uploader:
         self.refused = threading.Event()  # the key stopped working: stop at once
         self._lock = threading.Lock()
 
-    def one(self, path: Path) -> None:
-        sha = self.shas[path]
-        if sha in self.state.done:
-            with self._lock:
-                self.tally["skipped"] += 1
-                self.ids[path] = self.state.done[sha]
-            return
-        if self.refused.is_set():
-            return
-        data = path.read_bytes()
-        answer = None
-        for attempt in range(8):
-            answer = self.client.post("/v1/images", files={"file": (path.name, data)})
-            if answer.status_code not in (429, 503):
-                break
-            time.sleep(float(answer.headers.get("Retry-After", 2 ** min(attempt, 4))))
-        assert answer is not None
-        with self._lock:
-            if answer.status_code == 202:
-                image_id = answer.json()["image_id"]
-                self.state.add(sha, image_id)
-                self.ids[path] = image_id
-                self.tally["uploaded"] += 1
-            elif answer.status_code == 401:
-                self.refused.set()
+    def batch(self, paths: list[Path]) -> None:
+        todo = []
+        for path in paths:
+            sha = self.shas[path]
+            if sha in self.state.done:
+                with self._lock:
+                    self.tally["skipped"] += 1
+                    self.ids[path] = self.state.done[sha]
             else:
+                todo.append(path)
+        for attempt in range(8):
+            if not todo or self.refused.is_set():
+                return
+            answer = self.client.post("/v1/images/batch", files=[
+                ("files", (p.name, p.read_bytes())) for p in todo])
+            if answer.status_code in (429, 503):
+                time.sleep(float(answer.headers.get("Retry-After", 2 ** min(attempt, 4))))
+                continue
+            if answer.status_code == 401:
+                self.refused.set()
+                return
+            if answer.status_code != 200:
+                self._reject(todo, f"refused: {answer.status_code} {detail(answer)}")
+                return
+            todo = self._settle(todo, answer.json()["results"])
+            if todo:
+                time.sleep(min(2 ** attempt, 16))
+        self._reject(todo, "refused: still busy after 8 attempts (429/503)")
+
+    def _settle(self, paths: list[Path], results: list[dict[str, Any]]) -> list[Path]:
+        """Record a batch's answers; the files to send again."""
+        again = []
+        with self._lock:
+            for path, result in zip(paths, results, strict=True):
+                if result["status_code"] == 202:
+                    self.state.add(self.shas[path], result["image_id"])
+                    self.ids[path] = result["image_id"]
+                    self.tally["uploaded"] += 1
+                elif result["status_code"] in (429, 503):
+                    again.append(path)
+                else:
+                    self.tally["rejected"] += 1
+                    self.problems[path] = (f"refused: {result['status_code']} "
+                                           f"{result.get('detail') or ''}")
+        return again
+
+    def _reject(self, paths: list[Path], why: str) -> None:
+        with self._lock:
+            for path in paths:
                 self.tally["rejected"] += 1
-                self.problems[path] = f"refused: {answer.status_code} {detail(answer)}"
+                self.problems[path] = why
 
     def run(self, files: list[Path], concurrency: int, out) -> None:
         with ThreadPoolExecutor(concurrency) as pool:
-            futures = [pool.submit(self.one, f) for f in files]
+            futures = [pool.submit(self.batch, b) for b in batches(files, concurrency)]
             while any(not f.done() for f in futures):
                 progress(out, len(files), self.tally, {})
                 time.sleep(0.3)
             for f in futures:
                 f.result()
+
+
+def batches(files: list[Path], concurrency: int) -> list[list[Path]]:
+    """Batches of at most BATCH_FILES files and BATCH_BYTES, enough for every thread."""
+    per = max(1, min(BATCH_FILES, -(-len(files) // max(concurrency, 1))))
+    out: list[list[Path]] = [[]]
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if out[-1] and (len(out[-1]) >= per or size + length > BATCH_BYTES):
+            out.append([])
+            size = 0
+        out[-1].append(path)
+        size += length
+    return [b for b in out if b]
 
 
 def ingest(url: str, key: str, files: list[Path], state: IngestState, concurrency: int,

@@ -36,9 +36,12 @@ class StageDef:
 
 _FAILED = "images.failed"
 STAGES: tuple[StageDef, ...] = (
-    StageDef("validation", "actors.validator:build_handler", ("images.uploaded",),
-             ("images.validated", _FAILED, "tenant.usage"), True, "validators", "storage"),
-    StageDef("embedding", "actors.embedding_feeder:build_handler", ("images.validated",),
+    StageDef("validation", "actors.validator:build_handler",
+             ("images.uploaded", "images.uploaded.bulk"),
+             ("images.validated", "images.validated.bulk", _FAILED, "tenant.usage"), True,
+             "validators", "storage"),
+    StageDef("embedding", "actors.embedding_feeder:build_handler",
+             ("images.validated", "images.validated.bulk"),
              ("images.processed", _FAILED, "tenant.usage"), True, "feeders",
              "Serve app `embedder` (Embedder), storage", in_flight="feeder_batches_in_flight"),
     StageDef("indexing", "actors.indexer:build_handler", ("images.processed", "images.deleted"),
@@ -47,7 +50,7 @@ STAGES: tuple[StageDef, ...] = (
              ("duplicates.found", _FAILED), True, "dedupers", "hash index, vector store"),
     StageDef("projection", "ingestion.projection:build_handler",
              ("images.validated", "images.processed", "images.indexed", _FAILED,
-              "duplicates.found"), (), False, "projectors", "catalog",
+              "duplicates.found", "images.validated.bulk"), (), False, "projectors", "catalog",
              in_flight="store_batches_in_flight"),
     StageDef("usage", "ingestion.usage:build_handler", ("tenant.usage",), (), False, None,
              "catalog (usage table)", in_flight="store_batches_in_flight"),

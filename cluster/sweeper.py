@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 # status -> the (stage group, topic) pairs that must have caught up before an image
 # left in that status counts as stuck: the groups that move it to its next status.
 WAITS_ON: dict[str, tuple[tuple[str, str], ...]] = {
-    "uploaded": (("validation", "images.uploaded"),),
-    "validated": (("embedding", "images.validated"), ("projection", "images.validated")),
+    "uploaded": (("validation", "images.uploaded"), ("validation", "images.uploaded.bulk")),
+    "validated": (("embedding", "images.validated"), ("projection", "images.validated"),
+                  ("embedding", "images.validated.bulk"), ("projection", "images.validated.bulk")),
     "processed": (("indexing", "images.processed"), ("projection", "images.processed"),
                   ("projection", "images.indexed")),
 }

@@ -87,7 +87,8 @@ class AuthError(Exception):
 def budget_of(method: str, path: str) -> Budget:
     """Uploads and deletes spend the write budget; everything else, reads included
     (a search is a POST), the read budget."""
-    if method == "DELETE" or (method == "POST" and path.rstrip("/") == "/v1/images"):
+    if method == "DELETE" or (method == "POST" and path.rstrip("/") in ("/v1/images",
+                                                                         "/v1/images/batch")):
         return "write"
     return "read"
 

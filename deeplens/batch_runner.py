@@ -47,6 +47,7 @@ class LoopStats:
     held: int = 0  # retry partitions held until their next message is due
     last_error: str = ""
     assigned: list[tuple[str, int]] = field(default_factory=list)
+    lanes: dict[str, int] = field(default_factory=dict)  # messages handled per lane
 
 
 @dataclass

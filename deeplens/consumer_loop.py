@@ -31,6 +31,7 @@ from deeplens.batch_runner import BatchHandler, BatchRunner, LoopStats
 from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitions, RetryHolds
 from deeplens.events import Stage
 from deeplens.kafka import EventProducer, make_consumer
+from deeplens.lanes import LaneGate, is_bulk
 from deeplens.settings import KafkaSettings
 from deeplens.stage_sdk import H_NOT_BEFORE, Envelope
 from deeplens.topics import TopicNames, retry_ladder
@@ -49,6 +50,7 @@ class ConsumerLoop:
         batch_size: int | None = None, max_in_flight: int = 1,
         before_commit: Callable[[Sequence[Envelope]], None] | None = None,
         inplace_attempts: int | None = None, on_fatal: Callable[[], None] | None = None,
+        bulk_share: float = 0.25,
     ) -> None:
         self.names = TopicNames(settings.topic_prefix)
         self.settings = settings
@@ -76,6 +78,10 @@ class ConsumerLoop:
         self.backpressure = Backpressure(self.max_in_flight)
         self.holds = RetryHolds()
         self.partitions = Partitions()
+        # Live lane first where the stage reads both lanes (deeplens.lanes).
+        twins = {self.names.physical(t.removesuffix(".bulk")) for t in topics if is_bulk(t)}
+        twins &= {self.names.physical(t) for t in topics}
+        self.lanes = LaneGate(bulk_share, self.batch_size, frozenset(twins)) if twins else None
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> ConsumerLoop:
@@ -141,6 +147,7 @@ class ConsumerLoop:
         else:
             messages = consumer.consume(self.batch_size, timeout=self.settings.poll_timeout_s)
         messages = self._hold_not_due(consumer, [m for m in messages if not self._is_error(m)])
+        messages = self._admit(consumer, messages)
         if not messages:
             return
         # Messages fetched before a pause still arrive: they join the pipeline anyway,
@@ -183,10 +190,37 @@ class ConsumerLoop:
         self.stats.held = len(self.holds.due)
         return [m for m, kept in zip(messages, keep, strict=True) if kept]
 
+    def _admit(self, consumer: Consumer, messages: list[Message]) -> list[Message]:
+        """Live lane first: drop (and rewind) the bulk messages the lane gate refuses."""
+        if self.lanes is None:
+            return messages
+        coords = [(m.topic(), m.partition(), m.offset()) for m in messages]
+        behind = not any(self.lanes.is_live(c[0]) for c in coords) and \
+            self._live_behind(consumer)
+        keep, rewind = self.lanes.admit(coords, behind)
+        for (topic, partition), offset in rewind.items():
+            consumer.seek(TopicPartition(topic, partition, offset))
+        self.stats.lanes = dict(self.lanes.handled)
+        return [m for m, kept in zip(messages, keep, strict=True) if kept]
+
+    def _live_behind(self, consumer: Consumer) -> bool:
+        """Whether a live partition has messages past its position (by the high
+        watermarks of the last fetches: no broker call)."""
+        assert self.lanes is not None
+        live = [TopicPartition(t, p) for t, p in self.partitions.owned if self.lanes.is_live(t)]
+        for tp in consumer.position(live) if live else []:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high > tp.offset:
+                return True
+        return False
+
     def _apply_pauses(self, consumer: Consumer) -> None:
-        """Pause what should be paused now: everything under backpressure, plus held retries."""
+        """Pause what should be paused now: everything under backpressure, plus held retries,
+        plus the bulk lane while live work waits."""
         held = self.holds.expire(int(time.time() * 1000))
         self.stats.held = len(held)
+        if self.lanes is not None and self.lanes.bulk_paused:
+            held = held | {tp for tp in self.partitions.owned if is_bulk(tp[0])}
         pause, resume = self.partitions.plan(self.backpressure.paused, held)
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])

@@ -183,13 +183,23 @@ class DuplicatesFound(ImageRef):
 UsageMetric = Literal["uploads", "upload_bytes", "images_embedded", "embedding_ms", "searches"]
 
 
+class UsageItem(BaseModel):
+    """One image's share of a folded usage event (``deeplens.usage_batch``)."""
+
+    model_config = ConfigDict(frozen=True)
+    event_id: uuid.UUID  # the id its own per-image event would have had
+    image_id: str
+    quantity: float
+
+
 class TenantUsage(Event):
     topic: ClassVar[str] = "tenant.usage"
     tenant_id: str
     metric: UsageMetric
-    quantity: float
+    quantity: float  # with items: their sum
     image_id: str | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
+    items: list[UsageItem] | None = None  # a consumer batch's images, each counted once
 
 
 class ImageDeleted(ImageRef):
@@ -210,6 +220,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ImageDeleted,
     )
 }
+# A lane topic (topics.toml) carries the events of its live topic, in the seed's shape.
+EVENT_TYPES[f"{ImageUploaded.topic}.bulk"] = ImageUploaded
+EVENT_TYPES[f"{ImageValidated.topic}.bulk"] = ImageValidated
 
 
 E = TypeVar("E", bound=Event)

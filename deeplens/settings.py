@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deeplens.api_keys import parse_api_keys
+from deeplens.import_settings import ImportSettings
 from deeplens.kafka_settings import KafkaSettings
 from deeplens.scaling_settings import ScalingSettings
 
@@ -160,6 +161,9 @@ class OpsSettings(BaseModel):
     metrics_token: SecretStr = Field(
         SecretStr(""), description="Bearer token /metrics requires; empty: /metrics answers "
         "loopback clients only")
+    admin_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token of the admin routes (/ops/imports); empty: "
+        "they are refused. Never a tenant's key")
     docs: bool = Field(False, description="Serve the Swagger UI at /docs (its assets come "
                        "from a public CDN); /openapi.json is always served")
     stuck_after_s: float = Field(
@@ -234,6 +238,7 @@ class Settings(BaseSettings):
     dedup: DedupSettings = DedupSettings()
     ops: OpsSettings = OpsSettings()
     scaling: ScalingSettings = ScalingSettings()
+    imports: ImportSettings = ImportSettings()
 
     @field_validator("api_keys")
     @classmethod

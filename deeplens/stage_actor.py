@@ -63,7 +63,7 @@ class StageWorker:
         self.loop = ConsumerLoop(
             settings=settings.kafka, stage=spec.stage, topics=spec.topics,  # type: ignore[arg-type]
             handler=handler, batch_size=spec.batch_size, max_in_flight=spec.max_in_flight,
-            before_commit=hook,
+            before_commit=hook, bulk_share=settings.imports.bulk_share,
             # A loop that cannot go on takes the actor down, so Ray restarts it.
             on_fatal=lambda: os._exit(1),
         ).start()

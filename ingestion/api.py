@@ -22,7 +22,7 @@ from deeplens.kafka import EventProducer
 from deeplens.settings import Settings
 from deeplens.storage import make_storage
 from deeplens.tombstones import Tombstones
-from ingestion import routes_images, routes_ops, routes_upload
+from ingestion import routes_batch, routes_images, routes_import, routes_ops, routes_upload
 from ingestion.catalog import Catalog
 from ingestion.limits import BodyLimitMiddleware
 from ingestion.services import Services
@@ -52,14 +52,17 @@ def create_app(settings: Settings, producer: EventProducer | None = None) -> Fas
         tombstones=Tombstones(settings.effective_catalog_url),
     )
     app.state.auth = Authenticator(settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingestion.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.ingestion.max_upload_bytes,
+                       per_path={"/v1/images/batch": routes_batch.MAX_BATCH_BYTES})
     # Added last, so outermost: a request is authenticated before any body is read.
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     # One error body everywhere: a validation failure is one sentence too.
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(405, _method_not_allowed)
     app.include_router(routes_ops.router)
+    app.include_router(routes_import.router)
     app.include_router(routes_upload.router, responses=AUTH_RESPONSES)
+    app.include_router(routes_batch.router, responses=AUTH_RESPONSES | PARAM_RESPONSES)
     app.include_router(routes_images.router, responses=AUTH_RESPONSES | PARAM_RESPONSES)
     return app
 

@@ -14,17 +14,20 @@ class BodyLimitMiddleware:
     """Answer 413 once a request body passes the limit, whether or not it sent
     Content-Length, counting bytes as they arrive (nothing larger is buffered)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 per_path: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes + MULTIPART_SLACK
+        self.default_max = max_bytes + MULTIPART_SLACK
+        self.per_path = {path: limit + MULTIPART_SLACK for path, limit in (per_path or {}).items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"].rstrip("/"), self.default_max)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_413(send, self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _send_413(send, max_bytes)
             return
         seen = 0
         too_large = False
@@ -37,7 +40,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     # End the body here; whatever the app answers becomes a 413.
                     too_large = True
                     return {"type": "http.request", "body": b"", "more_body": False}
@@ -48,7 +51,7 @@ class BodyLimitMiddleware:
             if too_large:
                 if message["type"] == "http.response.start" and not replaced:
                     replaced = True
-                    await _send_413(send, self.max_bytes)
+                    await _send_413(send, max_bytes)
                 return
             await send(message)
 

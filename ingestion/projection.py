@@ -25,7 +25,7 @@ from ingestion.lifecycle import Changes
 
 STAGE = "projection"
 TOPICS = ("images.validated", "images.processed", "images.indexed", "images.failed",
-          "duplicates.found")
+          "duplicates.found", "images.validated.bulk")
 
 
 def changes_of(batch: Sequence[Envelope]) -> Changes:

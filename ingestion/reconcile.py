@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 
 from deeplens.events import ImageUploaded, utcnow
 from deeplens.kafka import EventProducer, Outbound
+from deeplens.lanes import BULK_SUFFIX, same_lane
 from deeplens.settings import Settings
+from deeplens.sources import is_reference
 from deeplens.storage import make_storage
 from ingestion.catalog import Catalog, ImageRow
 
@@ -67,7 +69,10 @@ def republish(settings: Settings, statuses: tuple[str, ...], uploaded_before: da
                                  "stored bytes are gone (found by reconcile)", utcnow())
                 continue
             event = uploaded_event(row)
-            outbound.append(Outbound(event.topic, row.image_id, event))
+            # An imported image goes back on the bulk lane, never ahead of live work.
+            lane = same_lane(event.topic, BULK_SUFFIX if is_reference(
+                row.original_file_name) else "")
+            outbound.append(Outbound(lane, row.image_id, event))
             report.republished.append(row.image_id)
             if producer is not None and len(outbound) >= SEND_CHUNK:
                 producer.send(outbound)

@@ -15,6 +15,7 @@ from deeplens.kafka import Outbound
 from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope
 from deeplens.tombstones import Tombstones
+from deeplens.usage_batch import expand
 from ingestion.catalog import Catalog
 
 BILLED_EVEN_IF_DELETED = frozenset({"uploads", "upload_bytes", "searches"})
@@ -29,12 +30,14 @@ def build_handler(settings: Settings) -> Callable[[Sequence[Envelope]], list[Out
 
     def handle(batch: Sequence[Envelope]) -> list[Outbound]:
         events = [env.event for env in batch if isinstance(env.event, TenantUsage)]
-        dead = tombstones.dead((e.tenant_id, e.image_id) for e in events
-                               if e.image_id and e.metric not in BILLED_EVEN_IF_DELETED)
+        # A folded event (deeplens.usage_batch) counts each of its images by its own id.
+        counted = [(e, *item) for e in events for item in expand(e)]
+        dead = tombstones.dead((e.tenant_id, image_id) for e, _, image_id, _ in counted
+                               if image_id and e.metric not in BILLED_EVEN_IF_DELETED)
         catalog.add_usage_batch([  # one transaction per consumer batch
-            (str(e.event_id), e.tenant_id, e.occurred_at, e.metric, e.quantity)
-            for e in events
-            if e.metric in BILLED_EVEN_IF_DELETED or (e.tenant_id, e.image_id) not in dead])
+            (usage_id, e.tenant_id, e.occurred_at, e.metric, quantity)
+            for e, usage_id, image_id, quantity in counted
+            if e.metric in BILLED_EVEN_IF_DELETED or (e.tenant_id, image_id) not in dead])
         return []
 
     return handle

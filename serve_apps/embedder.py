@@ -92,10 +92,11 @@ class Embedder:
             self._batch.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     async def embed(self, image: bytes | list[bytes]) -> Embedding | list[Embedding]:
-        """Vectors of query images (one, or a list): no thumbnail, no hashes."""
+        """Vectors of query images (one, or a list): no thumbnail, no hashes. Queries have
+        a batch queue of their own, so a search never waits behind upload batches."""
         if isinstance(image, list):
-            return list(await asyncio.gather(*(self._batch((item, False)) for item in image)))
-        return await self._batch((image, False))  # type: ignore[no-any-return]
+            return list(await asyncio.gather(*(self._query_batch(item) for item in image)))
+        return await self._query_batch(image)  # type: ignore[no-any-return]
 
     async def embed_images(self, images: list[bytes]) -> list[Embedding]:
         """Uploads, one call per consumer batch: vectors, dedup hashes and thumbnails.
@@ -164,6 +165,11 @@ class Embedder:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def _batch(self, items: list[tuple[bytes, bool]]) -> list[Embedding]:
         return await asyncio.to_thread(self._run_batch, items)
+
+    # Queries: small batches, formed at once, beside the upload batches (never behind them).
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def _query_batch(self, items: list[bytes]) -> list[Embedding]:
+        return await asyncio.to_thread(self._run_batch, [(data, False) for data in items])
 
     def _run_batch(self, requests: list[tuple[bytes, bool]]) -> list[Embedding]:
         start = time.perf_counter()

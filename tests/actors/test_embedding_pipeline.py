@@ -80,8 +80,14 @@ def test_feeders_embed_every_validated_image(api, embedder_app) -> None:
         assert len(event.phash) == 16 and event.pixel_fingerprint.startswith("jc1:")  # JPEGs
         thumb = make_storage(api.settings).get(event.thumbnail_path)
         assert event.thumbnail_path.endswith(".thumb.jpg") and thumb[:3] == b"\xff\xd8\xff"
-    usage = read_topic(api.settings.kafka, "tenant.usage", expect=48, timeout_s=30)
-    assert Counter(u.metric for u in usage) == {"images_embedded": 24, "embedding_ms": 24}
+    # Usage comes folded per tenant per batch (deeplens.usage_batch): one item per image.
+    def items(events):
+        return [(u.metric, i.image_id) for u in events for i in u.items or []]
+
+    usage = read_topic(api.settings.kafka, "tenant.usage", expect=0, timeout_s=30,
+                       until=lambda got: len(items(got)) >= 48)
+    assert Counter(metric for metric, _ in items(usage)) == {"images_embedded": 24,
+                                                             "embedding_ms": 24}
 
 
 def test_image_the_embedder_cannot_decode_fails_alone(api, embedder_app) -> None:
