@@ -40,6 +40,7 @@ from deeplens.events import (
 )
 from deeplens.formats import upright_rgb
 from deeplens.hash_index import HashIndex
+from deeplens.hash_writes import add_many
 from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
 from deeplens.settings import DedupThresholds, Settings
@@ -88,10 +89,14 @@ def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
 
 
 def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
-                    store: VectorStore, limits: DedupThresholds) -> DuplicatesFound:
+                    store: VectorStore, limits: DedupThresholds,
+                    written: bool = False) -> DuplicatesFound:
+    """``written``: the image's hashes are recorded already (``dedup_batch`` writes a
+    batch's in one transaction); otherwise they are written here, then looked up."""
     pixel_sha, phash, windows = hashes
     tenant, image_id = event.tenant_id, event.image_id
-    index.add(tenant, image_id, event.sha256, pixel_sha, phash, windows)  # write, then look
+    if not written:
+        index.add(tenant, image_id, event.sha256, pixel_sha, phash, windows)
     matches: dict[str, DuplicateMatch] = {}
     for other in index.exact(tenant, image_id, event.sha256, pixel_sha):
         matches[other] = DuplicateMatch(image_id=other, kind="exact", score=1.0)
@@ -120,6 +125,26 @@ _KIND_ORDER = {"exact": 0, "near": 1, "similar": 2}
 TRANSIENT = (OperationalError, VectorStoreUnavailable)
 
 
+def _hashes_of(pending: Sequence[Envelope], storage: Storage,
+               outputs: dict[tuple[str, str], Outbound]) -> list[tuple[Envelope, Hashes]]:
+    """Each image's hashes; one whose bytes are gone is skipped, one that cannot be
+    hashed fails alone (into ``outputs``)."""
+    hashed = []
+    for env in pending:
+        event = env.event
+        assert isinstance(event, ImageProcessed)
+        try:  # other storage errors are transient: they propagate and the batch is retried
+            hashed.append((env, event_hashes(event, storage)))
+        except ObjectMissing:
+            log.info("skipping %s: deleted before dedup", event.image_id)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a version-1 image Pillow cannot decode
+            outputs[(event.tenant_id, event.image_id)] = failure(
+                env, "dedup_error", f"{type(exc).__name__}: {exc}", STAGE, type(exc).__name__)
+    return hashed
+
+
 def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: VectorStore,
                 tombstones: Tombstones, batch: Sequence[Envelope]) -> list[Outbound]:
     """Each image alone: one that cannot be deduplicated fails by itself (as a dedup
@@ -133,27 +158,19 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
         index.forget(gone.tenant_id, gone.image_id)
     dead = tombstones.dead((e.event.tenant_id, e.event.image_id) for e in pending)
     outputs: dict[tuple[str, str], Outbound] = {}
-    for env in pending:
+    hashed = _hashes_of([env for env in pending if (env.event.tenant_id, env.event.image_id)
+                         not in dead], storage, outputs)
+    # Every image's hashes in one transaction, then each looks (a batch's copies of one
+    # another find each other, both ways).
+    add_many(index, [(env.event.tenant_id, env.event.image_id, env.event.sha256, *hashes)
+                     for env, hashes in hashed])
+    for env, hashes in hashed:
         event = env.event
         assert isinstance(event, ImageProcessed)
         key = (event.tenant_id, event.image_id)
-        if key in dead:
-            log.info("skipping %s: deleted before dedup", event.image_id)
-            continue
-        try:  # other storage errors are transient: they propagate and the batch is retried
-            hashes = event_hashes(event, storage)
-        except ObjectMissing:
-            log.info("skipping %s: deleted before dedup", event.image_id)
-            continue
-        except StorageUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a version-1 image Pillow cannot decode
-            outputs[key] = failure(env, "dedup_error", f"{type(exc).__name__}: {exc}", STAGE,
-                                   type(exc).__name__)
-            continue
         try:
             found = find_duplicates(event, hashes, index, store,
-                                    settings.dedup.for_tenant(event.tenant_id))
+                                    settings.dedup.for_tenant(event.tenant_id), written=True)
         except TRANSIENT:
             raise  # the store or database is down: retry the batch (every sink is idempotent)
         except Exception as exc:  # noqa: BLE001 - this image's fault: it alone fails
