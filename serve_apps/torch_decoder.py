@@ -166,15 +166,21 @@ class TorchDecoder:
     def _finish(self, batch: torch.Tensor, g: Geometry) -> tuple[torch.Tensor, torch.Tensor, Any]:
         size = self.image_size
         pixels = batch.float()
+        height, width = pixels.shape[-2:]
+        if (g.thumb_h, g.thumb_w) == (height, width):
+            thumb = pixels
+        else:
+            shrink = int(min(height / g.height, height / g.thumb_h) // 2)
+            if shrink >= 2:
+                # Down to ~2-3x the outputs by area first: CUDA's antialiased kernels refuse
+                # large factors (shared memory), and the float copy shrinks early.
+                pixels = F.avg_pool2d(pixels, shrink, ceil_mode=True)
+            thumb = F.interpolate(pixels, size=(g.thumb_h, g.thumb_w), mode="bilinear",
+                                  antialias=True, align_corners=False).round_().clamp_(0, 255)
         model = F.interpolate(pixels, size=(g.height, g.width), mode="bicubic", antialias=True,
                               align_corners=False).round_().clamp_(0, 255)
         model = model[:, :, g.top : g.top + size, g.left : g.left + size]
         model = ((model - self.mean) / self.std).contiguous()
-        if (g.thumb_h, g.thumb_w) == tuple(pixels.shape[-2:]):
-            thumb = pixels
-        else:
-            thumb = F.interpolate(pixels, size=(g.thumb_h, g.thumb_w), mode="bilinear",
-                                  antialias=True, align_corners=False).round_().clamp_(0, 255)
         grey = (thumb * self.grey).sum(1, keepdim=True).round_()
         grey = F.interpolate(grey, size=(HASH_SIDE, HASH_SIDE), mode="bilinear", antialias=True,
                              align_corners=False).round_().clamp_(0, 255)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from cluster.samples import scene
 from deeplens.image_hashes import phash
 from serve_apps.decode import (
     Decoded,
@@ -34,10 +35,13 @@ def clip():
 
 
 def batch_of_every_format() -> list[bytes]:
-    """Small and large JPEGs (the large one decoded at a reduced DCT scale by the CPU
-    pool), a PNG, a WebP."""
+    """Small and large JPEGs (the large ones decoded at a reduced DCT scale by the CPU
+    pool, the largest reduced by area first on the torch path), a PNG, a WebP."""
     return [images.jpeg(1), images.jpeg(2, 640, 480), images.png(3, 200, 150),
-            images.webp(4), images.jpeg(5, 150, 200)]
+            images.webp(4), images.jpeg(5, 150, 200),
+            # A scene: a 1800 x 2400 wave picture is so smooth that its pHash moves ~30
+            # bits with 0.3 levels of resampling difference (open_clip's own too).
+            images.encode(scene(6, 1024).resize((1800, 2400)), "JPEG", quality=90)]
 
 
 @pytest.mark.parametrize("kind", ["torch", "cpu"])
@@ -53,9 +57,11 @@ def test_torch_and_cpu_paths_agree_with_dali_cpu(clip, kind) -> None:
         assert o.fingerprint == d.fingerprint  # the same scheme and value on every decoder
         difference = (o.pixels - d.pixels).abs()
         # DCT-domain downscaling (the CPU pool, 640 x 480 at half scale) adds a little:
-        # measured mean 0.005, max 0.06 there (0.001 and 0.06 on the torch path).
+        # measured mean 0.005, max 0.06 there (0.001 and 0.06 on the torch path). At a 37x
+        # reduction (2400 px to 64) DALI's edge pixels differ from open_clip's own
+        # transform's by 0.117 (8 levels), and so from ours.
         assert difference.mean().item() < MEAN_TOLERANCE * (1.5 if kind == "cpu" else 1)
-        assert difference.max().item() < PIXEL_TOLERANCE * 2
+        assert difference.max().item() < PIXEL_TOLERANCE * 3
         thumbs = np.abs(np.asarray(o.thumbnail, float) - np.asarray(d.thumbnail, float))
         assert thumbs.mean() < 3.0  # levels
         assert bin(phash(o.hash_image) ^ phash(d.hash_image)).count("1") <= 6
