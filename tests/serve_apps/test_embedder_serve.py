@@ -35,7 +35,8 @@ def test_concurrent_requests_form_batches(embedder) -> None:
     stats = embedder.stats.remote().result()
     assert stats["items"] >= 48
     assert stats["mean_batch_size"] > 1.0, stats
-    assert stats["decoder"] == "dali-cpu" and stats["model_id"] == "deeplens-tiny/random-init-seed0"
+    assert stats["decoder"].startswith("cpu-pool")  # auto on a CPU replica (issue 26)
+    assert stats["model_id"] == "deeplens-tiny/random-init-seed0"
 
 
 def test_a_corrupt_image_fails_alone(embedder) -> None:
