@@ -210,3 +210,19 @@ def test_the_embedder_reports_its_decoder() -> None:
     replica = Embedder.func_or_class(EmbedderArgs(model=TINY, device="cpu"))
     stats = replica.stats()
     assert stats["decoder"].startswith("cpu-pool") and stats["decoders_passed_over"] == []
+
+
+def test_the_torch_path_raises_a_device_fault_instead_of_decoding_around_it(
+        clip, monkeypatch) -> None:
+    """nvJPEG on a dead card must fail the call (the replica is broken), never send the
+    batch to the host pool item by item as if the images were bad."""
+    import torchvision.io
+
+    def dead_card(*_args, **_kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", dead_card)
+    decoder = make_decoder("torch", clip=clip, max_batch_size=4)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        decoder.decode([images.jpeg(1), images.jpeg(2)])
+    assert decoder.fallbacks == 0
