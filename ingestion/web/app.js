@@ -391,7 +391,11 @@ async function deleteImage(imageId, name) {
     });
     if (detailId === imageId) { detailOpener = next || detailOpener; closeDetail(); }
     if (next) next.focus();
-    await refreshCounts("Deleted " + (name || imageId) + ".");
+    // A load begun before the delete may still list the image and its old counts.
+    library.seq++;
+    library.loading = false;
+    if (library.pages > 1) await refreshCounts(); else await loadLibrary();
+    renderCounts("Deleted " + (name || imageId) + ".");
   } catch (e) { report(e, "delete"); }
 }
 
