@@ -23,7 +23,6 @@ from typing import Any
 from cluster.scaling_ops import (
     ACTOR_TIMEOUT_S,
     EMBEDDER,
-    NAMESPACE,
     controller_name,
     embedder_busy,
     set_embedder_replicas,
@@ -33,6 +32,7 @@ from cluster.scaling_policy import (
     Scaler,
     embedder_signal,
     partitions_of,
+    runs,
     stage_signal,
 )
 from deeplens.serve_names import running_embedder_replicas as running_replicas
@@ -178,8 +178,8 @@ class ScalingController:
             have = self.live(stage)
             if count > len(have):
                 free = [i for i in range(count + len(have)) if i not in have][:count - len(have)]
-                for i in free:  # one at a time: names may have gaps
-                    launch_stage(self.settings, self.specs[stage], 1, first_index=i)
+                for first, n in runs(free):  # each run of free names starts side by side
+                    launch_stage(self.settings, self.specs[stage], n, first_index=first)
             elif count < len(have):
                 stop_stage([have[i] for i in sorted(have)[count:]])
             deadline = time.monotonic() + 10  # a killed actor's name goes a moment later
@@ -249,7 +249,7 @@ class ScalingController:
                 "wait_s": last.wait_s if last else 0.0,
                 "reason": last.reason if last else "no decision yet",
                 **self.observed.get(name, {})}
-        out["cold_starts_s"], out["step_counts"] = list(self.cold_starts), self.step_counts
+        out["cold_starts_s"], out["step_counts"] = list(self.cold_starts), dict(self.step_counts)
         return out
 
     def _loop(self) -> None:
@@ -275,14 +275,13 @@ class ScalingController:
 
 
 def launch_controller(settings: Settings, stages: dict[str, tuple[StageSpec, int]]) -> Any:
-    """The controller as a Ray actor named ``<prefix>scaling-controller`` in namespace
-    ``deeplens`` (``deeplens scale`` finds it there)."""
+    """The controller as a Ray actor named ``<prefix>scaling-controller`` (in the stack's
+    namespace, which ``deeplens up`` records for ``deeplens scale``)."""
     import ray
 
     actor = ray.remote(ScalingController).options(  # type: ignore[attr-defined]
         num_cpus=0, resources=settings.actors.resources or None, max_restarts=-1,
-        max_concurrency=4, name=controller_name(settings), namespace=NAMESPACE,
-        get_if_exists=False,
+        max_concurrency=4, name=controller_name(settings), get_if_exists=False,
     ).remote(settings, stages)
     ray.get(actor.ready.remote(), timeout=120)
     return actor

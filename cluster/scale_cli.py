@@ -1,7 +1,7 @@
 """``deeplens scale NAME N|auto``: pin a stage's actors or the Embedder's replicas on the
 running stack, live, or hand them back to the scaling controller.
 
-It joins the stack's Ray (the address ``deeplens up`` recorded, else
+It joins the stack's Ray (the address and namespace ``deeplens up`` recorded, else
 ``DEEPLENS_RAY_ADDRESS``, else ``auto``) and calls the controller actor; on a ``ray up``
 cluster run it on the head node, as ``ray status``.
 """
@@ -17,27 +17,29 @@ from cluster.client_http import ClientError
 from deeplens.settings import Settings
 
 
-def ray_address(settings: Settings) -> str:
+def ray_location(settings: Settings) -> tuple[str, str | None]:
+    """The stack's Ray address and namespace, as ``deeplens up`` recorded them."""
     from deeplens.runtime import locate, runtime_file
 
     path = runtime_file(locate(settings))
     try:
-        recorded = json.loads(path.read_text()).get("ray_address", "") if path.exists() else ""
+        recorded = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
-        recorded = ""
-    return recorded or settings.ray_address or "auto"
+        recorded = {}
+    return (recorded.get("ray_address") or settings.ray_address or "auto",
+            recorded.get("ray_namespace"))
 
 
 def connect(settings: Settings) -> Any:
     """The running scaling controller (joins the stack's Ray first)."""
     import ray
 
-    from cluster.scaling_ops import NAMESPACE, find_controller
+    from cluster.scaling_ops import find_controller
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = ray_address(settings)
+    address, namespace = ray_location(settings)
     try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+        ray.init(address=address, namespace=namespace, log_to_driver=False,
                  logging_level="ERROR")
     except (ConnectionError, RuntimeError) as exc:
         raise ClientError(f"no Ray at {address} ({exc}); is `deeplens up` running?") from None

@@ -1,6 +1,6 @@
-"""The Ray and Serve plumbing around the scaling controller: its name and namespace
-(``deeplens scale`` and the metrics find it there), and the Embedder's replica count
-through Serve's external-scaler API."""
+"""The Ray and Serve plumbing around the scaling controller: its name (``deeplens
+scale`` and the metrics find it by it, in the stack's Ray namespace), and the
+Embedder's replica count through Serve's external-scaler API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 from deeplens.settings import Settings
 
 EMBEDDER = "embedder"  # the scaled name of the Embedder (`deeplens scale embedder N`)
-NAMESPACE = "deeplens"  # the controller's Ray namespace
 ACTOR_TIMEOUT_S = 2.0
 
 
@@ -21,7 +20,7 @@ def find_controller(settings: Settings) -> Any:
     """The running controller's handle (raises ValueError when there is none)."""
     import ray
 
-    return ray.get_actor(controller_name(settings), namespace=NAMESPACE)
+    return ray.get_actor(controller_name(settings))
 
 
 def embedder_busy() -> float | None:

@@ -143,3 +143,14 @@ def partitions_of(ends: dict[tuple[str, int], int], topics: list[str]) -> int:
         if topic in counts:
             counts[topic] += 1
     return max(counts.values(), default=1) or 1
+
+
+def runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Sorted indexes as (first, length) runs of consecutive numbers."""
+    out: list[tuple[int, int]] = []
+    for i in indexes:
+        if out and out[-1][0] + out[-1][1] == i:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out

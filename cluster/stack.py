@@ -110,7 +110,7 @@ class LocalStack:
         write_runtime(self.settings, {
             "bootstrap_servers": self.settings.kafka.bootstrap_servers, "url": self.url,
             "local_broker": self.broker is not None, "pid": os.getpid(),
-            "catalog": catalog, "ray_address": ray_address()}, self.announce)
+            "catalog": catalog, **ray_location()}, self.announce)
 
     def _start_broker(self) -> None:
         kafka = self.settings.kafka
@@ -290,8 +290,11 @@ def stage_table(settings: Settings, overrides: dict[str, dict[str, Any]]
             for spec, count in stage_specs(settings)}
 
 
-def ray_address() -> str:
-    """Where `deeplens scale` joins this stack's Ray ('' without one)."""
+def ray_location() -> dict[str, str]:
+    """Where `deeplens scale` joins this stack's Ray and finds its named actors."""
     import ray
 
-    return ray.get_runtime_context().gcs_address if ray.is_initialized() else ""
+    if not ray.is_initialized():
+        return {}
+    context = ray.get_runtime_context()
+    return {"ray_address": context.gcs_address, "ray_namespace": context.namespace}

@@ -40,6 +40,13 @@ class FakeHandle:
         return FakeCall(chunk)
 
 
+def test_free_actor_names_start_in_runs() -> None:
+    from cluster.scaling_policy import runs
+
+    assert runs([1, 2, 3, 5, 7, 8]) == [(1, 3), (5, 1), (7, 2)]
+    assert runs([]) == []
+
+
 def test_calls_in_flight_grow_with_the_replicas() -> None:
     items = [bytes([i]) for i in range(16)]
     one, three = FakeHandle(), FakeHandle()
