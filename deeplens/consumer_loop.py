@@ -31,7 +31,7 @@ from deeplens.batch_runner import BatchHandler, BatchRunner, LoopStats
 from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitions, RetryHolds
 from deeplens.events import Stage
 from deeplens.kafka import EventProducer, make_consumer
-from deeplens.lanes import LaneGate, is_bulk
+from deeplens.lanes import LaneGate, LiveMarks, is_bulk
 from deeplens.settings import KafkaSettings
 from deeplens.stage_sdk import H_NOT_BEFORE, Envelope
 from deeplens.topics import TopicNames, retry_ladder
@@ -82,6 +82,7 @@ class ConsumerLoop:
         twins = {self.names.physical(t.removesuffix(".bulk")) for t in topics if is_bulk(t)}
         twins &= {self.names.physical(t) for t in topics}
         self.lanes = LaneGate(bulk_share, self.batch_size, frozenset(twins)) if twins else None
+        self.live_marks = LiveMarks()
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> ConsumerLoop:
@@ -195,6 +196,9 @@ class ConsumerLoop:
         if self.lanes is None:
             return messages
         coords = [(m.topic(), m.partition(), m.offset()) for m in messages]
+        for topic, partition, offset in coords:
+            if self.lanes.is_live(topic):
+                self.live_marks.handled(topic, partition, offset)
         behind = not any(self.lanes.is_live(c[0]) for c in coords) and \
             self._live_behind(consumer)
         keep, rewind = self.lanes.admit(coords, behind)
@@ -204,14 +208,15 @@ class ConsumerLoop:
         return [m for m, kept in zip(messages, keep, strict=True) if kept]
 
     def _live_behind(self, consumer: Consumer) -> bool:
-        """Whether a live partition has messages past its position (by the high
-        watermarks of the last fetches: no broker call)."""
+        """Whether a live partition has messages no poll returned yet (by the high
+        watermarks the last fetches reported: no broker call)."""
         assert self.lanes is not None
-        live = [TopicPartition(t, p) for t, p in self.partitions.owned if self.lanes.is_live(t)]
-        for tp in consumer.position(live) if live else []:
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if tp.offset >= 0 and high > tp.offset:
-                return True
+        for topic, partition in self.partitions.owned:
+            if self.lanes.is_live(topic):
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         cached=True)
+                if self.live_marks.behind(topic, partition, high):
+                    return True
         return False
 
     def _apply_pauses(self, consumer: Consumer) -> None:

@@ -83,3 +83,23 @@ class LaneGate:
 
     def is_live(self, topic: str) -> bool:
         return topic in self.live_topics if self.live_topics else not is_bulk(topic)
+
+
+@dataclass
+class LiveMarks:
+    """Whether live messages wait that no poll returned yet (fetched behind bulk ones,
+    or not fetched): a live partition's high watermark, as the last fetch reported it,
+    past both the next offset this consumer would handle and the mark it had when first
+    looked at (what was there before is not known to be unhandled)."""
+
+    first: dict[tuple[str, int], int] = field(default_factory=dict)
+    next: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def handled(self, topic: str, partition: int, offset: int) -> None:
+        self.next[(topic, partition)] = max(self.next.get((topic, partition), 0), offset + 1)
+
+    def behind(self, topic: str, partition: int, high: int) -> bool:
+        if high < 0:  # no fetch answered yet
+            return False
+        first = self.first.setdefault((topic, partition), high)
+        return high > max(first, self.next.get((topic, partition), 0))

@@ -87,3 +87,15 @@ def test_status_reports_lag_and_uploads_per_lane() -> None:
         'deeplens_topic_messages_total{topic="images.uploaded.bulk"} 900', ""])
     assert lane_figures(text) == {"live": {"lag": 2, "written": 10},
                                   "bulk": {"lag": 100, "written": 900}}
+
+
+def test_live_marks_see_live_messages_no_poll_returned_yet() -> None:
+    from deeplens.lanes import LiveMarks
+
+    marks = LiveMarks()
+    assert not marks.behind(LIVE, 0, -1001)  # nothing fetched yet
+    assert not marks.behind(LIVE, 0, 7)  # what was there at the first look: unknown
+    assert marks.behind(LIVE, 0, 9)  # two arrived since, none handled
+    marks.handled(LIVE, 0, 8)
+    assert not marks.behind(LIVE, 0, 9)
+    assert marks.behind(LIVE, 0, 10)
