@@ -80,6 +80,9 @@ def _under(child: str, parent: str) -> bool:
     return not parent or child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+MAX_SOURCE_LENGTH = 512  # import_jobs.source
+
+
 def parse_source(text: str, allowed_roots: list[str]) -> Source:
     """The source an operator named, or ``SourceRefused`` saying why it may not be read."""
     what = "import source"
@@ -94,6 +97,9 @@ def parse_source(text: str, allowed_roots: list[str]) -> Source:
     else:
         source = Source("folder", path=_real_folder(text, what))
     check_allowed(source, allowed_roots)
+    if len(source.uri()) > MAX_SOURCE_LENGTH:
+        raise SourceRefused(f"{what}: {len(source.uri())} characters; an import job records "
+                            f"at most {MAX_SOURCE_LENGTH}: import a shorter prefix or folder")
     return source
 
 

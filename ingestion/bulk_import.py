@@ -34,6 +34,8 @@ from ingestion.reconcile import uploaded_event
 from ingestion.tables import ImageRow, images
 
 log = logging.getLogger(__name__)
+
+_PATH_WIDTH = images.c.storage_path.type.length  # where a referenced object's path is kept
 BULK_TOPIC = "images.uploaded.bulk"
 _NS = uuid.UUID("3c0a7a52-5d7e-4b0e-8f3b-0f6f7b8f9e21")
 _ROW_FIELDS = set(ImageRow.__dataclass_fields__)
@@ -150,6 +152,9 @@ class Importer:
             why = "not JPEG, PNG or WebP" if fmt is None else f"over {limit} bytes"
             return None, f"{item.key}: {why}"
         path, provider = item.reference, item.reference.partition(":")[0]
+        if not job.copy and len(path) > _PATH_WIDTH:
+            return None, (f"{item.key}: its reference is {len(path)} characters, over the "
+                          f"catalog's {_PATH_WIDTH}: import this source with --copy")
         if job.copy:
             path, provider = object_path(job.tenant_id, image_id, fmt.extension), \
                 self.storage.provider

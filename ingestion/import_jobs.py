@@ -27,7 +27,7 @@ import_jobs = sa.Table(
     sa.Column("queued", sa.BigInteger, nullable=False),
     sa.Column("skipped", sa.BigInteger, nullable=False),
     sa.Column("refused", sa.BigInteger, nullable=False),
-    sa.Column("cursor", sa.String(1024)),
+    sa.Column("cursor", sa.Text),
     sa.Column("listing_done", sa.Boolean, nullable=False),
     sa.Column("cancel", sa.Boolean, nullable=False),
     sa.Column("error", sa.Text),

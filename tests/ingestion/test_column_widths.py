@@ -23,6 +23,7 @@ from deeplens.formats import ALLOWED
 from deeplens.image_hashes import fingerprint_of
 from deeplens.settings import ModelSettings, StorageSettings
 from deeplens.storage import object_path, thumbnail_path
+from tests.ingestion.test_migrations import HEAD
 
 LONGEST_TENANT = "t" * 64  # deeplens.api_keys allows up to 64
 IMAGE_ID = uuid.uuid4().hex  # ingestion/routes_upload.py
@@ -33,6 +34,8 @@ def _literal(kind: object) -> list[str]:
 
 
 def _widest_values() -> dict[tuple[str, str], list[str]]:
+    from deeplens.sources import MAX_SOURCE_LENGTH
+    from ingestion.import_jobs import job_id_of
     from serve_apps.model import model_identity
 
     widest_path = object_path(LONGEST_TENANT, IMAGE_ID, max((f.extension for f in ALLOWED), key=len))
@@ -47,8 +50,9 @@ def _widest_values() -> dict[tuple[str, str], list[str]]:
         ("duplicates", "kind"): _literal(DuplicateKind),
         ("images", "sha256"): ["f" * 64],
         ("images", "original_file_name"): ["n" * 512],  # routes_upload keeps the first 512
-        ("images", "storage_provider"): _literal(
-            StorageSettings.model_fields["provider"].annotation),
+        ("images", "storage_provider"): [*_literal(
+            StorageSettings.model_fields["provider"].annotation), "file", "tar"],  # imports
+        # an import's reference longer than the column is refused (bulk_import._stage)
         ("images", "storage_path"): [widest_path, thumbnail_path(widest_path)],
         ("images", "mime_type"): [f.mime_type for f in ALLOWED],
         ("images", "status"): _literal(ImageStatus),
@@ -64,6 +68,10 @@ def _widest_values() -> dict[tuple[str, str], list[str]]:
         ("usage_hourly", "tenant_id"): [LONGEST_TENANT],
         ("usage_hourly", "metric"): _literal(UsageMetric),
         ("usage_seen", "event_id"): [str(uuid.uuid4())],
+        ("import_jobs", "job_id"): [job_id_of(LONGEST_TENANT, "s" * MAX_SOURCE_LENGTH, True)],
+        ("import_jobs", "tenant_id"): [LONGEST_TENANT],
+        ("import_jobs", "source"): ["s" * MAX_SOURCE_LENGTH],  # parse_source refuses longer
+        ("import_jobs", "state"): ["running", "cancelled", "done", "failed"],
     }
 
 
@@ -138,7 +146,7 @@ def test_a_0003_catalog_on_postgresql_is_widened_in_place(postgres_server_url) -
     engine.dispose()
 
     index = HashIndex(url)  # starts the way a dedup actor does: migrates to head
-    assert current_revision(make_engine(url)) == "0005"
+    assert current_revision(make_engine(url)) == HEAD
     index.add("acme", "new", "e" * 64, "px1:" + "e" * 64, 2)
     assert index.exact("acme", "x", "c" * 64, "unrelated") == ["old"]
     assert index.exact("acme", "y", "unrelated", "px1:" + "e" * 64) == ["new"]

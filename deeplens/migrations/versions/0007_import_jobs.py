@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("queued", sa.BigInteger, nullable=False),
         sa.Column("skipped", sa.BigInteger, nullable=False),
         sa.Column("refused", sa.BigInteger, nullable=False),
-        sa.Column("cursor", sa.String(1024), nullable=True),
+        sa.Column("cursor", sa.Text, nullable=True),
         sa.Column("listing_done", sa.Boolean, nullable=False),
         sa.Column("cancel", sa.Boolean, nullable=False),
         sa.Column("error", sa.Text, nullable=True),
