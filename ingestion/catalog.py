@@ -29,6 +29,12 @@ class DuplicateRow:
     score: float
 
 
+# What an attempt at an image writes to its row (``reattempt`` clears, ``restore`` undoes).
+_ATTEMPT = ("status", "stage", "failure_reason", "failure_message", "validated_at",
+            "processed_at", "indexed_at", "pipeline_seconds", "dedup_tiers",
+            "original_file_name", "uploaded_at")
+
+
 def _aware(value: Any) -> Any:
     """SQLite hands datetimes back naive; they were stored as UTC."""
     if isinstance(value, datetime) and value.tzinfo is None:
@@ -62,6 +68,27 @@ class Catalog:
         with self.engine.begin() as conn:
             conn.execute(images.update().where(images.c.image_id == image_id)
                          .values(pending=None))
+
+    def reattempt(self, image_id: str, file_name: str, at: datetime) -> bool:
+        """Start a new attempt at a failed image under its id: back to pending
+        ``uploaded``, the failure and the earlier attempt's step times cleared (``failed_at``
+        stays). False if the image is not failed (another request started one first)."""
+        with self.engine.begin() as conn:
+            return conn.execute(images.update().where(
+                images.c.image_id == image_id, images.c.status == "failed").values(
+                dict.fromkeys(_ATTEMPT, None) | {
+                    "status": "uploaded", "stage": lifecycle.STAGE_OF_STATUS["uploaded"],
+                    "original_file_name": file_name, "uploaded_at": at, "pending": True})
+            ).rowcount > 0
+
+    def restore(self, previous: ImageRow) -> None:
+        """Undo ``reattempt`` whose event the broker did not take: the row as it was,
+        unless the pipeline moved it meanwhile."""
+        with self.engine.begin() as conn:
+            conn.execute(images.update().where(
+                images.c.image_id == previous.image_id, images.c.status == "uploaded",
+                images.c.pending == sa.true()).values(
+                {c: getattr(previous, c) for c in _ATTEMPT} | {"pending": None}))
 
     def statuses(self, tenant_id: str, image_ids: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -214,6 +241,20 @@ class Catalog:
                  .order_by(images.c.uploaded_at))
         with self.engine.connect() as conn:
             return [self._row(r) for r in conn.execute(query)]
+
+    def oldest_unfinished(self, statuses: tuple[str, ...] = ("uploaded", "validated",
+                                                              "processed")) -> datetime | None:
+        """Upload time of the oldest image not yet indexed or failed, over every tenant
+        (one look-up per status on ``ix_images_status_uploaded``)."""
+        oldest = None
+        with self.engine.connect() as conn:
+            for status in statuses:
+                when = conn.execute(sa.select(sa.func.min(images.c.uploaded_at)).where(
+                    images.c.status == status)).scalar()
+                if when is not None:
+                    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+                    oldest = when if oldest is None else min(oldest, when)
+        return oldest
 
     def counts_by_tenant(self) -> dict[str, dict[str, int]]:
         """Images per status, per tenant (for operators)."""

@@ -4,9 +4,11 @@ Every write is idempotent and order-tolerant, so any number of projector actors 
 apply events of one image at once, in any order, more than once:
 
 - ``advance``: two conditional UPDATEs, no read-then-write. The step's own fields (its
-  timestamp, dimensions...) always land; the status moves only if the row's current
-  rank is lower, or it failed earlier than this step (a replay that succeeded).
-- ``fail``: unless the image was indexed after the failure.
+  timestamp, dimensions...) always land, and the row is no longer ``pending`` (the
+  pipeline has its upload event, whatever became of the request that sent it); the
+  status moves only if the row's current rank is lower, or it failed earlier than this
+  step (a replay that succeeded).
+- ``fail``: unless the image was indexed after the failure; the row is settled too.
 - ``dedup_failed``: recorded, never a demotion.
 - ``link``: matches in both directions; a stronger kind replaces a weaker one (an
   upsert whose update only applies to a stronger kind); links to or from an image no
@@ -80,8 +82,10 @@ def _run(conn: sa.Connection, statement: Any, rows: list[dict[str, Any]]) -> int
 
 @cache
 def _stamp(status: str, fields: tuple[str, ...]) -> Any:
+    # A step of the pipeline proves the broker took the upload event: the row is settled
+    # (``pending`` cleared), even if the request that published it never said so.
     return images.update().where(images.c.image_id == _ID).values(
-        {f"{status}_at": _AT, **{f: sa.bindparam(f"b_{f}") for f in fields}})
+        {f"{status}_at": _AT, "pending": None, **{f: sa.bindparam(f"b_{f}") for f in fields}})
 
 
 @cache
@@ -97,7 +101,7 @@ def _move(status: str) -> Any:
 _FAIL = images.update().where(
     images.c.image_id == _ID, sa.or_(images.c.indexed_at.is_(None), images.c.indexed_at < _AT),
 ).values(status="failed", stage=sa.bindparam("b_stage"), failure_reason=sa.bindparam("b_reason"),
-         failure_message=sa.bindparam("b_message"), failed_at=_AT)
+         failure_message=sa.bindparam("b_message"), failed_at=_AT, pending=None)
 _DEDUP_FAILED = images.update().where(images.c.image_id == _ID).values(dedup_tiers="failed")
 _TIERS = images.update().where(images.c.image_id == _ID,
                                images.c.tenant_id == sa.bindparam("b_tenant_id")).values(

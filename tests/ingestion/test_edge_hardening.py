@@ -162,14 +162,16 @@ def test_a_retry_while_the_first_upload_awaits_its_ack_is_told_to_wait(
             "Authorization": f"Bearer key-{tenant}-0123456789ab"})
         retry = client.post("/v1/images", files={"file": ("a.jpg", data)})
         assert retry.status_code == 503 and int(retry.headers["Retry-After"]) >= 1
-        # The first request died long ago (its replica crashed): the row is stale.
+        # The first request died long ago (its replica crashed): the row is stale, and
+        # this request publishes it again, under its id (never a second image).
         catalog.delete(tenant, row["image_id"])
         catalog.insert(row | {"uploaded_at": utcnow() - timedelta(minutes=10)})
         later = client.post("/v1/images", files={"file": ("a.jpg", data)})
         assert later.status_code == 202 and later.json()["duplicate_of"] is None
+        assert later.json()["image_id"] == row["image_id"]
         accepted = client.get(f"/v1/images/{later.json()['image_id']}").json()
     assert accepted["status"] == "uploaded"
-    assert catalog.get(tenant, row["image_id"]) is None
+    assert catalog.get(tenant, row["image_id"]).pending is None
 
 
 def test_openapi_declares_every_refusal(api) -> None:

@@ -148,3 +148,18 @@ def test_links_of_one_batch_upsert_both_ways_strongest_kind_wins(catalog_url) ->
     assert catalog.get("acme", "c").dedup_tiers == "exact"
     apply(catalog, envelope(a_finds_b))  # a weaker kind later changes nothing
     assert catalog.duplicates_of("acme", "a")[0].kind == "exact"
+
+
+def test_the_pipeline_settles_a_pending_row(catalog_url) -> None:
+    """A row stays pending only while nothing shows that the broker took its upload
+    event: a validation (or any later step), or a failure, of the image settles it,
+    whatever became of the request that published it."""
+    from tests.ingestion import lifecycle_events as events
+
+    catalog = Catalog(catalog_url)
+    for image_id in ("ok", "bad", "waiting"):
+        catalog.insert(row(image_id) | {"pending": True})
+    events.project(catalog, events.validated(events.uploaded("ok")),
+                   events.failed(events.uploaded("bad")))
+    assert [catalog.get("acme", i).pending for i in ("ok", "bad", "waiting")] == [
+        None, None, True]
