@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
+@dataclass(frozen=True)
+class Staged:
+    """An upload event to publish: of a new image, or once more of an image these bytes
+    already are (``previous``: its row before this request changed it)."""
+
+    event: ImageUploaded
+    previous: ImageRow | None = None
+
+
 @router.post("/v1/images", status_code=202, response_model=UploadOut, tags=["images"],
           openapi_extra=IMAGE_PART,
           responses=BODY_RESPONSES | problems({
