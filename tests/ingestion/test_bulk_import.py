@@ -77,7 +77,7 @@ def test_folder_import_references_in_place_and_a_rerun_adds_nothing(
 
     again = run_once(importer, tenant, str(root.resolve()))  # lists the source anew
     assert (again.listed, again.queued, again.skipped, again.refused) == (10, 0, 9, 1)
-    assert len(read_topic(kafka_settings, BULK_TOPIC, expect=10, timeout_s=3)) == 9
+    assert len(read_topic(kafka_settings, BULK_TOPIC, expect=10, timeout_s=8)) == 9
     assert importer.catalog.counts(tenant) == {"uploaded": 9}
 
 
