@@ -39,7 +39,6 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +102,9 @@ def per_image(cpu_s: dict[str, float], images: int, idle_per_s: dict[str, float]
     return whole, net
 
 
-def settings_for(knobs: dict[str, Any], data_dir: Path) -> Any:
-    """The stack's Settings with the knobs applied as settings objects."""
+def settings_for(knobs: dict[str, Any], data_dir: Path, import_root: Path | None = None) -> Any:
+    """The stack's Settings with the knobs applied as settings objects (and, for
+    ``--mode import``, the folder imports may read)."""
     from pydantic import SecretStr
 
     from deeplens.settings import (
@@ -128,7 +128,8 @@ def settings_for(knobs: dict[str, Any], data_dir: Path) -> Any:
         serve=ServeSettings(**groups["serve"]),
         ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
                                     upload_rate_limit_burst=10**6,
-                                    rate_limit_per_minute=10**7, rate_limit_burst=10**6))
+                                    rate_limit_per_minute=10**7, rate_limit_burst=10**6),
+        imports={"allowed_roots": [str(import_root)] if import_root else []})
 
 
 def applied_knobs(settings: Any) -> dict[str, Any]:
@@ -172,8 +173,9 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
         return images.encode(img, "JPEG", quality=85)
 
     warmup = [jpeg(i) for i in range(16)]
-    with tempfile.TemporaryDirectory() as tmp, \
-            quietly_closed(LocalStack(settings_for(knobs, Path(tmp))), "ceiling") as stack:
+    with tempfile.TemporaryDirectory() as tmp, quietly_closed(LocalStack(settings_for(
+            knobs, Path(tmp), Path(tmp) / "import-src" if args.mode == "import" else None)),
+            "ceiling") as stack:
         from ingestion.catalog import Catalog
 
         catalog = Catalog(stack.settings.effective_catalog_url)
@@ -194,7 +196,10 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
                 done += sum(1 for r in rows if r and r.status == "indexed" and r.dedup_tiers)
             return done
 
-        warm_ids = [upload(d) for d in warmup]
+        from benchmarks.ceiling_modes import sender
+
+        send = sender(args.mode, stack, client, upload, Path(tmp) / "import-src")
+        warm_ids = send(warmup, -1, args.clients)
         while finished(warm_ids) < len(warm_ids):
             time.sleep(0.2)
         pids = roles_by_pid(stack)
@@ -235,10 +240,12 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
                 daemon=True)
             if profiling:
                 profiler.start()
-            start = time.perf_counter()
-            with ThreadPoolExecutor(args.clients) as pool:
-                ids = list(pool.map(upload, payloads))
+            if hasattr(send, "prepare"):  # an import's folder, written before the clock
+                send.prepare(payloads, r)
+            start, driver_cpu = time.perf_counter(), time.process_time()
+            ids = send(payloads, r, args.clients)
             uploads_s = time.perf_counter() - start
+            driver_cpu = time.process_time() - driver_cpu  # the importer, in import mode
             while finished(ids) < len(ids):
                 time.sleep(0.25)
                 if time.perf_counter() - start > 1800:
@@ -250,11 +257,16 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
             stop.set()
             sampler.join()
             n = len(payloads)
-            whole, net = per_image(by_role(pids, before, after), n, idle_per_s, total_s)
+            cpu = by_role(pids, before, after)
+            if args.mode == "import":  # the import runs in this process: it counts
+                cpu["importer (bench driver)"] = driver_cpu
+            whole, net = per_image(cpu, n, idle_per_s, total_s)
+            outside = sum(ms for role, ms in whole.items() if "Embedder" not in role)
             return {"uploads_per_s": round(n / uploads_s, 1),
                     "end_to_end_images_per_s": round(n / total_s, 1),
                     "cpu_ms_per_image_by_role": whole,
                     "cpu_ms_per_image_total": round(sum(whole.values()), 1),
+                    "cpu_ms_per_image_outside_embedder": round(outside, 1),
                     "marginal_cpu_ms_per_image_by_role": net,
                     "marginal_cpu_ms_per_image_total": round(sum(net.values()), 1),
                     "lag": lag_rows, **({"profiles": profiles} if profiling else {})}
@@ -263,7 +275,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
         consumer.close()
     fixed = {r: round(1000 * s, 1) for r, s in sorted(idle_per_s.items(), key=lambda kv: -kv[1])
              if s > 0}
-    return {"images": args.images, "clients": args.clients,
+    return {"mode": args.mode, "images": args.images, "clients": args.clients,
             "size": f"{args.width}x{args.height}", "knobs": knobs_applied,
             "idle_s": round(idle_s, 1), "fixed_cpu_ms_per_s_by_role": fixed,
             "profile_s": args.profile, **summary}
@@ -295,6 +307,8 @@ def print_cell(figures: dict) -> None:
               f"{fixed.get(name, 0)} |")
     print(f"| total | {figures['cpu_ms_per_image_total']} | "
           f"{figures['marginal_cpu_ms_per_image_total']} | {round(sum(fixed.values()), 1)} |")
+    print(f"host CPU per image outside the Embedder ({figures.get('mode', 'single')}): "
+          f"{figures.get('cpu_ms_per_image_outside_embedder')} ms")
     for name, prof in sorted(figures.get("profiles", {}).items(),
                              key=lambda kv: -kv[1]["samples"]):
         print(f"\n### {name}: {prof['samples']} samples (py-spy, {figures['profile_s']:.0f} s)")
@@ -309,6 +323,10 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--images", type=int, default=400, help="images per round")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--mode", choices=["single", "batch", "import"], default="single",
+                        help="how images enter: one upload per request, POST /v1/images/batch "
+                             "(--clients batches at once), or `deeplens import` of a folder "
+                             "(run in this process; its CPU is counted)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--idle-s", type=float, default=3.0,
@@ -335,6 +353,7 @@ def main() -> None:
         print()
         print_cell(figures)
         name = "ceiling_profile" if args.profile else "ceiling"
+        name += "" if args.mode == "single" else f"_{args.mode}"
         print(f"\nknobs: {figures['knobs']}")
         print(f"recorded in {record(name, figures)}")
         return
