@@ -396,6 +396,8 @@ async function deleteImage(imageId, name) {
     library.loading = false;
     if (library.pages > 1) await refreshCounts(); else await loadLibrary();
     renderCounts("Deleted " + (name || imageId) + ".");
+    // The API counts a tenant at most once a second (TenantCounts): ask again after that.
+    setTimeout(() => { if (apiKey) refreshCounts(); }, 1500);
   } catch (e) { report(e, "delete"); }
 }
 
