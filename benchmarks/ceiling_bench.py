@@ -196,7 +196,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
                 done += sum(1 for r in rows if r and r.status == "indexed" and r.dedup_tiers)
             return done
 
-        from benchmarks.ceiling_modes import sender
+        from benchmarks.ceiling_modes import outside_embedder, sender
 
         send = sender(args.mode, stack, client, upload, Path(tmp) / "import-src")
         warm_ids = send(warmup, -1, args.clients)
@@ -261,7 +261,7 @@ def measure_stack(knobs: dict[str, Any], args: Any) -> dict:
             if args.mode == "import":  # the import runs in this process: it counts
                 cpu["importer (bench driver)"] = driver_cpu
             whole, net = per_image(cpu, n, idle_per_s, total_s)
-            outside = sum(ms for role, ms in whole.items() if "Embedder" not in role)
+            outside = outside_embedder(whole)
             return {"uploads_per_s": round(n / uploads_s, 1),
                     "end_to_end_images_per_s": round(n / total_s, 1),
                     "cpu_ms_per_image_by_role": whole,

@@ -10,6 +10,54 @@ from pathlib import Path
 from typing import Any
 
 Send = Callable[[list[bytes], int, int], list[str]]
+CLIENTS = "bench driver (clients)"  # the bench's own process: clients, polling, the sampler
+
+
+def outside_embedder(ms_by_role: dict[str, float]) -> float:
+    """Host CPU ms per image outside the Embedder: every role but the Embedder's and the
+    bench driver's (its clients are not DeepLens; in import mode the import, which runs
+    in the driver, is counted under its own role)."""
+    return round(sum(ms for role, ms in ms_by_role.items()
+                     if "Embedder" not in role and role != CLIENTS), 2)
+
+
+def summarize(paths: list[str]) -> dict[str, Any]:
+    """The modes side by side from their ``ceiling_bench --mode`` results files."""
+    import json
+
+    modes = {}
+    for path in paths:
+        run = json.loads(Path(path).read_text())
+        whole = run["cpu_ms_per_image_by_role"]
+        modes[run["mode"]] = {
+            "file": Path(path).name, "images": run["images"],
+            "edge_per_s": run["uploads_per_s"],
+            "end_to_end_images_per_s": run["end_to_end_images_per_s"],
+            "outside_embedder_ms": outside_embedder(whole),
+            "outside_embedder_net_ms": outside_embedder(run["marginal_cpu_ms_per_image_by_role"]),
+            "embedder_ms": whole.get("Serve Embedder", 0.0),
+            "by_role_ms": {r: ms for r, ms in whole.items() if r != CLIENTS}}
+    return {"modes": modes}
+
+
+def main() -> None:
+    from benchmarks.common import bench_parser, record
+
+    parser = bench_parser("python -m benchmarks.ceiling_modes RESULTS.json...: the "
+                          "modes of ceiling_bench runs side by side", repeat=False)
+    parser.add_argument("files", nargs="+")
+    args = parser.parse_args()
+    figures = summarize(args.files)
+    print("| mode | edge /s | end to end images/s | host CPU ms/image outside the Embedder "
+          "| net of fixed | Embedder ms |\n|---|---|---|---|---|---|")
+    for mode, f in figures["modes"].items():
+        print(f"| {mode} | {f['edge_per_s']} | {f['end_to_end_images_per_s']} | "
+              f"{f['outside_embedder_ms']} | {f['outside_embedder_net_ms']} | {f['embedder_ms']} |")
+    print(f"recorded in {record('ceiling_modes', figures)}")
+
+
+if __name__ == "__main__":
+    main()
 
 
 def sender(mode: str, stack: Any, client: Any, upload: Callable[[bytes], str],
