@@ -90,10 +90,13 @@ def test_upload_index_search_and_duplicates(stack) -> None:
     photos = [jpeg_bytes(scene(100 + i)) for i in range(6)]
     ids = [acme.post("/v1/images", files={"file": (f"p{i}.jpg", p)}).json()["image_id"]
            for i, p in enumerate(photos)]
-    exact_copy = io.BytesIO()
-    Image.open(io.BytesIO(photos[0])).save(exact_copy, "PNG")  # same pixels, other bytes
+    # The same picture with a comment segment added: other bytes, the same compressed
+    # picture (a JPEG's exact fingerprint, jc1, leaves metadata out).
+    comment = b"re-tagged by a photo manager"
+    exact_copy = io.BytesIO(photos[0][:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big")
+                            + comment + photos[0][2:])
     near_copy = jpeg_bytes(Image.open(io.BytesIO(photos[1])), quality=35)
-    exact_id = acme.post("/v1/images", files={"file": ("copy.png", exact_copy.getvalue())}
+    exact_id = acme.post("/v1/images", files={"file": ("copy.jpg", exact_copy.getvalue())}
                          ).json()["image_id"]
     near_id = acme.post("/v1/images", files={"file": ("near.jpg", near_copy)}).json()["image_id"]
     globex_id = globex.post("/v1/images", files={"file": ("g.jpg", photos[2])}).json()["image_id"]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import time
-
-from PIL import Image
 
 from cluster.samples import jpeg_bytes, scene
 from tests.web.conftest import ARTIFACTS, use_key, wait_rows, write
@@ -39,9 +36,10 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     drop_file(page, "dropped.jpg", photos[0], "image/jpeg")
     page.set_input_files("#files", [write(tmp_path / f"p{i}.jpg", p)
                                     for i, p in enumerate(photos[1:], start=1)])
-    copy = io.BytesIO()
-    Image.open(io.BytesIO(photos[2])).save(copy, "PNG")  # same pixels: an exact duplicate
-    page.set_input_files("#files", [write(tmp_path / "copy.png", copy.getvalue()),
+    # Other bytes, the same compressed picture (a comment added): an exact duplicate.
+    note = b"tagged elsewhere"
+    copy = photos[2][:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + photos[2][2:]
+    page.set_input_files("#files", [write(tmp_path / "copy.jpg", copy),
                                     write(tmp_path / "notes.jpg", b"plain text, not an image")])
     states = wait_rows(page, 6)
     assert states.count("indexed") == 5, states
@@ -51,7 +49,7 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     page.wait_for_selector("#results .card")
     first = page.locator("#results .card").first
     assert "1.000" in first.inner_text()
-    assert "p2.jpg" in first.inner_text() or "copy.png" in first.inner_text()
+    assert "p2.jpg" in first.inner_text() or "copy.jpg" in first.inner_text()
 
     page.fill("#query", "a sunny day")
     page.click("#search-text")
@@ -72,7 +70,7 @@ def test_upload_search_open_and_duplicates(page, tmp_path) -> None:
     page.wait_for_selector("#detail-dups .dup")
     dups = page.locator("#detail-dups").inner_text()
     assert "exact" in dups and "Tiers checked: exact, near" in dups
-    assert "copy.png" in dups, "a duplicate is shown by its file name, not a bare id"
+    assert "copy.jpg" in dups, "a duplicate is shown by its file name, not a bare id"
     page.wait_for_selector("#detail-dups .card img[src^='blob:']")  # and its thumbnail
     # Cards show the Embedder's thumbnails; no original is downloaded to draw them.
     assert any(url.endswith("/thumbnail") for url in fetched)
