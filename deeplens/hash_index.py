@@ -34,18 +34,20 @@ Every id list sent to the database is cut into ``IN_CHUNK`` slices.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+
+from deeplens.hash_cache import TenantHashes
+from deeplens.hash_distances import near_distances, numpy_distances
+
+__all__ = ["HashIndex", "image_hashes", "near_distances", "numpy_distances", "to_signed"]
 
 log = logging.getLogger(__name__)
 
@@ -75,106 +77,6 @@ def to_signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-_POOL: ThreadPoolExecutor | None = None
-_PARALLEL_ROWS = 20_000  # below this one thread is faster than handing out work
-
-
-def near_distances(stored: np.ndarray, query: np.ndarray,
-                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(whole, windowed) distances between each row of ``stored`` (N x W window hashes,
-    whole image first) and ``query`` (W).
-
-    One fused pass per row, compiled by numba and spread over the cores: 4.0 ms for
-    100,000 rows on the 2-core development machine (benchmarks/dedup_bench.py).
-    Without numba, the same sums in numpy: rows in chunks that stay in the CPU's cache
-    (the XOR buffer is reused, one byte per row comes out), over up to 4 threads
-    (numpy releases the GIL in these loops): ~11-14 ms for 100,000 rows."""
-    from deeplens.image_hashes import CENTRED
-
-    n = len(stored)
-    whole = np.empty(n, dtype=np.uint8)
-    windowed = np.empty(n, dtype=np.uint8)
-    kernels = _compiled_kernels()
-    if kernels is not None and n:
-        # Threads only where they pay: a parallel region's workers spin for a while after
-        # it ends, which on a small tenant costs more CPU than the pass itself.
-        kernel = kernels[1] if n >= _PARALLEL_ROWS else kernels[0]
-        kernel(np.ascontiguousarray(stored), np.ascontiguousarray(query), CENTRED[0],
-               CENTRED[1], whole, windowed)
-        return whole.astype(np.int64), windowed.astype(np.int64)
-    numpy_distances(stored, query, whole, windowed, chunk)
-    return whole.astype(np.int64), windowed.astype(np.int64)
-
-
-def numpy_distances(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,
-                    windowed: np.ndarray, chunk: int = 4096) -> None:
-    """``near_distances`` in numpy alone (the fallback, and the reference in tests)."""
-    global _POOL
-    n = len(stored)
-    parts = min(4, os.cpu_count() or 1) if n >= _PARALLEL_ROWS else 1
-    step = -(-n // parts) if n else 0
-    spans = [(i * step, min(n, (i + 1) * step)) for i in range(parts)]
-    if parts == 1:
-        _distances_into(stored, query, whole, windowed, 0, n, chunk)
-    else:
-        _POOL = _POOL or ThreadPoolExecutor(4, thread_name_prefix="near-distances")
-        list(_POOL.map(lambda span: _distances_into(stored, query, whole, windowed, *span,
-                                                    chunk), spans))
-
-
-@cache
-def _compiled_kernels() -> tuple[Any, Any] | None:
-    """The fused distance loop compiled by numba (cached on disk), one thread and all
-    cores; None without numba."""
-    try:
-        import numba
-    except ImportError:
-        log.warning("numba is not installed: near-duplicate look-ups use numpy (~3x slower)")
-        return None
-    u64 = numba.uint64
-
-    @numba.njit(inline="always")
-    def popcount(x: int) -> int:  # SWAR popcount of a 64-bit word
-        x = x - ((x >> u64(1)) & u64(0x5555555555555555))
-        x = (x & u64(0x3333333333333333)) + ((x >> u64(2)) & u64(0x3333333333333333))
-        x = (x + (x >> u64(4))) & u64(0x0F0F0F0F0F0F0F0F)
-        return (x * u64(0x0101010101010101)) >> u64(56)  # type: ignore[no-any-return]
-
-    def body(stored: np.ndarray, query: np.ndarray, centre_a: int, centre_b: int,
-             whole: np.ndarray, windowed: np.ndarray) -> None:
-        rows, width = stored.shape
-        for r in numba.prange(rows):
-            full = stored[r, 0]
-            best = popcount(stored[r, centre_a] ^ query[centre_a])
-            best = min(best, popcount(stored[r, centre_b] ^ query[centre_b]))
-            for k in range(width):
-                best = min(best, popcount(stored[r, k] ^ query[0]))  # query a crop of it
-                best = min(best, popcount(full ^ query[k]))  # or it a crop of the query
-            whole[r] = popcount(full ^ query[0])
-            windowed[r] = best
-
-    return (numba.njit(cache=True, nogil=True)(body),
-            numba.njit(parallel=True, cache=True, nogil=True)(body))
-
-
-def _distances_into(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,
-                    windowed: np.ndarray, start: int, stop: int, chunk: int) -> None:
-    from deeplens.image_hashes import CENTRED
-
-    buffer = np.empty((min(chunk, max(stop - start, 1)), stored.shape[1]), dtype=np.uint64)
-    for first in range(start, stop, chunk):
-        rows = stored[first : min(first + chunk, stop)]
-        xor = buffer[: len(rows)]
-        np.bitwise_xor(rows, query[0], out=xor)  # the query is a crop of a stored image
-        best = np.bitwise_count(xor).min(axis=1)
-        whole[first : first + len(rows)] = np.bitwise_count(xor[:, 0])
-        np.bitwise_xor(rows[:, :1], query[None, :], out=xor)  # or a stored one of the query
-        np.minimum(best, np.bitwise_count(xor).min(axis=1), out=best)
-        for k in CENTRED:  # both cropped, or both rotated: their centres agree
-            np.minimum(best, np.bitwise_count(rows[:, k] ^ query[k]), out=best)
-        windowed[first : first + len(rows)] = best
-
-
 def _windows_of(phash: int, windows: bytes | None) -> np.ndarray:
     from deeplens.image_hashes import WINDOWS
 
@@ -191,116 +93,6 @@ def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[An
         yield values[start:start + size]
 
 
-_HEX = frozenset("0123456789abcdef")
-
-
-class _TenantHashes:
-    """One tenant's near-tier hashes, compact: per stored image its window hashes
-    (8 bytes each), its id in 16 bytes (a uuid hex id; any other id also in a small
-    side dict), its ``seq`` and a live flag: ~420 bytes for 49 windows. Rows are kept
-    in the order they were read, which is ``seq`` order except for a row that committed
-    late (found by an overlap sweep); ``seqs`` stays non-decreasing so a row is found
-    by its ``seq`` with a binary search, and late rows are also kept in ``late``."""
-
-    GROWTH = 1.5  # amortised growth: each row is copied a bounded number of times
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self.n = 0  # slots used (alive or dead)
-        self.dead = 0
-        self.windows = np.empty((0, width), dtype=np.uint64)
-        self.keys = np.empty((0, 16), dtype=np.uint8)
-        self.seqs = np.empty(0, dtype=np.int64)
-        self.alive = np.empty(0, dtype=bool)
-        self.odd: dict[int, str] = {}  # slot -> an id that is not 32 hex digits
-        self.late: dict[int, int] = {}  # seq -> slot of a row appended out of seq order
-        self.last_seq = 0
-        self.swept_at = float("-inf")  # monotonic time of the last overlap sweep
-
-    def __len__(self) -> int:
-        return self.n - self.dead
-
-    def nbytes(self) -> int:
-        """Resident bytes: the rows in use (capacity past them is allocated but untouched,
-        so the operating system has given it no memory) and the side dicts."""
-        per_row = self.width * 8 + 16 + 8 + 1
-        return per_row * self.n + 120 * (len(self.odd) + len(self.late))
-
-    def append(self, seqs: np.ndarray, ids: Sequence[str], windows: np.ndarray) -> None:
-        count = len(seqs)
-        if not count:
-            return
-        self._reserve(self.n + count)
-        start, stop = self.n, self.n + count
-        self.windows[start:stop] = windows
-        self.alive[start:stop] = True
-        for offset, image_id in enumerate(ids):
-            if len(image_id) == 32 and _HEX.issuperset(image_id):
-                self.keys[start + offset] = np.frombuffer(bytes.fromhex(image_id), np.uint8)
-            else:
-                self.keys[start + offset] = 0
-                self.odd[start + offset] = image_id
-        floor = int(self.seqs[start - 1]) if start else 0
-        for offset, seq in enumerate(seqs.tolist()):  # keep the column non-decreasing
-            if seq < floor:
-                self.late[seq] = start + offset
-                seq = floor
-            self.seqs[start + offset] = floor = seq
-        self.n = stop
-        self.last_seq = max(self.last_seq, int(seqs.max()))
-
-    def _reserve(self, rows: int) -> None:
-        if rows <= len(self.alive):
-            return
-        capacity = max(rows, int(len(self.alive) * self.GROWTH), 1024)
-        for name in ("windows", "keys", "seqs", "alive"):
-            old = getattr(self, name)
-            new = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
-            new[: self.n] = old[: self.n]
-            setattr(self, name, new)
-
-    def image_id(self, slot: int) -> str:
-        odd = self.odd.get(slot)
-        return odd if odd is not None else self.keys[slot].tobytes().hex()
-
-    def slots_of(self, seqs: Sequence[int]) -> np.ndarray:
-        """The slot holding each of ``seqs`` (-1 where none): a binary search each."""
-        wanted = np.asarray(seqs, dtype=np.int64)
-        column = self.seqs[: self.n]
-        found = np.searchsorted(column, wanted)
-        inside = found < self.n
-        hit = np.zeros(len(wanted), dtype=bool)
-        hit[inside] = column[found[inside]] == wanted[inside]
-        out = np.where(hit, found, -1)
-        for i, seq in enumerate(wanted.tolist()):
-            slot = self.late.get(seq)
-            if slot is not None:
-                out[i] = slot
-            elif out[i] >= 0 and int(out[i]) in self.late.values():  # a late row's stand-in
-                out[i] = -1
-        return out
-
-    def kill(self, slots: Iterable[int]) -> None:
-        for slot in slots:
-            if 0 <= slot < self.n and self.alive[slot]:
-                self.alive[slot] = False
-                self.dead += 1
-        if self.dead > max(1024, self.n // 4):
-            self.compact()
-
-    def compact(self) -> None:
-        """Drop dead slots (rare: a quarter of the rows dead), keeping the order."""
-        keep = np.flatnonzero(self.alive[: self.n])
-        remap = {int(old): new for new, old in enumerate(keep.tolist())
-                 if int(old) in self.odd or int(old) in self.late.values()}
-        self.odd = {remap[s]: i for s, i in self.odd.items() if s in remap}
-        self.late = {q: remap[s] for q, s in self.late.items() if s in remap}
-        for name in ("windows", "keys", "seqs", "alive"):
-            column = getattr(self, name)
-            column[: len(keep)] = column[keep]
-        self.n, self.dead = len(keep), 0
-
-
 class HashIndex:
     def __init__(self, url: str, max_bytes: int = 0) -> None:
         """``max_bytes``: memory budget of the cached tenants (0: unbounded); past it the
@@ -309,7 +101,7 @@ class HashIndex:
 
         self.engine = make_engine(url)  # the catalog database; schema by deeplens/migrations
         self.max_bytes = max_bytes
-        self._cache: OrderedDict[str, _TenantHashes] = OrderedDict()
+        self._cache: OrderedDict[str, TenantHashes] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, tenant_id: str, image_id: str, sha256: str, pixel_sha256: str,
@@ -377,7 +169,7 @@ class HashIndex:
     def cached_bytes(self) -> int:
         return sum(c.nbytes() for c in self._cache.values())
 
-    def _refresh(self, tenant_id: str) -> _TenantHashes:
+    def _refresh(self, tenant_id: str) -> TenantHashes:
         """The tenant's cache brought up to date: rows past the highest ``seq`` seen, in
         pages (a first load of a large tenant streams), and now and then an overlap sweep
         for rows that committed late. Called with the lock held."""
@@ -385,7 +177,7 @@ class HashIndex:
 
         cached = self._cache.get(tenant_id)
         if cached is None:
-            cached = self._cache[tenant_id] = _TenantHashes(len(WINDOWS))
+            cached = self._cache[tenant_id] = TenantHashes(len(WINDOWS))
         self._cache.move_to_end(tenant_id)
         now = time.monotonic()
         t = image_hashes.c
@@ -439,7 +231,7 @@ class HashIndex:
                     cached.kill(int(s) for s in cached.slots_of(gone).tolist())
 
 
-def _append_rows(cached: _TenantHashes, rows: Sequence[Any]) -> None:
+def _append_rows(cached: TenantHashes, rows: Sequence[Any]) -> None:
     """Add a page of (seq, image_id, phash, windows) rows, decoded in bulk."""
     if not rows:
         return

@@ -1,0 +1,118 @@
+"""One tenant's cached hashes for the near tier, in compact arrays: window pHashes,
+sequence numbers and ids (16 bytes for a uuid hex), grown geometrically; deleted slots
+marked dead and compacted now and then, never a reload (``deeplens.hash_index``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class TenantHashes:
+    """One tenant's near-tier hashes, compact: per stored image its window hashes
+    (8 bytes each), its id in 16 bytes (a uuid hex id; any other id also in a small
+    side dict), its ``seq`` and a live flag: ~420 bytes for 49 windows. Rows are kept
+    in the order they were read, which is ``seq`` order except for a row that committed
+    late (found by an overlap sweep); ``seqs`` stays non-decreasing so a row is found
+    by its ``seq`` with a binary search, and late rows are also kept in ``late``."""
+
+    GROWTH = 1.5  # amortised growth: each row is copied a bounded number of times
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.n = 0  # slots used (alive or dead)
+        self.dead = 0
+        self.windows = np.empty((0, width), dtype=np.uint64)
+        self.keys = np.empty((0, 16), dtype=np.uint8)
+        self.seqs = np.empty(0, dtype=np.int64)
+        self.alive = np.empty(0, dtype=bool)
+        self.odd: dict[int, str] = {}  # slot -> an id that is not 32 hex digits
+        self.late: dict[int, int] = {}  # seq -> slot of a row appended out of seq order
+        self.last_seq = 0
+        self.swept_at = float("-inf")  # monotonic time of the last overlap sweep
+
+    def __len__(self) -> int:
+        return self.n - self.dead
+
+    def nbytes(self) -> int:
+        """Resident bytes: the rows in use (capacity past them is allocated but untouched,
+        so the operating system has given it no memory) and the side dicts."""
+        per_row = self.width * 8 + 16 + 8 + 1
+        return per_row * self.n + 120 * (len(self.odd) + len(self.late))
+
+    def append(self, seqs: np.ndarray, ids: Sequence[str], windows: np.ndarray) -> None:
+        count = len(seqs)
+        if not count:
+            return
+        self._reserve(self.n + count)
+        start, stop = self.n, self.n + count
+        self.windows[start:stop] = windows
+        self.alive[start:stop] = True
+        for offset, image_id in enumerate(ids):
+            if len(image_id) == 32 and _HEX.issuperset(image_id):
+                self.keys[start + offset] = np.frombuffer(bytes.fromhex(image_id), np.uint8)
+            else:
+                self.keys[start + offset] = 0
+                self.odd[start + offset] = image_id
+        floor = int(self.seqs[start - 1]) if start else 0
+        for offset, seq in enumerate(seqs.tolist()):  # keep the column non-decreasing
+            if seq < floor:
+                self.late[seq] = start + offset
+                seq = floor
+            self.seqs[start + offset] = floor = seq
+        self.n = stop
+        self.last_seq = max(self.last_seq, int(seqs.max()))
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self.alive):
+            return
+        capacity = max(rows, int(len(self.alive) * self.GROWTH), 1024)
+        for name in ("windows", "keys", "seqs", "alive"):
+            old = getattr(self, name)
+            new = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def image_id(self, slot: int) -> str:
+        odd = self.odd.get(slot)
+        return odd if odd is not None else self.keys[slot].tobytes().hex()
+
+    def slots_of(self, seqs: Sequence[int]) -> np.ndarray:
+        """The slot holding each of ``seqs`` (-1 where none): a binary search each."""
+        wanted = np.asarray(seqs, dtype=np.int64)
+        column = self.seqs[: self.n]
+        found = np.searchsorted(column, wanted)
+        inside = found < self.n
+        hit = np.zeros(len(wanted), dtype=bool)
+        hit[inside] = column[found[inside]] == wanted[inside]
+        out = np.where(hit, found, -1)
+        for i, seq in enumerate(wanted.tolist()):
+            slot = self.late.get(seq)
+            if slot is not None:
+                out[i] = slot
+            elif out[i] >= 0 and int(out[i]) in self.late.values():  # a late row's stand-in
+                out[i] = -1
+        return out
+
+    def kill(self, slots: Iterable[int]) -> None:
+        for slot in slots:
+            if 0 <= slot < self.n and self.alive[slot]:
+                self.alive[slot] = False
+                self.dead += 1
+        if self.dead > max(1024, self.n // 4):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop dead slots (rare: a quarter of the rows dead), keeping the order."""
+        keep = np.flatnonzero(self.alive[: self.n])
+        remap = {int(old): new for new, old in enumerate(keep.tolist())
+                 if int(old) in self.odd or int(old) in self.late.values()}
+        self.odd = {remap[s]: i for s, i in self.odd.items() if s in remap}
+        self.late = {q: remap[s] for q, s in self.late.items() if s in remap}
+        for name in ("windows", "keys", "seqs", "alive"):
+            column = getattr(self, name)
+            column[: len(keep)] = column[keep]
+        self.n, self.dead = len(keep), 0
