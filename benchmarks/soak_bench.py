@@ -58,6 +58,10 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000, help="uploads per round")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--warmup-rounds", type=int, default=2)
+    parser.add_argument("--recycle-messages", type=int, default=2000,
+                        help="the local broker recycles a drained topic at this many records "
+                             "(DEEPLENS_KAFKA__LOCAL_BROKER_RECYCLE_MESSAGES; the default "
+                             "10,000 is more than a short soak writes)")
     parser.add_argument("--allow-kb-per-image", type=float, default=3.0,
                         help="growth per stored image any one role may show after warm-up")
     args = parser.parse_args()
@@ -81,7 +85,8 @@ def main() -> int:
         settings = Settings(
             data_dir=Path(tmp), api_keys=SecretStr(f"soak:{KEY}"),
             model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-            kafka=KafkaSettings(local_broker_recycle_interval_s=5.0),
+            kafka=KafkaSettings(local_broker_recycle_interval_s=5.0,
+                                local_broker_recycle_messages=args.recycle_messages),
             ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
                                         upload_rate_limit_burst=10**6,
                                         rate_limit_per_minute=10**7, rate_limit_burst=10**6))
