@@ -21,7 +21,8 @@ from deeplens.settings import Settings
 KEY = "key-acme-0123456789ab"
 # Unfinished (issue 27): on the session's shared broker the first test saw no lag at all
 # after its uploads, while the same stack on a fresh broker scaled indexing 1 -> 3
-# (checked by hand, same settings and hold, 12 uploads); skipped until that difference is found, so CI stays green.
+# (checked by hand, same settings and hold, 12 uploads); skipped until that difference
+# is found, so CI stays green.
 pytestmark = pytest.mark.skip(reason="issue 27: real-stack scaling test not yet passing "
                               "on the shared test broker")
 SLOW_S = 0.6  # each indexing batch takes this long: the stage falls behind the uploads
