@@ -6,12 +6,38 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from serve_apps.embedder import Embedder, EmbedderArgs
 from tests import images
 from tests.serve_apps.test_device_faults import TINY
 
 
-def test_a_query_is_not_queued_behind_upload_batches(monkeypatch) -> None:
+@pytest.fixture
+def fresh_batch_queues():
+    """Serve builds a ``@serve.batch`` method's queue lazily, on first call, and keeps it
+    in the method's closure, shared by the class. Run here, in the test process, that
+    queue would make the deployment class unpicklable for every later ``serve.run`` in
+    this process (the web tests' stack); so it is dropped again afterwards."""
+    from ray.serve.batching import _LazyBatchQueueWrapper
+
+    yield
+    seen: set[int] = set()
+    functions = list(vars(Embedder.func_or_class).values())
+    while functions:  # the wrapper sits in the closure of a closure of the method
+        function = functions.pop()
+        if id(function) in seen:
+            continue
+        seen.add(id(function))
+        for cell in getattr(function, "__closure__", None) or ():
+            value = cell.cell_contents
+            if isinstance(value, _LazyBatchQueueWrapper):
+                value._queue = None
+            elif callable(value):
+                functions.append(value)
+
+
+def test_a_query_is_not_queued_behind_upload_batches(monkeypatch, fresh_batch_queues) -> None:
     from ray.serve import batching
 
     # Outside a replica, Serve's batch queue cannot read the deployment's settings for a
