@@ -60,8 +60,10 @@ def test_batch_knobs_change_at_run_time(ray_session) -> None:
     args = EmbedderArgs(model=TINY, max_batch_size=2, batch_wait_timeout_s=0.2)
     handle = serve.run(build_embedder(settings, args), name="knobs", route_prefix=None)
     try:
-        async def burst(n: int) -> None:
-            await asyncio.gather(*(handle.embed.remote(images.jpeg(s)) for s in range(n)))
+        async def burst(n: int) -> None:  # the upload path: the batch the knobs set
+            # (embed() is the query lane, whose own small batch is fixed)
+            await asyncio.gather(*(handle.embed_images.remote([images.jpeg(s)])
+                                   for s in range(n)))
 
         asyncio.run(burst(16))
         assert handle.stats.remote().result()["max_batch_size_seen"] <= 2
