@@ -22,6 +22,11 @@ def test_a_status_waits_for_the_stages_that_move_it() -> None:
     assert caught_up(behind, set(RUNNING)) == {"validated", "processed"}
     assert caught_up({("projection", "images.indexed", 1): 1}, set(RUNNING)) == {
         "uploaded", "validated"}
+    # a bulk import's backlog holds its statuses too: queued, not stuck
+    assert caught_up({("validation", "images.uploaded.bulk", 0): 500}, set(RUNNING)) == {
+        "validated", "processed"}
+    assert caught_up({("embedding", "images.validated.bulk", 2): 9}, set(RUNNING)) == {
+        "uploaded", "processed"}
     # a stage that is not running (a stack without projection) cannot hold anything
     assert caught_up({("projection", "images.indexed", 1): 1}, {"validation"}) == {
         "uploaded", "validated", "processed"}
