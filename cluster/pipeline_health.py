@@ -80,15 +80,13 @@ class PipelineWatch:
         """Ask every stage actor for its stats, each on its own deadline."""
         import ray
 
-        prefix = self.settings.kafka.topic_prefix
         calls: dict[Any, str] = {}
-        for stage, state in self.stages.items():
-            for i in range(state.wanted):
-                try:
-                    handle = ray.get_actor(f"{prefix}{stage}-{i}")
-                except ValueError:
-                    continue  # not started, or gone for good
-                calls[handle.stats.remote()] = stage
+        for name, stage in self._actor_names():
+            try:
+                handle = ray.get_actor(name)
+            except ValueError:
+                continue  # gone since it was listed
+            calls[handle.stats.remote()] = stage
         ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=ACTOR_TIMEOUT_S) \
             if calls else ([], [])
         answers: dict[str, list[dict[str, Any]]] = {stage: [] for stage in self.stages}
@@ -110,6 +108,19 @@ class PipelineWatch:
                 elif state.dead_since is None:
                     state.dead_since = now
             return dict(self.stages)
+
+    def _actor_names(self) -> list[tuple[str, str]]:
+        """(actor name, stage) of every stage actor alive in this namespace, those the
+        scaling controller added above the configured counts included."""
+        import ray
+
+        prefix = self.settings.kafka.topic_prefix
+        out = []
+        for name in ray.util.list_named_actors():
+            stage, dash, index = name.removeprefix(prefix).rpartition("-")
+            if name.startswith(prefix) and dash and index.isdigit() and stage in self.stages:
+                out.append((name, stage))
+        return out
 
     def poll_embedder(self) -> int | None:
         """Running Embedder replicas (None if Serve cannot be asked)."""

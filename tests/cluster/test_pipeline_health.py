@@ -65,3 +65,31 @@ def test_readyz_answers_503_with_reasons_and_shows_nodes_to_the_operator_only() 
     assert operator.json()["stages"]["indexing"]["nodes"] == ["10.0.0.2/ab"]
     watch.state = "ok"
     assert client.get("/readyz").status_code == 200
+
+
+def test_actors_the_controller_added_count_as_live(ray_session) -> None:
+    """Stage actors are found by name in the namespace, not by the configured count: an
+    actor the scaling controller added (index 3 of a stage configured with 1) counts."""
+    import uuid
+
+    import ray
+
+    from cluster.pipeline_health import PipelineWatch
+    from deeplens.settings import KafkaSettings, Settings
+
+    @ray.remote(num_cpus=0)
+    class Stage:
+        def stats(self) -> dict:
+            return {"alive": True, "node": "n1"}
+
+    prefix = f"ph{uuid.uuid4().hex[:6]}."
+    added = Stage.options(name=f"{prefix}indexing-3").remote()
+    other = Stage.options(name=f"{prefix}sweeper").remote()
+    ray.get([added.stats.remote(), other.stats.remote()])
+    watch = PipelineWatch(Settings(kafka=KafkaSettings(topic_prefix=prefix)),
+                          {"indexing": 1, "dedup": 1})
+    stages = watch.poll_stages()
+    assert stages["indexing"].live == 1 and stages["indexing"].nodes == ["n1"]
+    assert stages["dedup"].live == 0
+    for actor in (added, other):
+        ray.kill(actor)
