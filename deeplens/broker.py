@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,8 +40,24 @@ def tansu_binary() -> str:
         raise BrokerError(f"no tansu binary for this platform: {exc}") from exc
 
 
+# Below Linux's default ephemeral range (32768-60999): a port the kernel hands out for an
+# outgoing connection (a Kafka client, Ray's own) can no longer take the one picked here
+# between the pick and the listener's bind (seen in CI: Serve's proxy "Failed to bind").
+# Ray's worker ports start at 10002 and end at 19999 by default, so the range starts above.
+_PICK_FROM, _PICK_TO = 20000, 32700
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.randrange(_PICK_FROM, _PICK_TO)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a range this full is unusual: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -74,3 +74,27 @@ def test_local_broker_counts_batched_records(kafka_settings) -> None:
     batched = kafka_settings.model_copy(update={"one_record_per_batch": False})
     topic = _fresh_topic(batched)
     assert _produce_and_read_watermark(batched, topic, 25, **{"linger.ms": 50}) == 25
+
+
+def test_free_port_is_bindable_and_outside_the_ephemeral_range() -> None:
+    """Outgoing connections take ports from 32768 up; a picked port there could be taken
+    between the pick and a listener's bind (Serve's proxy failed so in CI)."""
+    import socket
+
+    ports = {broker_mod.free_port() for _ in range(20)}
+    assert all(20000 <= port < 32768 for port in ports)
+    assert len(ports) > 1  # picked at random, so parallel stacks rarely meet
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
+
+
+def test_free_port_skips_a_port_in_use(monkeypatch) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        busy.listen()
+        picks = iter([taken, taken, *range(25001, 25200)])
+        monkeypatch.setattr(broker_mod.random, "randrange", lambda a, b: next(picks))
+        assert broker_mod.free_port() != taken
