@@ -219,7 +219,8 @@ def search_side(settings: Any, tenant: str, n_rows: int, args: Any,
     build_s = time.perf_counter() - start
     growth = rss_bytes() - before
     live = np.flatnonzero(index.alive[: index.used])
-    queries = index.vectors[rng.choice(live, size=args.queries)] + rng.normal(
+    held = index.vectors_of(live)  # once the graph is built, its f16 copy is the only one
+    queries = held[rng.choice(len(live), size=args.queries)] + rng.normal(
         scale=0.05, size=(args.queries, args.dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     times, recalls = [], []
@@ -227,9 +228,10 @@ def search_side(settings: Any, tenant: str, n_rows: int, args: Any,
         start = time.perf_counter()
         hits = store.search(MODEL, tenant, q, 10)
         times.append(time.perf_counter() - start)
-        scores = index.vectors[live] @ q
+        scores = held @ q
         exact = {index.ids[s] for s in live[np.argpartition(-scores, 10)[:10]]}
         recalls.append(len(exact & {h.image_id for h in hits}) / 10)
+    del held
     victims = [index.ids[s] for s in rng.choice(live, size=args.deletes, replace=False)]
     cpu = time.process_time()
     for image_id in victims:  # as the Gateway learns of each: a tombstone, then a refresh

@@ -194,7 +194,8 @@ def multi_tenant(total: int, big: int, n_queries: int, rng: np.random.Generator)
             queries = queries_for(vectors, n_queries, rng)
             result = measure(lambda q, t=tenant: [h.image_id for h in search.search(
                 model, t, q, 10)], queries, exact_truth(vectors, queries))
-            size = index.vectors.nbytes * len(index) / max(len(index.alive), 1)
+            flat = index.vectors.nbytes if index.vectors is not None else 0  # None: graph only
+            size = flat * len(index) / max(len(index.alive), 1)
             graph = index.hnsw.memory_usage if index.hnsw is not None else 0
             figures[label] = {
                 "vectors": len(index), "path": "HNSW" if index.hnsw is not None else "flat",

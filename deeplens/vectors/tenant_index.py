@@ -3,7 +3,13 @@ HNSW graph (f16, cosine) from ``HNSW_MIN_ROWS`` rows on, built in a background t
 while the flat path keeps answering. Used by ``deeplens/vectors/memory.py``.
 
 A removed image's slot is reused by the next new one, so a tenant with churn keeps
-as many slots as it ever held at once, and the flat scan covers few dead rows."""
+as many slots as it ever held at once, and the flat scan covers few dead rows.
+
+Memory per image (``benchmarks/scale_bench.py`` measures it): below the threshold the
+float32 row (2 KB at 512-d) plus ~300 bytes of id, name and stamps; once the graph is
+built, the flat matrix is dropped and the graph's f16 copy (plus its links) is the only
+one, read back for re-scoring, about 1.2 KB plus the same ~300 bytes. Stamps are int64
+microseconds in arrays, not datetime objects."""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -28,7 +34,23 @@ HNSW_EXPANSION_SEARCH = 128
 HNSW_ADD_CHUNK = 256
 # An id string, its dict entry and list slots, a name, two datetimes (measured by
 # benchmarks/scale_bench.py, which reports the process's growth per image as well).
-PER_SLOT_OBJECT_BYTES = 300  # recall@10 ~0.98 at 100k (benchmarks/RESULTS.md)
+PER_SLOT_OBJECT_BYTES = 220  # recall@10 ~0.98 at 100k (benchmarks/RESULTS.md)
+_NO_TIME = np.iinfo(np.int64).min  # a stamp that is None
+
+
+def _micros(when: datetime | None) -> int:
+    if when is None:
+        return int(_NO_TIME)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (int(when.timestamp()) * 1_000_000) + when.microsecond
+
+
+def _when(micros: int) -> datetime | None:
+    if micros == _NO_TIME:
+        return None
+    seconds, rest = divmod(int(micros), 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest)
 
 
 @dataclass
@@ -49,9 +71,10 @@ class TenantIndex:
         self.slots: dict[str, int] = {}
         self.ids: list[str] = []
         self.names: list[str] = []
-        self.uploaded: list[datetime | None] = []
-        self.stamps: list[datetime | None] = []
-        self.vectors = np.zeros((64, dim), dtype=np.float32)
+        self.uploaded = np.full(64, _NO_TIME, dtype=np.int64)  # microseconds since epoch
+        self.stamps = np.full(64, _NO_TIME, dtype=np.int64)
+        # The flat copy; None once the HNSW graph holds the vectors (its f16 copy).
+        self.vectors: np.ndarray | None = np.zeros((64, dim), dtype=np.float32)
         self.alive = np.zeros(64, dtype=bool)
         self.used = 0
         self.free: list[int] = []  # slots of removed images, reused first
@@ -67,18 +90,21 @@ class TenantIndex:
     def upsert(self, rows: list[Row]) -> None:
         with self._lock:
             for row in rows:
+                stamp = _micros(row.indexed_at)
                 slot = self.slots.get(row.image_id)
                 if slot is not None:
-                    held = self.stamps[slot]
-                    if held is not None and row.indexed_at is not None and row.indexed_at <= held:
+                    held = int(self.stamps[slot])
+                    if held != _NO_TIME and stamp != _NO_TIME and stamp <= held:
                         continue  # the version we hold already (re-read in the overlap)
                 else:
                     slot = self._new_slot(row.image_id)
-                self.vectors[slot] = row.vector
-                self.names[slot], self.uploaded[slot] = row.name, row.uploaded_at
-                self.stamps[slot] = row.indexed_at
+                vector = np.asarray(row.vector, dtype=np.float32)
+                if self.vectors is not None:
+                    self.vectors[slot] = vector
+                self.names[slot] = row.name
+                self.uploaded[slot], self.stamps[slot] = _micros(row.uploaded_at), stamp
                 self.alive[slot] = True
-                self._touch(slot, present=True)
+                self._touch(slot, present=True, vector=vector)
             self._maybe_build()
 
     def remove(self, image_id: str) -> bool:
@@ -94,37 +120,40 @@ class TenantIndex:
     def nbytes(self) -> int:
         """Memory held, about: arrays, the per-slot Python objects, the HNSW graph."""
         graph = int(self.hnsw.memory_usage) if self.hnsw is not None else 0
-        return self.vectors.nbytes + self.alive.nbytes + PER_SLOT_OBJECT_BYTES * self.used \
-            + graph
+        flat = self.vectors.nbytes if self.vectors is not None else 0
+        return flat + self.alive.nbytes + self.uploaded.nbytes + self.stamps.nbytes \
+            + PER_SLOT_OBJECT_BYTES * self.used + graph
 
     def _new_slot(self, image_id: str) -> int:
         if self.free:
             slot = self.free.pop()
             self.slots[image_id] = slot
             self.ids[slot], self.names[slot] = image_id, ""
-            self.uploaded[slot] = self.stamps[slot] = None
+            self.uploaded[slot] = self.stamps[slot] = _NO_TIME
             return slot
         if self.used == len(self.alive):
             grow = max(64, len(self.alive))
-            self.vectors = np.concatenate([self.vectors, np.zeros((grow, self.dim), np.float32)])
+            if self.vectors is not None:
+                self.vectors = np.concatenate(
+                    [self.vectors, np.zeros((grow, self.dim), np.float32)])
             self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
+            self.uploaded = np.concatenate([self.uploaded, np.full(grow, _NO_TIME, np.int64)])
+            self.stamps = np.concatenate([self.stamps, np.full(grow, _NO_TIME, np.int64)])
         slot = self.used
         self.used += 1
         self.slots[image_id] = slot
         self.ids.append(image_id)
         self.names.append("")
-        self.uploaded.append(None)
-        self.stamps.append(None)
         return slot
 
-    def _touch(self, slot: int, present: bool) -> None:
+    def _touch(self, slot: int, present: bool, vector: np.ndarray | None = None) -> None:
         if self._building:
             self._changed_while_building.add(slot)
         elif self.hnsw is not None:
             if self.hnsw.contains(slot):
                 self.hnsw.remove(slot)
             if present:
-                self.hnsw.add(slot, self.vectors[slot])
+                self.hnsw.add(slot, vector)
 
     def _maybe_build(self) -> None:
         if self.hnsw is None and not self._building and len(self.slots) >= self.hnsw_min_rows:
@@ -153,6 +182,7 @@ class TenantIndex:
                     graph.add(slot, self.vectors[slot])
             self._changed_while_building = set()
             self.hnsw, self._building = graph, False
+            self.vectors = None  # the graph's f16 copy is the only one from here on
         log.info("HNSW over %d vectors built in %.1f s", len(keys), time.perf_counter() - started)
 
     # -- reads ----------------------------------------------------------------------
@@ -165,7 +195,16 @@ class TenantIndex:
     def vector(self, image_id: str) -> np.ndarray | None:
         with self._lock:
             slot = self.slots.get(image_id)
-            return None if slot is None else self.vectors[slot].copy()
+            return None if slot is None else self.vectors_of(np.array([slot]))[0].copy()
+
+    def vectors_of(self, slots: np.ndarray) -> np.ndarray:
+        """The float32 vectors of ``slots``: from the flat copy, or from the graph's."""
+        if self.vectors is not None:
+            return self.vectors[slots]
+        if not len(slots):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self.hnsw.get(np.asarray(slots, dtype=np.int64), dtype=np.float32),
+                          dtype=np.float32).reshape(len(slots), self.dim)
 
     def search(self, query: np.ndarray, k: int, exclude: frozenset[str]) -> list[Hit]:
         query = np.asarray(query, dtype=np.float32)
@@ -176,7 +215,7 @@ class TenantIndex:
                 slots = self._hnsw_candidates(query, k + len(exclude) + 10)
             else:
                 slots = self._flat_candidates(query, k + len(exclude))
-            scores = self.vectors[slots] @ query if len(slots) else np.zeros(0)
+            scores = self.vectors_of(slots) @ query if len(slots) else np.zeros(0)
             order = np.argsort(-scores, kind="stable")
             hits = []
             for i in order:
@@ -184,7 +223,8 @@ class TenantIndex:
                 image_id = self.ids[slot]
                 if image_id in exclude:
                     continue
-                hits.append(Hit(image_id, float(scores[i]), self.names[slot], self.uploaded[slot]))
+                hits.append(Hit(image_id, float(scores[i]), self.names[slot],
+                                _when(self.uploaded[slot])))
                 if len(hits) == k:
                     break
             return hits

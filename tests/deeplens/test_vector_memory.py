@@ -377,3 +377,30 @@ def test_a_memory_budget_drops_the_least_recently_searched_tenant(tmp_path) -> N
     assert search.memory_bytes() <= search.max_bytes
     assert search.search("m/x", "b", vectors[7], 1)[0].image_id == "img7", "reloaded"
     search.close()
+
+
+def test_a_built_graph_is_the_only_copy_and_answers_as_the_flat_one_did() -> None:
+    """Memory per image (issue 24: <= 2.3 KB at 512-d): once the HNSW graph holds the
+    vectors, the float32 matrix is dropped; names, stamps and vectors still come back."""
+    vectors = clustered(3000, seed=3)
+    when = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
+    index = TenantIndex(64, hnsw_min_rows=1000)
+    index.upsert([Row(f"img{i}", v, f"{i}.jpg", when, when) for i, v in enumerate(vectors)])
+    assert index.wait_built(120) and index.vectors is None
+    hit = index.search(vectors[7], 1, frozenset())[0]
+    assert (hit.image_id, hit.original_file_name, hit.uploaded_at) == ("img7", "7.jpg", when)
+    assert np.allclose(index.vector("img7"), vectors[7], atol=2e-3)  # f16 in the graph
+    # an upsert and a delete after the flat copy went: the graph follows, slots are reused
+    used = index.used
+    index.remove("img8")
+    index.upsert([Row("fresh", -vectors[0], "fresh.jpg", None, None)])
+    assert index.used == used  # img8's slot went to "fresh"
+    top = index.search(-vectors[0], 1, frozenset())[0]
+    assert (top.image_id, top.uploaded_at) == ("fresh", None)
+    assert index.vector("img8") is None
+    # a re-read of the version held (same stamp) changes nothing; a newer one replaces it
+    index.upsert([Row("img9", -vectors[9], "9.jpg", when, when)])
+    assert np.allclose(index.vector("img9"), vectors[9], atol=2e-3)
+    index.upsert([Row("img9", -vectors[9], "9.jpg", when, when.replace(second=1))])
+    assert np.allclose(index.vector("img9"), -vectors[9], atol=2e-3)
+    assert index.search(-vectors[9], 1, frozenset())[0].image_id == "img9"
