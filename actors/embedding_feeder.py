@@ -31,6 +31,8 @@ from deeplens import serve_names
 from deeplens.events import ImageProcessed, ImageValidated, encode_vector, utcnow
 from deeplens.image_hashes import hex64
 from deeplens.kafka import Outbound
+from deeplens.model_catalog import ModelView
+from deeplens.model_view import CachedModelView
 from deeplens.settings import Settings
 from deeplens.stage_sdk import Envelope, Retry, usage_event
 from deeplens.storage import ObjectMissing, Storage, make_storage, thumbnail_path
@@ -51,7 +53,8 @@ class EmbedderUnavailable(RuntimeError):
     """The Embedder could not answer (a transient fault: the batch is retried)."""
 
 
-def processed_event(event: ImageValidated, result: Any, thumbnail: str | None) -> ImageProcessed:
+def processed_event(event: ImageValidated, result: Any, thumbnail: str | None,
+                    shadows: dict[str, str] | None = None) -> ImageProcessed:
     fields = set(ImageValidated.model_fields) - {"event_id", "schema_version"}
     return ImageProcessed(
         **event.model_dump(include=fields),
@@ -60,6 +63,7 @@ def processed_event(event: ImageValidated, result: Any, thumbnail: str | None) -
         phash=hex64(result.phash) if result.phash is not None else None,
         window_hashes=base64.b64encode(result.windows).decode() if result.windows else None,
         pixel_fingerprint=result.fingerprint, thumbnail_path=thumbnail,
+        shadow_vectors=shadows or {},
     )
 
 
@@ -137,11 +141,36 @@ def embed_spread(handle: Any, images: list[bytes], replicas: int) -> list[Any]:
     return [result for call in calls for result in call.result(timeout_s=300)]
 
 
+def shadow_vectors(view: ModelView, handles: dict[str, Any],
+                   sent: list[tuple[Envelope, bytes]], results: list[Any]
+                   ) -> dict[int, dict[str, str]]:
+    """During a model change, the embedded images by the other model too (dual-write):
+    id(envelope) -> {model id: encoded vector}. A failed call raises (the batch is
+    retried), so no image indexed meanwhile lacks its other model's vector."""
+    ok = [(env, data, r) for (env, data), r in zip(sent, results, strict=True) if r.ok]
+    others = view.embed_with(ok[0][2].model_id) if ok else []
+    out: dict[int, dict[str, str]] = {}
+    for model_id in others:
+        if model_id not in handles:
+            handles[model_id] = serve_names.model_handle(model_id)
+        try:
+            answers = handles[model_id].embed_vectors.remote(
+                [data for _, data, _ in ok]).result(timeout_s=300)
+        except Exception as exc:  # noqa: BLE001 - its replica gone or busy: retry the batch
+            raise EmbedderUnavailable(f"{model_id} Embedder call failed: {exc}") from exc
+        for (env, _, _), answer in zip(ok, answers, strict=True):
+            if answer.ok and answer.model_id == model_id:
+                out.setdefault(id(env), {})[model_id] = encode_vector(answer.vector)
+    return out
+
+
 def build_handler(settings: Settings,
                   embedder: Any = None) -> Callable[[Sequence[Envelope]], list[Outbound | Retry]]:
     """The batch handler; ``embedder`` is a Serve handle (looked up by name if not given)."""
     storage = make_storage(settings)
     tombstones = Tombstones(settings.effective_catalog_url)
+    view = CachedModelView(settings.effective_catalog_url)
+    shadow_handles: dict[str, Any] = {}
     pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="feeder-io")
     handles: list[Any] = [embedder] if embedder is not None else []
     replicas = ReplicaCount(None if embedder is None else (lambda: 1))
@@ -173,12 +202,14 @@ def build_handler(settings: Settings,
             raise EmbedderUnavailable(f"Embedder call failed: {type(exc).__name__}: {exc}") from exc
         per_image_ms = (time.perf_counter() - started) * 1000 / len(sent)
         thumbs = _store_thumbnails(storage, pool, tombstones, sent, results)
+        shadows = shadow_vectors(view(), shadow_handles, sent, results)
         for (env, _), result in zip(sent, results, strict=True):
             event = env.event
             assert isinstance(event, ImageValidated)
             if result.ok:
                 outputs.append(Outbound("images.processed", event.image_id,
-                                        processed_event(event, result, thumbs.get(id(env)))))
+                                        processed_event(event, result, thumbs.get(id(env)),
+                                                        shadows.get(id(env)))))
                 outputs.append(usage(event, "images_embedded", 1))
                 outputs.append(usage(event, "embedding_ms", round(per_image_ms, 3)))
             elif result.error_kind == "decode":

@@ -10,9 +10,12 @@ never left behind.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from deeplens.events import ImageIndexed, ImageProcessed
 from deeplens.kafka import Outbound
@@ -33,6 +36,12 @@ def record_of(event: ImageProcessed) -> VectorRecord:
                         event.original_file_name, event.uploaded_at)
 
 
+def shadow_record(event: ImageProcessed, encoded: str) -> VectorRecord:
+    vector = np.frombuffer(base64.b64decode(encoded), dtype="<f4")
+    return VectorRecord(event.tenant_id, event.image_id, vector, event.original_file_name,
+                        event.uploaded_at)
+
+
 def index_batch(store: VectorStore, tombstones: Tombstones,
                 batch: Sequence[Envelope]) -> list[Outbound]:
     deleted, envelopes = split_deleted(batch)
@@ -43,11 +52,16 @@ def index_batch(store: VectorStore, tombstones: Tombstones,
     # ordered with each other): check its tombstone before the write ...
     dead = tombstones.dead((e.tenant_id, e.image_id) for e in processed)
     by_model: dict[str, list[ImageProcessed]] = defaultdict(list)
+    shadows: dict[str, list[VectorRecord]] = defaultdict(list)  # a model change's other model
     for event in processed:
         if (event.tenant_id, event.image_id) in dead:
             log.info("skipping %s: deleted before it was indexed", event.image_id)
-        else:
-            by_model[event.feature_model].append(event)
+            continue
+        by_model[event.feature_model].append(event)
+        for model_id, encoded in event.shadow_vectors.items():
+            shadows[model_id].append(shadow_record(event, encoded))
+    for model_id, records in shadows.items():  # before the primary: indexed means both
+        store.upsert(model_id, records)
     outputs: list[Outbound] = []
     for model_id, events in by_model.items():
         store.upsert(model_id, [record_of(e) for e in events])  # raises unless all taken

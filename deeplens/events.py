@@ -113,6 +113,9 @@ class ImageProcessed(ImageValidated):
     window_hashes: str | None = None  # base64 of big-endian u64 pHashes of image_hashes.WINDOWS
     pixel_fingerprint: str | None = None  # deeplens.image_hashes.fingerprint
     thumbnail_path: str | None = None
+    # During a model change: the same image by the other model(s), model id -> base64
+    # float32 (as features_f32); the indexer writes each to its model's collection.
+    shadow_vectors: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _has_a_vector(self) -> ImageProcessed:

@@ -33,3 +33,18 @@ def running_embedder_replicas() -> int | None:
     deployment = app.deployments.get(EMBEDDER_DEPLOYMENT) if app else None
     states = deployment.replica_states if deployment else {}
     return int(sum(n for state, n in states.items() if str(state).endswith("RUNNING")))
+
+
+def model_app_name(model_id: str) -> str:
+    """The Serve application of a model other than the configured one (a model change's
+    target, or the active model after one): ``embedder-<digest of its id>``."""
+    import hashlib
+
+    return f"{EMBEDDER_APP}-{hashlib.sha1(model_id.encode()).hexdigest()[:10]}"
+
+
+def model_handle(model_id: str) -> Any:
+    """A handle to the Embedder deployment of ``model_id``'s own application."""
+    from ray import serve
+
+    return serve.get_deployment_handle(EMBEDDER_DEPLOYMENT, app_name=model_app_name(model_id))

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deeplens.api_keys import parse_api_keys
 from deeplens.import_settings import ImportSettings
 from deeplens.kafka_settings import KafkaSettings
+from deeplens.migration_settings import MigrationSettings
 from deeplens.scaling_settings import ScalingSettings
 
 ENV_PREFIX = "DEEPLENS_"
@@ -239,6 +240,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     scaling: ScalingSettings = ScalingSettings()
     imports: ImportSettings = ImportSettings()
+    migration: MigrationSettings = MigrationSettings()
 
     @field_validator("api_keys")
     @classmethod

@@ -103,6 +103,11 @@ class Embedder:
         Items still join ``@serve.batch`` batches one by one, across every caller."""
         return list(await asyncio.gather(*(self._batch((item, True)) for item in images)))
 
+    async def embed_vectors(self, images: list[bytes]) -> list[Embedding]:
+        """Vectors only, on the upload batches: a model change's backfill and the second
+        model's embedding of new uploads (no thumbnail, no hashes)."""
+        return list(await asyncio.gather(*(self._batch((item, False)) for item in images)))
+
     async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
         from serve_apps.model import encode_texts
 

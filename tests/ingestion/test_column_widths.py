@@ -72,6 +72,28 @@ def _widest_values() -> dict[tuple[str, str], list[str]]:
         ("import_jobs", "tenant_id"): [LONGEST_TENANT],
         ("import_jobs", "source"): ["s" * MAX_SOURCE_LENGTH],  # parse_source refuses longer
         ("import_jobs", "state"): ["running", "cancelled", "done", "failed"],
+        **_model_change_values(),
+    }
+
+
+def _model_change_values() -> dict[tuple[str, str], list[str]]:
+    """deeplens/model_catalog.py: migration ids are uuid4 hex, states its own list."""
+    from deeplens.model_catalog import SLOT, UNFINISHED
+    from serve_apps.model import model_identity
+
+    models = [model_identity(ModelSettings()), "m" * 128]  # model_identity refuses longer
+    return {
+        ("model_migrations", "migration_id"): [uuid.uuid4().hex],
+        ("model_migrations", "source_model"): models,
+        ("model_migrations", "target_model"): models,
+        ("model_migrations", "target_name"): ["n" * 128],  # the model id holds it
+        ("model_migrations", "target_pretrained"): ["laion2b_s34b_b79k"],
+        ("model_migrations", "state"): [*UNFINISHED, "finished"],
+        ("model_migration_tenants", "migration_id"): [uuid.uuid4().hex],
+        ("model_migration_tenants", "tenant_id"): [LONGEST_TENANT],
+        ("model_migration_tenants", "cursor_id"): [IMAGE_ID],
+        ("active_model", "slot"): [SLOT],
+        ("active_model", "model_id"): models,
     }
 
 

@@ -13,7 +13,7 @@ from deeplens.db import current_revision, make_engine
 from ingestion.catalog import Catalog
 from ingestion.lifecycle import Changes
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def test_a_fresh_database_gets_every_table_and_hot_index(catalog_url) -> None:
