@@ -139,8 +139,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=client_command(_cmd_scale))
 
     from cluster.import_cli import register as register_import
+    from cluster.model_cli import register as register_model
 
     register_import(sub)
+    register_model(sub)
 
     p = sub.add_parser("demo", help="deeplens up, plus a sample run (make demo)")
     p.add_argument("--smoke", action="store_true", help="exit 0 once the samples went through")

@@ -17,20 +17,27 @@ def build_gateway(settings: Settings) -> Any:
     def build_asgi_app() -> Any:
         from cluster.metrics import register_pipeline_metrics
         from cluster.stages import stage_specs
+        from deeplens.model_view import CachedModelView
         from deeplens.serve_names import embedder_handle
         from deeplens.vectors.factory import make_search_store
         from ingestion.api import create_app
+        from serve_apps.query_encoder import ActiveModelEncoder
         from serve_apps.search import HandleEncoder, mount_search
 
         app = create_app(settings)
         handle = embedder_handle()
-        encoder = HandleEncoder(handle, settings.serve.query_timeout_s)
+        timeout_s = settings.serve.query_timeout_s
+        encoder = ActiveModelEncoder(HandleEncoder(handle, timeout_s),
+                                     CachedModelView(settings.effective_catalog_url), timeout_s)
         mount_search(app, make_search_store(settings), encoder,
                      producer=app.state.services.producer)
         collector = register_pipeline_metrics(
             settings, app.state.services.catalog,
             {spec.stage: count for spec, count in stage_specs(settings)})
         add_readiness(app, collector.watch)
+        from cluster.model_routes import router as model_routes
+
+        app.include_router(model_routes)  # /ops/model: a model change (admin token)
         return app
 
     deployment = serve.deployment(

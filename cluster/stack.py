@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from cluster.controller import launch_controller, stop_controller
+from cluster.model_ops import start_model_apps, stop_model_backfill
 from cluster.stack_checks import (
     StackError,
     deployment_error,
@@ -45,8 +46,7 @@ class LocalStack:
         self.demo_key: str | None = None
         self.actors: list[Any] = []
         self.topics_created: list[str] = []
-        self._ray_started = False
-        self._serve_started = False
+        self._ray_started = self._serve_started = False
         self._done = threading.Event()
         self.ready_s: float | None = None  # seconds from start to ready
         self.resumed = 0  # images an earlier run left in flight, re-published at start
@@ -134,8 +134,7 @@ class LocalStack:
         if not ray.is_initialized():
             offline = "0" if self.settings.model.allow_download else "1"
             local = not self.settings.ray_address
-            # A local Ray would reserve 30 % of RAM for its object store; DeepLens passes
-            # only small messages (bytes and vectors go through Kafka), so a little will do.
+            # Ray's default store takes 30 % of RAM; small messages only here (bytes: Kafka)
             store = self.settings.ray_object_store_mb * 2**20 if local else None
             from ray.exceptions import AuthenticationError
 
@@ -176,6 +175,7 @@ class LocalStack:
                       external_scaler_enabled=True)  # the scaling controller sets replicas
         except Exception as exc:  # the replica's start-up error, e.g. weights missing
             raise StackError(f"the Embedder did not start: {deployment_error(exc)}") from exc
+        start_model_apps(self.settings)  # a model change's apps; its backfill resumed
         serve.run(build_gateway(self.settings), name=GATEWAY_APP, route_prefix="/")
 
     def _resume(self, began_at: datetime) -> None:
@@ -221,8 +221,8 @@ class LocalStack:
 
     @property
     def memory_is_local_only(self) -> bool:
-        """On a Ray this process did not start (a cluster), the actors, replicas and Ray's
-        own processes are not its descendants: the footprint then counts the driver only."""
+        """Whether the footprint counts the driver only: on a Ray it did not start, the
+        actors, replicas and Ray's processes are not its descendants."""
         return bool(self.settings.ray_address) or not self._ray_started
 
     def memory_report(self) -> str:
@@ -264,11 +264,11 @@ class LocalStack:
         if self.actors:
             stop_stage(self.actors)
             self.actors = []
+        stop_model_backfill()  # detached: it would outlive the stack on a shared Ray
         own_local_ray = self._ray_started and not self.settings.ray_address
         if self._serve_started and not own_local_ray:
-            # On a Ray we did not start here (a cluster, a test session), take our apps
-            # down. A local Ray we started ends Serve with it in ray.shutdown() below;
-            # serve.shutdown() first would only add raylet warnings about its controller.
+            # On a Ray not started here (a cluster, a test session) take our apps down; a
+            # local Ray ends Serve in ray.shutdown() (serve.shutdown() adds raylet warnings).
             from ray import serve
 
             serve.shutdown()

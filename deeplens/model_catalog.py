@@ -132,10 +132,12 @@ class ModelView:
     migration: Migration | None
 
     def embed_with(self, primary: str) -> list[str]:
-        """The models, besides ``primary``, that new uploads must be embedded with."""
-        if self.migration is None or self.migration.state == "deploying":
-            return []
-        return [m for m in self.migration.models if m != primary]
+        """The models, besides ``primary`` (the configured one), that new uploads must be
+        embedded with: both of a migration past deploying, and the active one."""
+        wanted = {self.active} if self.active else set()
+        if self.migration is not None and self.migration.state != "deploying":
+            wanted |= set(self.migration.models)
+        return sorted(wanted - {primary})
 
 
 class ModelCatalog:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import (
@@ -38,69 +38,16 @@ from deeplens.auth import (
 from deeplens.image_checks import HTTP_STATUS, Invalid, check_header
 from deeplens.settings import IngestionSettings
 from deeplens.vectors.base import Hit, VectorStore, is_random_init
+from serve_apps.query_encoder import (  # noqa: F401 - re-exported for existing callers
+    EmbedderUnavailable,
+    HandleEncoder,
+    QueryEncoder,
+    QueryError,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_IMAGE_BYTES = 10 * 1024 * 1024
-
-
-class QueryEncoder(Protocol):
-    """What search needs of the Embedder (a Serve handle adapter in production)."""
-
-    async def model_id(self) -> str: ...
-    async def text(self, text: str) -> np.ndarray: ...
-    async def image(self, data: bytes) -> np.ndarray: ...
-
-
-class QueryError(ValueError):
-    """The query cannot be encoded (an undecodable image)."""
-
-
-class EmbedderUnavailable(RuntimeError):
-    """No Embedder replica answered the query within its time (node gone, all busy)."""
-
-
-class HandleEncoder:
-    """A QueryEncoder over the Embedder's Serve handle. Every call has a deadline: with
-    no replica to take it (its node gone) Serve would hold the request until one comes
-    back, so a query gives up after ``timeout_s`` and search answers 503."""
-
-    def __init__(self, handle: Any, timeout_s: float = 5.0) -> None:
-        self.handle = handle
-        self.timeout_s = timeout_s
-        self._model_id: str | None = None
-
-    async def _answer(self, response: Any) -> Any:
-        import asyncio
-
-        async def wait() -> Any:
-            return await response
-
-        from serve_apps.device_faults import DeviceFault
-
-        try:
-            return await asyncio.wait_for(wait(), self.timeout_s)
-        except TimeoutError:
-            response.cancel()
-            raise EmbedderUnavailable(
-                f"no Embedder replica answered within {self.timeout_s:g} s") from None
-        except DeviceFault as exc:  # that replica's GPU is gone; Serve is replacing it
-            raise EmbedderUnavailable(f"the Embedder replica failed: {exc}") from None
-
-    async def model_id(self) -> str:
-        if self._model_id is None:
-            self._model_id = await self._answer(self.handle.model_id.remote())
-        return self._model_id
-
-    async def text(self, text: str) -> np.ndarray:
-        [vector] = await self._answer(self.handle.embed_text.remote([text]))
-        return vector  # type: ignore[no-any-return]
-
-    async def image(self, data: bytes) -> np.ndarray:
-        result = await self._answer(self.handle.embed.remote(data))
-        if not result.ok:
-            raise QueryError(result.error or "undecodable image")
-        return result.vector  # type: ignore[no-any-return]
 
 
 class TextQuery(BaseModel):
@@ -125,6 +72,9 @@ class SearchHit(BaseModel):
 class ModelInfo(BaseModel):
     model: str = Field(description="the id every vector of the active model carries")
     random_weights: bool = Field(description="random weights: scores mean nothing")
+    reindexing: dict[str, Any] | None = Field(
+        None, description="a model change under way: its state, target and this tenant's "
+        "progress (percent, done, left, rate, ETA); searches stay on `model` until cutover")
 
 
 class SearchResult(BaseModel):
@@ -149,6 +99,13 @@ class SearchContext:
         if timing is not None:
             timing["index"] = (time.perf_counter() - started) * 1000
         return hits  # type: ignore[no-any-return]
+
+    async def pin(self) -> tuple[str, QueryEncoder]:
+        """The model a query runs on and its encoder, together (``ActiveModelEncoder``)."""
+        pin = getattr(self.encoder, "pin", None)
+        if pin is not None:
+            return await pin()  # type: ignore[no-any-return]
+        return await self.encoder.model_id(), self.encoder
 
     async def metered(self, tenant: str, result: SearchResult) -> SearchResult:
         if self.meter is not None:
@@ -194,7 +151,9 @@ router = APIRouter(prefix="/v1", tags=["search"])
 async def active_model(tenant: TenantDep, ctx: SearchDep) -> ModelInfo:
     """The model search runs on (the search page warns when its weights are random)."""
     model = await ctx.encoder.model_id()
-    return ModelInfo(model=model, random_weights=is_random_init(model))
+    reindexing = getattr(ctx.encoder, "reindexing", None)
+    return ModelInfo(model=model, random_weights=is_random_init(model),
+                     reindexing=await reindexing(tenant) if reindexing else None)
 
 
 @router.post("/search", response_model=SearchResult, responses=BODY_RESPONSES)
@@ -202,8 +161,8 @@ async def search_text(query: TextQuery, tenant: TenantDep, ctx: SearchDep,
                       response: Response) -> SearchResult:
     timing: dict[str, float] = {}
     with _Stopwatch(timing, "embed"):
-        model = await ctx.encoder.model_id()
-        vector = await ctx.encoder.text(query.text)
+        model, encoder = await ctx.pin()
+        vector = await encoder.text(query.text)
     hits = await ctx.search(model, tenant, vector, query.k, timing=timing)
     server_timing(response, timing)
     return await ctx.metered(tenant, _result(model, hits))
@@ -228,9 +187,9 @@ async def search_image(tenant: TenantDep, ctx: SearchDep, response: Response,
                             f"query image refused ({verdict.reason}): {verdict.message}")
     timing: dict[str, float] = {}
     with _Stopwatch(timing, "embed"):
-        model = await ctx.encoder.model_id()
+        model, encoder = await ctx.pin()
         try:
-            vector = await ctx.encoder.image(data)
+            vector = await encoder.image(data)
         except QueryError as exc:
             raise HTTPException(422, f"query image could not be decoded: {exc}") from exc
     hits = await ctx.search(model, tenant, vector, k, timing=timing)

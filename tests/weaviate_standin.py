@@ -115,6 +115,15 @@ def rest_app(state: StandinState) -> FastAPI:
             return Response(status_code=404)
         return Response(json.dumps(collection.schema), media_type="application/json")
 
+    @app.delete("/v1/schema/{name}")
+    def delete_class(name: str) -> Response:  # a model change's finish drops a collection
+        with state.lock:
+            found = state.get(name)
+            if found is not None:
+                state.collections = {k: v for k, v in state.collections.items()
+                                     if v is not found}
+        return Response(status_code=200)
+
     @app.get("/v1/schema/{name}/tenants")
     def list_tenants(name: str) -> Response:
         collection = state.get(name)

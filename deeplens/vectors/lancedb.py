@@ -240,6 +240,18 @@ class LanceStore:
         table = self._table(model_id)
         return 0 if table is None else int(table.count_rows(f"tenant_id = {_quote(tenant_id)}"))
 
+    def drop_model(self, model_id: str) -> bool:
+        name = collection_name(model_id)
+        with self._lock:
+            self._tables.pop(name, None)
+            self._indexed.discard(name)
+            self._scalar.discard(name)
+            try:
+                self.db.drop_table(name)
+            except (FileNotFoundError, ValueError):
+                return False
+        return True
+
     def close(self) -> None:
         self._tables.clear()
 

@@ -199,6 +199,16 @@ class WeaviateStore:
             return 0
         return int(scoped.aggregate.over_all(total_count=True).total_count or 0)
 
+    def drop_model(self, model_id: str) -> bool:
+        name = collection_name(model_id)
+        with self._lock:
+            self._collections.pop(name, None)
+            self._tenants = {key for key in self._tenants if key[0].lower() != name.lower()}
+        if not self.client.collections.exists(name):
+            return False
+        self.client.collections.delete(name)
+        return True
+
     def close(self) -> None:
         self.client.close()
 
