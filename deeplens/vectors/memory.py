@@ -156,7 +156,9 @@ class MemoryIndexedStore:
             if rows is None:
                 return None
             index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
-            index.upsert(self._alive({tenant_id: _rows_of(rows)})[tenant_id])
+            dead = self.tombstones.of_tenant(tenant_id) if self.tombstones is not None \
+                else set()
+            index.load(*_columns_of(rows, dead))
             self._indexes[(model_id, tenant_id)] = index
             return index
 
@@ -271,6 +273,26 @@ class MemoryIndexedStore:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - the store may be busy: try again soon
                 log.warning("vector index refresh failed: %s", exc)
+
+
+def _columns_of(table: Any, dead: set[str]) -> tuple[list[str], np.ndarray, list[str],
+                                                    np.ndarray, np.ndarray]:
+    """A tenant's rows as columns for ``TenantIndex.load`` (no per-row objects; stamps as
+    int64 microseconds, where NaT is already int64's minimum), without ``dead`` ids."""
+    ids = table.column("image_id").to_pylist()
+    names = [name or "" for name in table.column("original_file_name").to_pylist()]
+    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
+    uploaded, stamps = (np.asarray(table.column(c).combine_chunks().to_numpy(
+        zero_copy_only=False).astype("datetime64[us]").astype(np.int64))
+        for c in ("uploaded_at", "indexed_at"))
+    if dead:
+        keep = np.fromiter((i not in dead for i in ids), dtype=bool, count=len(ids))
+        if not keep.all():
+            ids = [i for i, k in zip(ids, keep, strict=True) if k]
+            names = [n for n, k in zip(names, keep, strict=True) if k]
+            vectors, uploaded, stamps = vectors[keep], uploaded[keep], stamps[keep]
+    return ids, vectors, names, uploaded, stamps
 
 
 def _rows_of(table: Any) -> list[Row]:

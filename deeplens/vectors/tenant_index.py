@@ -107,6 +107,31 @@ class TenantIndex:
                 self._touch(slot, present=True, vector=vector)
             self._maybe_build()
 
+    def load(self, ids: list[str], vectors: np.ndarray, names: list[str],
+             uploaded_us: np.ndarray, stamps_us: np.ndarray) -> None:
+        """Fill an empty index from columns at once (a Gateway loading a tenant: ~10x
+        faster than ``upsert`` row by row). An id given twice keeps its newest stamp."""
+        with self._lock:
+            if self.slots or len(set(ids)) != len(ids):
+                stamps = [_when(int(x)) for x in stamps_us]
+                self.upsert([Row(i, vectors[k], names[k], _when(int(uploaded_us[k])),
+                                 stamps[k]) for k, i in enumerate(ids)])
+                return
+            n = len(ids)
+            size = max(64, n)
+            self.vectors = np.zeros((size, self.dim), dtype=np.float32)
+            self.vectors[:n] = vectors
+            self.alive = np.zeros(size, dtype=bool)
+            self.alive[:n] = True
+            self.uploaded = np.full(size, _NO_TIME, dtype=np.int64)
+            self.uploaded[:n] = uploaded_us
+            self.stamps = np.full(size, _NO_TIME, dtype=np.int64)
+            self.stamps[:n] = stamps_us
+            self.ids, self.names = list(ids), list(names)
+            self.slots = dict(zip(self.ids, range(n), strict=True))
+            self.used = n
+            self._maybe_build()
+
     def remove(self, image_id: str) -> bool:
         with self._lock:
             slot = self.slots.pop(image_id, None)
