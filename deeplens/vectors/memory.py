@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from deeplens.vectors.base import Hit, VectorRecord
-from deeplens.vectors.tenant_index import HNSW_MIN_ROWS, Row, TenantIndex
+from deeplens.vectors.tenant_index import HNSW_MIN_ROWS, Row, TenantIndex, columns_of, rows_of
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class MemoryIndexedStore:
             index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
             dead = self.tombstones.of_tenant(tenant_id) if self.tombstones is not None \
                 else set()
-            index.load(*_columns_of(rows, dead))
+            index.load(*columns_of(rows, dead))
             self._indexes[(model_id, tenant_id)] = index
             return index
 
@@ -224,7 +224,7 @@ class MemoryIndexedStore:
         by_tenant: dict[str, list[Row]] = {}
         tenants = rows.column("tenant_id").to_pylist()
         loaded = {t for m, t in self._indexes if m == model_id}
-        for tenant, row in zip(tenants, _rows_of(rows), strict=True):
+        for tenant, row in zip(tenants, rows_of(rows), strict=True):
             if tenant in loaded:
                 by_tenant.setdefault(tenant, []).append(row)
         self._upsert_alive(model_id, by_tenant)
@@ -273,34 +273,3 @@ class MemoryIndexedStore:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - the store may be busy: try again soon
                 log.warning("vector index refresh failed: %s", exc)
-
-
-def _columns_of(table: Any, dead: set[str]) -> tuple[list[str], np.ndarray, list[str],
-                                                    np.ndarray, np.ndarray]:
-    """A tenant's rows as columns for ``TenantIndex.load`` (no per-row objects; stamps as
-    int64 microseconds, where NaT is already int64's minimum), without ``dead`` ids."""
-    ids = table.column("image_id").to_pylist()
-    names = [name or "" for name in table.column("original_file_name").to_pylist()]
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
-    uploaded, stamps = (np.asarray(table.column(c).combine_chunks().to_numpy(
-        zero_copy_only=False).astype("datetime64[us]").astype(np.int64))
-        for c in ("uploaded_at", "indexed_at"))
-    if dead:
-        keep = np.fromiter((i not in dead for i in ids), dtype=bool, count=len(ids))
-        if not keep.all():
-            ids = [i for i, k in zip(ids, keep, strict=True) if k]
-            names = [n for n, k in zip(names, keep, strict=True) if k]
-            vectors, uploaded, stamps = vectors[keep], uploaded[keep], stamps[keep]
-    return ids, vectors, names, uploaded, stamps
-
-
-def _rows_of(table: Any) -> list[Row]:
-    ids = table.column("image_id").to_pylist()
-    names = table.column("original_file_name").to_pylist()
-    uploaded = table.column("uploaded_at").to_pylist()
-    stamps = table.column("indexed_at").to_pylist()
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
-    return [Row(ids[i], vectors[i], names[i] or "", uploaded[i], stamps[i])
-            for i in range(len(ids))]
