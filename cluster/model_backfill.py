@@ -35,6 +35,7 @@ from ingestion.tables import images
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "deeplens-model-backfill"
+ACTOR_NAMESPACE = "deeplens"  # one actor whoever starts it (the CLI, a Gateway replica)
 Embed = Callable[[Sequence[bytes]], list[Any]]  # -> Embedding-like (.ok, .vector, .model_id)
 
 
@@ -216,7 +217,8 @@ def launch_backfill(settings: Settings, migration_id: str) -> Any:
     import ray
 
     actor = ray.remote(ModelBackfill).options(
-        name=ACTOR_NAME, get_if_exists=True, lifetime="detached", max_concurrency=4,
-        num_cpus=settings.actors.num_cpus).remote(settings)
+        name=ACTOR_NAME, namespace=ACTOR_NAMESPACE, get_if_exists=True,
+        lifetime="detached", max_concurrency=4, num_cpus=settings.actors.num_cpus
+    ).remote(settings)
     ray.get(actor.start.remote(migration_id), timeout=60)
     return actor

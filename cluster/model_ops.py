@@ -152,11 +152,11 @@ def stop_model_backfill() -> None:
     """Stop the detached backfill actor (it resumes from its cursor when started again)."""
     import ray
 
-    from cluster.model_backfill import ACTOR_NAME
+    from cluster.model_backfill import ACTOR_NAME, ACTOR_NAMESPACE
 
     if not ray.is_initialized():
         return
     try:
-        ray.kill(ray.get_actor(ACTOR_NAME), no_restart=True)
+        ray.kill(ray.get_actor(ACTOR_NAME, namespace=ACTOR_NAMESPACE), no_restart=True)
     except ValueError:  # none running
         pass
