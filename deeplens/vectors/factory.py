@@ -22,9 +22,11 @@ def make_search_store(settings: Settings) -> VectorStore:
     if settings.vector_store.backend == "weaviate":
         return make_vector_store(settings)
     from deeplens.tombstones import Tombstones
+    from deeplens.vectors.graph_cache import GraphCache
     from deeplens.vectors.lancedb import LanceStore
     from deeplens.vectors.memory import MemoryIndexedStore
 
     return MemoryIndexedStore(LanceStore(settings.data_dir / "vectors", settings.vector_store),
                               Tombstones(settings.effective_catalog_url),
-                              max_bytes=settings.vector_store.memory_max_mb << 20)
+                              max_bytes=settings.vector_store.memory_max_mb << 20,
+                              graphs=GraphCache(settings.data_dir / "search-graphs"))

@@ -236,6 +236,19 @@ class LanceStore:
             query = query.where(" AND ".join(clauses))
         return query.limit(None).to_arrow()  # type: ignore[no-any-return]
 
+    def dim(self, model_id: str) -> int | None:
+        table = self._table(model_id)
+        return None if table is None else int(table.schema.field("vector").type.list_size)
+
+    def ids_and_versions(self, model_id: str, tenant_id: str) -> pa.Table | None:
+        """A tenant's image ids with the table version that last wrote each (no vectors):
+        what a reader with a saved index needs to catch up (``graph_cache``)."""
+        table = self._table(model_id)
+        if table is None:
+            return None
+        return table.search().select(["image_id", VERSION_COLUMN]).where(  # type: ignore[no-any-return]
+            f"tenant_id = {_quote(tenant_id)}").limit(None).to_arrow()
+
     def count(self, model_id: str, tenant_id: str) -> int:
         table = self._table(model_id)
         return 0 if table is None else int(table.count_rows(f"tenant_id = {_quote(tenant_id)}"))

@@ -36,12 +36,15 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from deeplens.vectors.arrow_rows import columns_of, rows_of
 from deeplens.vectors.base import Hit, VectorRecord
-from deeplens.vectors.tenant_index import HNSW_MIN_ROWS, Row, TenantIndex, columns_of, rows_of
+from deeplens.vectors.graph_cache import GraphCache
+from deeplens.vectors.tenant_index import HNSW_MIN_ROWS, Row, TenantIndex
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,10 @@ class MemoryIndexedStore:
     backend = "lancedb"
 
     def __init__(self, store: Any, tombstones: Any = None, refresh_s: float = 0.5,
-                 hnsw_min_rows: int = HNSW_MIN_ROWS, max_bytes: int = 0) -> None:
+                 hnsw_min_rows: int = HNSW_MIN_ROWS, max_bytes: int = 0,
+                 graphs: GraphCache | None = None) -> None:
         self.store = store  # LanceStore: the durable truth
+        self.graphs = graphs  # built HNSW graphs on disk: a restart reads, not rebuilds
         self.tombstones = tombstones  # Tombstones of the catalog, or None
         self.refresh_s = refresh_s
         self.hnsw_min_rows = hnsw_min_rows
@@ -152,13 +157,21 @@ class MemoryIndexedStore:
                 self._watermarks.setdefault(model_id, datetime.now(UTC))
             else:
                 self._versions.setdefault(model_id, version)
-            rows = self.store.rows(model_id, tenant_id=tenant_id)
-            if rows is None:
-                return None
-            index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
             dead = self.tombstones.of_tenant(tenant_id) if self.tombstones is not None \
                 else set()
-            index.load(*columns_of(rows, dead))
+            saving = self.graphs is not None and version is not None
+            index = self.graphs.resume(self.store, model_id, tenant_id, dead,
+                                       self.hnsw_min_rows) if saving else None  # type: ignore[union-attr]
+            if index is None:
+                rows = self.store.rows(model_id, tenant_id=tenant_id)
+                if rows is None:
+                    return None
+                index = TenantIndex(self._dim(rows), self.hnsw_min_rows)
+                index.version_floor = version
+                if saving:
+                    index.on_built = partial(self.graphs.save, model_id, tenant_id)  # type: ignore[union-attr]
+                index.load(*columns_of(rows, dead))
+            index.version_floor = version
             self._indexes[(model_id, tenant_id)] = index
             return index
 
@@ -218,6 +231,9 @@ class MemoryIndexedStore:
                 if rows is not None and rows.num_rows:
                     self._apply_rows(model_id, rows)
                 self._versions[model_id] = version
+                for (model, _), index in list(self._indexes.items()):
+                    if model == model_id:
+                        index.version_floor = version  # every row up to it is applied
             self._apply_tombstones()
 
     def _apply_rows(self, model_id: str, rows: Any) -> dict[str, list[Row]]:

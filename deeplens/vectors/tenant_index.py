@@ -2,20 +2,16 @@
 HNSW graph (f16, cosine) from ``HNSW_MIN_ROWS`` rows on, built in a background thread
 while the flat path keeps answering. Used by ``deeplens/vectors/memory.py``.
 
-A removed image's slot is reused by the next new one, so a tenant with churn keeps
-as many slots as it ever held at once, and the flat scan covers few dead rows.
-
-Memory per image (``benchmarks/scale_bench.py`` measures it): below the threshold the
-float32 row (2 KB at 512-d) plus ~300 bytes of id, name and stamps; once the graph is
-built, the flat matrix is dropped and the graph's f16 copy (plus its links) is the only
-one, read back for re-scoring, about 1.2 KB plus the same ~300 bytes. Stamps are int64
-microseconds in arrays, not datetime objects."""
+A removed image's slot is reused by the next one, so the flat scan covers few dead rows.
+Memory per image: a float32 row (2 KB at 512-d) plus ~220 bytes of id, name and int64
+stamps; once the graph is built, its f16 copy (~1.2 KB with links) is the only one."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,6 +78,10 @@ class TenantIndex:
         self._building = False
         self._changed_while_building: set[int] = set()
         self._lock = threading.RLock()
+        # The store's table version all rows at or below which the index holds (set by
+        # its owner), and who to hand a freshly built graph to (``graph_cache``).
+        self.version_floor: int | None = None
+        self.on_built: Callable[[dict[str, Any], Any], None] | None = None
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -192,6 +192,7 @@ class TenantIndex:
         with self._lock:
             keys = np.nonzero(self.alive[: self.used])[0]
             vectors = self.vectors[keys].copy()
+            snapshot = self._snapshot() if self.on_built is not None else None
         started = time.perf_counter()
         graph = Index(ndim=self.dim, metric="cos", dtype="f16", connectivity=16,
                       expansion_add=128, expansion_search=HNSW_EXPANSION_SEARCH)
@@ -199,6 +200,11 @@ class TenantIndex:
             graph.add(keys[start:start + HNSW_ADD_CHUNK], vectors[start:start + HNSW_ADD_CHUNK],
                       threads=2)
             time.sleep(0)  # let searches and the refresh of this process run meanwhile
+        if snapshot is not None and self.on_built is not None:
+            try:  # before any later change goes in: the graph is the snapshot's
+                self.on_built(snapshot, graph)
+            except Exception as exc:  # noqa: BLE001 - a cache that cannot be written
+                log.warning("search graph not saved: %s", exc)
         with self._lock:
             for slot in self._changed_while_building:
                 if graph.contains(slot):
@@ -209,6 +215,30 @@ class TenantIndex:
             self.hnsw, self._building = graph, False
             self.vectors = None  # the graph's f16 copy is the only one from here on
         log.info("HNSW over %d vectors built in %.1f s", len(keys), time.perf_counter() - started)
+
+    def _snapshot(self) -> dict[str, Any]:
+        used = self.used
+        return {"dim": self.dim, "floor": self.version_floor, "ids": list(self.ids[:used]),
+                "names": list(self.names[:used]), "alive": self.alive[:used].copy(),
+                "uploaded": self.uploaded[:used].copy(), "stamps": self.stamps[:used].copy()}
+
+    def restore(self, ids: list[str], names: list[str], alive: np.ndarray,
+                uploaded_us: np.ndarray, stamps_us: np.ndarray, graph: Any) -> None:
+        """Take a saved graph and the slot table it was built from (``graph_cache``)."""
+        with self._lock:
+            used = len(ids)
+            size = max(64, used)
+            self.alive = np.zeros(size, dtype=bool)
+            self.alive[:used] = alive
+            self.uploaded = np.full(size, _NO_TIME, dtype=np.int64)
+            self.uploaded[:used] = uploaded_us
+            self.stamps = np.full(size, _NO_TIME, dtype=np.int64)
+            self.stamps[:used] = stamps_us
+            self.ids, self.names, self.used = list(ids), list(names), used
+            live = np.flatnonzero(self.alive[:used]).tolist()
+            self.slots = {self.ids[slot]: slot for slot in live}
+            self.free = sorted(set(range(used)) - set(live), reverse=True)
+            self.vectors, self.hnsw = None, graph
 
     # -- reads ----------------------------------------------------------------------
     def wait_built(self, timeout_s: float = 300) -> bool:
@@ -267,34 +297,3 @@ class TenantIndex:
         found = self.hnsw.search(query, k)
         keys = np.asarray(found.keys, dtype=np.int64)
         return keys[self.alive[keys]]
-
-
-def columns_of(table: Any, dead: set[str]) -> tuple[list[str], np.ndarray, list[str],
-                                                    np.ndarray, np.ndarray]:
-    """A tenant's rows as columns for ``TenantIndex.load`` (no per-row objects; stamps as
-    int64 microseconds, where NaT is already int64's minimum), without ``dead`` ids."""
-    ids = table.column("image_id").to_pylist()
-    names = [name or "" for name in table.column("original_file_name").to_pylist()]
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
-    uploaded, stamps = (np.asarray(table.column(c).combine_chunks().to_numpy(
-        zero_copy_only=False).astype("datetime64[us]").astype(np.int64))
-        for c in ("uploaded_at", "indexed_at"))
-    if dead:
-        keep = np.fromiter((i not in dead for i in ids), dtype=bool, count=len(ids))
-        if not keep.all():
-            ids = [i for i, k in zip(ids, keep, strict=True) if k]
-            names = [n for n, k in zip(names, keep, strict=True) if k]
-            vectors, uploaded, stamps = vectors[keep], uploaded[keep], stamps[keep]
-    return ids, vectors, names, uploaded, stamps
-
-
-def rows_of(table: Any) -> list[Row]:
-    ids = table.column("image_id").to_pylist()
-    names = table.column("original_file_name").to_pylist()
-    uploaded = table.column("uploaded_at").to_pylist()
-    stamps = table.column("indexed_at").to_pylist()
-    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), -1)
-    return [Row(ids[i], vectors[i], names[i] or "", uploaded[i], stamps[i])
-            for i in range(len(ids))]
