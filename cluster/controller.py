@@ -27,14 +27,7 @@ from cluster.scaling_ops import (
     embedder_busy,
     set_embedder_replicas,
 )
-from cluster.scaling_policy import (
-    Hysteresis,
-    Scaler,
-    embedder_signal,
-    partitions_of,
-    runs,
-    stage_signal,
-)
+from cluster.scaling_policy import Hysteresis, Scaler, embedder_signal, partitions_of, runs, stage_signal
 from deeplens.serve_names import running_embedder_replicas as running_replicas
 from deeplens.settings import Settings
 from deeplens.stage_actor import StageSpec, launch_stage, stage_actor_name, stop_stage
@@ -60,6 +53,9 @@ class ScalingController:
             EMBEDDER, serve.replicas, max(serve.replicas, serve.autoscale_max_replicas),
             Hysteresis(cfg.upscale_delay_s, cfg.downscale_delay_s))
         self.handles: dict[str, dict[int, Any]] = {name: {} for name in stages}
+        # The handles of the actors this controller started, kept until it stops them: Ray
+        # destroys a named actor (not detached) as soon as its creator drops the handle.
+        self.owned: dict[tuple[str, int], Any] = {}
         self.observed: dict[str, dict[str, Any]] = {name: {} for name in self.scalers}
         self.replica_target = serve.replicas
         self.cold_starts: deque[float] = deque(maxlen=20)
@@ -179,13 +175,16 @@ class ScalingController:
             if count > len(have):
                 free = [i for i in range(count + len(have)) if i not in have][:count - len(have)]
                 for first, n in runs(free):  # each run of free names starts side by side
-                    launch_stage(self.settings, self.specs[stage], n, first_index=first)
+                    started = launch_stage(self.settings, self.specs[stage], n, first)
+                    self.owned.update({(stage, first + k): h for k, h in enumerate(started)})
             elif count < len(have):
                 stop_stage([have[i] for i in sorted(have)[count:]])
+                for i in sorted(have)[count:]:
+                    self.owned.pop((stage, i), None)
             deadline = time.monotonic() + 10  # a killed actor's name goes a moment later
             while len(self.live(stage)) != count and time.monotonic() < deadline:
                 time.sleep(0.2)
-            after = len(self.handles[stage])
+            after = self.observed.setdefault(stage, {})["actors"] = len(self.handles[stage])
         if after != len(have):
             self._step(stage, len(have), after, why)
         return after
