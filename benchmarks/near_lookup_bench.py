@@ -18,6 +18,8 @@ For each: ms per look-up (median and p99), and for mih its build time, candidate
 per look-up and table bytes per stored image (on top of the ~417 bytes a row costs in
 ``deeplens.hash_cache``). Every look-up of every method is compared with the linear
 scan's (rows and distances): ``differences`` counts the look-ups that differ.
+``stranger_matches_per_lookup``: what 20 more random queries, with nothing planted,
+match by the rule among the random rows (every such match links strangers).
 
 ``--photos``: dedup_bench's photographs and their copies (decoded by the Embedder's
 own DALI decoder) are stored too, in the largest tenant, and each is also a query.
@@ -151,6 +153,9 @@ def main() -> None:
             stored = np.concatenate([stored, photos])
             queries = np.concatenate([queries, photos])
         result = compare(stored, queries, parts, limits)
+        # Queries with nothing planted: every row they match is a stranger's.
+        result["stranger_matches_per_lookup"] = round(float(np.mean([
+            len(near_rows(stored, q, *limits)[0]) for q in random_rows(rng, 20, width)])), 2)
         figures["sizes"][str(size)] = result
         print(f"{size:>9,} rows: {result}", flush=True)
         del stored
