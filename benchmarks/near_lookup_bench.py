@@ -16,8 +16,10 @@ query is looked up with ``HashIndex.near``'s rule at the settings' thresholds (w
 
 For each: ms per look-up (median and p99), and for mih its build time, candidate rows
 per look-up and table bytes per stored image (on top of the ~417 bytes a row costs in
-``deeplens.hash_cache``). Every look-up of every method is compared with the linear
-scan's (rows and distances): ``differences`` counts the look-ups that differ.
+``deeplens.hash_cache``); ``windows_off``: the same with the whole-image rule alone
+(a tenant with ``near_window_max_distance=-1``), 20 look-ups. Every look-up of every
+method is compared with the linear scan's (rows and distances): ``differences``
+counts the look-ups that differ.
 ``stranger_matches_per_lookup``: what 20 more random queries, with nothing planted,
 match by the rule among the random rows (every such match links strangers).
 
@@ -98,21 +100,34 @@ def compare(stored: np.ndarray, queries: np.ndarray, parts: list[int],
     times, reference = timed(lambda q: near_rows(stored, q, *limits), queries)
     out["linear"] = summary(times)
     out["matches_per_lookup"] = round(float(np.mean([len(r) for r, _ in reference])), 2)
+    whole_rule = (limits[0], -1)
     for p in parts:
         start = time.perf_counter()
         index = NearIndex(stored, parts=p)
         build = time.perf_counter() - start
         index.near(queries[0], *limits)  # compiled kernels loaded
         times, answers = timed(lambda q, index=index: index.near(q, *limits), queries)
-        differ = sum(not (np.array_equal(a[0], r[0]) and np.array_equal(a[1], r[1]))
-                     for a, r in zip(answers, reference, strict=True))
         candidates = [len(index.candidates(q, *limits)) for q in queries[:20]]
         out[f"mih-{p}"] = {**summary(times), "build_s": round(build, 2),
                            "table_bytes_per_image": round(index.nbytes() / len(stored), 1),
                            "candidate_rows_per_lookup": round(float(np.mean(candidates)), 1),
-                           "differences": differ}
+                           "differences": differences(answers, reference)}
+        # A tenant with the windows off (whole <= 10 only): one table set, one probe.
+        linear, whole_reference = timed(lambda q: near_rows(stored, q, *whole_rule),
+                                        queries[:20])
+        times, answers = timed(lambda q, index=index: index.near(q, *whole_rule),
+                               queries[:20])
+        out[f"mih-{p}"]["windows_off"] = {
+            "linear_ms_p50": summary(linear)["ms_p50"], "mih_ms_p50": summary(times)["ms_p50"],
+            "differences": differences(answers, whole_reference)}
         del index
     return out
+
+
+def differences(answers: list[Any], reference: list[Any]) -> int:
+    """Look-ups whose rows or distances differ from the linear scan's."""
+    return sum(not (np.array_equal(a[0], r[0]) and np.array_equal(a[1], r[1]))
+               for a, r in zip(answers, reference, strict=True))
 
 
 def summary(times: list[float]) -> dict[str, float]:
