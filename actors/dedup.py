@@ -40,7 +40,7 @@ from deeplens.events import (
 )
 from deeplens.formats import upright_rgb
 from deeplens.hash_index import HashIndex
-from deeplens.hash_writes import add_many
+from deeplens.hash_writes import add_many, exact_many
 from deeplens.image_hashes import pillow_parts, window_hashes
 from deeplens.kafka import Outbound
 from deeplens.settings import DedupThresholds, Settings
@@ -90,18 +90,23 @@ def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
 
 def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
                     store: VectorStore, limits: DedupThresholds,
-                    written: bool = False) -> DuplicatesFound:
-    """``written``: the image's hashes are recorded already (``dedup_batch`` writes a
-    batch's in one transaction); otherwise they are written here, then looked up."""
+                    written: bool = False, exact: list[str] | None = None) -> DuplicatesFound:
+    """``written``: the image's hashes are recorded already and the tenant's near cache
+    refreshed since (``dedup_batch`` writes a batch's in one transaction, then refreshes
+    once); otherwise they are written here, then looked up. ``exact``: the exact tier's
+    answer, when the batch looked it up for all its images at once (``exact_many``)."""
     pixel_sha, phash, windows = hashes
     tenant, image_id = event.tenant_id, event.image_id
     if not written:
         index.add(tenant, image_id, event.sha256, pixel_sha, phash, windows)
     matches: dict[str, DuplicateMatch] = {}
-    for other in index.exact(tenant, image_id, event.sha256, pixel_sha):
+    if exact is None:
+        exact = index.exact(tenant, image_id, event.sha256, pixel_sha)
+    for other in exact:
         matches[other] = DuplicateMatch(image_id=other, kind="exact", score=1.0)
     for other, distance in index.near(tenant, image_id, phash, limits.near_max_distance,
-                                      windows, limits.near_window_max_distance):
+                                      windows, limits.near_window_max_distance,
+                                      refresh=not written):
         if other not in matches:
             matches[other] = DuplicateMatch(image_id=other, kind="near",
                                             score=round(1 - distance / 64, 4))
@@ -164,13 +169,22 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
     # another find each other, both ways).
     add_many(index, [(env.event.tenant_id, env.event.image_id, env.event.sha256, *hashes)
                      for env, hashes in hashed])
+    # Then each tenant's exact matches in one query and its near cache refreshed once
+    # (both after the writes: what a look-up per image after its own write would see).
+    exact: dict[str, dict[str, list[str]]] = {}
+    for tenant in {env.event.tenant_id for env, _ in hashed}:
+        exact[tenant] = exact_many(index, tenant, [
+            (env.event.image_id, env.event.sha256, hashes[0])
+            for env, hashes in hashed if env.event.tenant_id == tenant])
+        index.refresh(tenant)
     for env, hashes in hashed:
         event = env.event
         assert isinstance(event, ImageProcessed)
         key = (event.tenant_id, event.image_id)
         try:
             found = find_duplicates(event, hashes, index, store,
-                                    settings.dedup.for_tenant(event.tenant_id), written=True)
+                                    settings.dedup.for_tenant(event.tenant_id), written=True,
+                                    exact=exact[event.tenant_id][event.image_id])
         except TRANSIENT:
             raise  # the store or database is down: retry the batch (every sink is idempotent)
         except Exception as exc:  # noqa: BLE001 - this image's fault: it alone fails

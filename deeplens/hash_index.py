@@ -129,14 +129,17 @@ class HashIndex:
 
     def near(self, tenant_id: str, image_id: str, phash: int, max_distance: int,
              windows: np.ndarray | None = None,
-             window_max_distance: int = -1) -> list[tuple[str, int]]:
+             window_max_distance: int = -1, refresh: bool = True) -> list[tuple[str, int]]:
         """(image_id, distance) of the tenant's images whose whole-image pHash is within
         ``max_distance``, or, given the image's window hashes, whose windowed distance
-        is within ``window_max_distance``. The distance reported is the smaller one."""
+        is within ``window_max_distance``. The distance reported is the smaller one.
+        ``refresh=False``: the cache as the caller's last :meth:`refresh` left it (a
+        batch's look-ups, after one refresh that follows the batch's writes)."""
         query = _windows_of(phash, None if windows is None else
                             np.asarray(windows, dtype=">u8").tobytes())
         with self._lock:
-            cached = self._refresh(tenant_id)
+            cached = self._cache.get(tenant_id) if not refresh else None
+            cached = cached if cached is not None else self._refresh(tenant_id)
             if not len(cached):
                 return []
             whole, windowed = near_distances(cached.windows[: cached.n], query)
@@ -156,6 +159,11 @@ class HashIndex:
                 if self._cache.get(tenant_id) is cached:
                     cached.kill(s for i, _, s in found if i not in alive)
         return [(i, d) for i, d, _ in found if i in alive]
+
+    def refresh(self, tenant_id: str) -> None:
+        """Bring the tenant's cache up to date now (what every ``near`` does first)."""
+        with self._lock:
+            self._refresh(tenant_id)
 
     def _alive(self, tenant_id: str, image_ids: list[str]) -> set[str]:
         out: set[str] = set()

@@ -40,3 +40,18 @@ def test_a_batch_of_hashes_is_one_transaction(tmp_path) -> None:
     assert len(inserts) == 1 and len(again) == 9  # redelivered: nothing written twice
     with index.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from image_hashes")).scalar() == 9
+
+
+def test_a_batch_exact_look_up_answers_as_one_look_up_per_image(tmp_path) -> None:
+    from deeplens.hash_writes import exact_many
+
+    index = HashIndex(f"sqlite:///{tmp_path}/catalog.db")
+    rows = [("alpha", "a", "s1", "p1"), ("alpha", "b", "s1", "p2"), ("alpha", "c", "s3", "p2"),
+            ("alpha", "d", "s4", "p4"), ("beta", "e", "s1", "p1")]
+    for tenant, image_id, sha, pixel in rows:
+        index.add(tenant, image_id, sha, pixel, 0)
+    asked = [(i, s, p) for t, i, s, p in rows if t == "alpha"] + [("new", "s4", "p2")]
+    batch = exact_many(index, "alpha", asked)
+    assert batch == {i: sorted(index.exact("alpha", i, s, p)) for i, s, p in asked}
+    assert batch["a"] == ["b"] and batch["b"] == ["a", "c"] and batch["d"] == []
+    assert batch["new"] == ["b", "c", "d"]  # another tenant's copy ("e") is never a match
