@@ -102,6 +102,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             if sample.name == "deeplens_embedder_decoder":
                 print(f"\nembedder decoder: {sample.labels['decoder']}")
     print_scaling(text)
+    from cluster.model_metrics import print_model_change
+
+    print_model_change(text)
     print_tenant_counts(settings)
     return 0
 

@@ -35,9 +35,11 @@ def build_gateway(settings: Settings) -> Any:
             settings, app.state.services.catalog,
             {spec.stage: count for spec, count in stage_specs(settings)})
         add_readiness(app, collector.watch)
+        from cluster.model_metrics import register_model_metrics
         from cluster.model_routes import router as model_routes
 
         app.include_router(model_routes)  # /ops/model: a model change (admin token)
+        register_model_metrics(settings)
         return app
 
     deployment = serve.deployment(

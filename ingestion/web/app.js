@@ -698,7 +698,22 @@ async function checkModel() {
     const info = await (await api("/v1/model")).json();
     $("random-banner").hidden = !info.random_weights;
     $("random-model").textContent = info.model;
+    showReindexing(info.reindexing);
   } catch (_) { /* search routes absent (upload API only) */ }
+}
+
+// A model change under way: "re-indexing: N %"; search stays on the current model.
+let reindexTimer = null;
+function showReindexing(change) {
+  const banner = $("reindex-banner");
+  clearTimeout(reindexTimer);
+  banner.hidden = !change;
+  if (!change) return;
+  const pct = Math.floor(change.percent);
+  banner.textContent = change.state === "backfilling" || change.state === "deploying"
+    ? "re-indexing: " + pct + " % (new model " + change.target_model + "; search answers from the current model until cutover)"
+    : "re-indexing: " + pct + " % (" + change.state.replace("_", " ") + ", new model " + change.target_model + ")";
+  reindexTimer = setTimeout(checkModel, 5000);
 }
 
 // ---- the pipeline: operator figures, when this host may read them -----------------
