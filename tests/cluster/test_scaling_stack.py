@@ -1,6 +1,7 @@
-"""The scaling controller on the real stack (tiny model, test-sized delays): a slow stage
-grows to its partitions and back, `deeplens scale` pins and releases live, a stage actor
-removed mid-batch loses and doubles nothing; every image indexed exactly once."""
+"""The scaling controller on the real stack (tiny model, test-sized delays): a backlog
+before the Embedder adds a replica and a slow stage grows to its partitions, idle gives
+both back, `deeplens scale` pins and releases live, a stage actor removed by the
+controller mid-batch loses and doubles nothing; every image indexed exactly once."""
 
 from __future__ import annotations
 
@@ -19,30 +20,32 @@ from cluster.samples import jpeg_bytes, scene
 from deeplens.settings import Settings
 
 KEY = "key-acme-0123456789ab"
-# Unfinished (issue 27): on the session's shared broker the first test saw no lag at all
-# after its uploads, while the same stack on a fresh broker scaled indexing 1 -> 3
-# (checked by hand, same settings and hold, 12 uploads); skipped until that difference
-# is found, so CI stays green.
-pytestmark = pytest.mark.skip(reason="issue 27: real-stack scaling test not yet passing "
-                              "on the shared test broker")
 SLOW_S = 0.6  # each indexing batch takes this long: the stage falls behind the uploads
 
 
-def slow_indexer(settings: Settings):  # type: ignore[no-untyped-def]
-    """The real indexing handler, made slow, and held while ``hold-indexing`` exists in
-    the data dir (a stage actor loads it by import path)."""
-    from actors.indexer import build_handler
+def held(factory: str, stage: str, slow_s: float = 0.0):  # type: ignore[no-untyped-def]
+    """``factory``'s real handler, made slow, and held while ``hold-<stage>`` exists in
+    the data dir (stage actors load these by import path)."""
 
-    handle = build_handler(settings)
-    marker = settings.data_dir / "hold-indexing"
+    def build(settings: Settings):  # type: ignore[no-untyped-def]
+        from deeplens.stage_actor import load_factory
 
-    def handler(batch):  # type: ignore[no-untyped-def]
-        time.sleep(SLOW_S)
-        while marker.exists():
-            time.sleep(0.05)
-        return handle(batch)
+        handle = load_factory(factory)(settings)
+        marker = settings.data_dir / f"hold-{stage}"
 
-    return handler
+        def handler(batch):  # type: ignore[no-untyped-def]
+            time.sleep(slow_s)
+            while marker.exists():
+                time.sleep(0.05)
+            return handle(batch)
+
+        return handler
+
+    return build
+
+
+slow_indexer = held("actors.indexer:build_handler", "indexing", SLOW_S)
+held_feeder = held("actors.embedding_feeder:build_handler", "embedding")
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +73,11 @@ def stack(broker, ray_session, tmp_path_factory):
                             autoscale_max_replicas=2),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000),
         scaling=ScalingSettings(interval_s=0.5, lag_per_actor=4, drain_target_s=0,
-                                upscale_delay_s=2, downscale_delay_s=3))
+                                queued_images_per_replica=8, upscale_delay_s=2,
+                                downscale_delay_s=3))
     serve.shutdown()
-    slow = {"indexing": {"handler_factory": "tests.cluster.test_scaling_stack:slow_indexer"}}
+    slow = {"indexing": {"handler_factory": "tests.cluster.test_scaling_stack:slow_indexer"},
+            "embedding": {"handler_factory": "tests.cluster.test_scaling_stack:held_feeder"}}
     try:
         with LocalStack(settings, stage_overrides=slow) as running:
             import ray
@@ -140,16 +145,26 @@ def exactly_once(stack, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     assert set(vectors) == set(ids) and max(vectors.values()) == 1, "one vector per image"
 
 
-def test_lag_grows_a_stage_to_its_partitions_and_idle_shrinks_it_back(stack) -> None:
+def test_a_backlog_grows_replicas_and_stage_actors_and_idle_shrinks_them(stack) -> None:
+    from deeplens.serve_names import running_embedder_replicas
+
     assert controller(stack)["scalers"]["indexing"]["min"] == 1
-    hold = stack.settings.data_dir / "hold-indexing"
-    hold.write_text("x")  # the stage is held: its lag piles up
+    hold_embedding = stack.settings.data_dir / "hold-embedding"
+    hold_indexing = stack.settings.data_dir / "hold-indexing"
+    hold_embedding.write_text("x")  # images wait for the Embedder: its queue piles up
+    hold_indexing.write_text("x")  # and then for the indexing stage
     ids = upload(stack, 36, seed=1000)
-    # Released once the controller wants the partitions' worth of actors, before they
-    # start (UPSCALE_DELAY_S): a held batch would outlast a rebalance's wait for it.
+    # The embedding stage (pinned at 1) is held until a second replica runs: released
+    # earlier, the tiny model would drain the queue within the test's delays.
+    assert wait_for(lambda: controller(stack)["scalers"]["embedder"].get("target") == 2,
+                    every_s=0.1), json.dumps(controller(stack), indent=1)
+    assert wait_for(lambda: running_embedder_replicas() == 2), "a second replica, live"
+    hold_embedding.unlink()
+    # Indexing is released once the controller wants the partitions' worth of actors,
+    # before they start (UPSCALE_DELAY_S): a held batch would outlast a rebalance's wait.
     assert wait_for(lambda: controller(stack)["scalers"]["indexing"].get("wanted") == 3,
                     every_s=0.1), json.dumps(controller(stack), indent=1)
-    hold.unlink()
+    hold_indexing.unlink()
     grown = wait_for(lambda: controller(stack)["scalers"]["indexing"].get("actors") == 3)
     assert grown, json.dumps(controller(stack), indent=1)
     row = controller(stack)["scalers"]["indexing"]
@@ -159,6 +174,13 @@ def test_lag_grows_a_stage_to_its_partitions_and_idle_shrinks_it_back(stack) -> 
     assert back, controller(stack)["scalers"]["indexing"]
     steps = [(s["from"], s["to"]) for s in controller(stack)["steps"] if s["name"] == "indexing"]
     assert steps[0][1] > steps[0][0] and steps[-1][1] == 1, steps
+    # The Embedder: the second replica's cold start was timed, and idle gave it back.
+    assert wait_for(lambda: controller(stack)["cold_starts_s"], 30), controller(stack)
+    embedder = [(s["from"], s["to"]) for s in controller(stack)["steps"]
+                if s["name"] == "embedder"]
+    assert embedder[0] == (1, 2), embedder
+    assert wait_for(lambda: controller(stack)["scalers"]["embedder"]["target"] == 1, 60)
+    assert wait_for(lambda: running_embedder_replicas() == 1, 60), "idle: back to 1 replica"
 
 
 def test_a_stage_actor_removed_mid_batch_loses_and_doubles_nothing(stack) -> None:
