@@ -1,10 +1,13 @@
 """Upload throughput and latency through the HTTP API, broker acknowledgement included.
 
-    python -m benchmarks.upload_bench [--images 400] [--concurrency 1 4 16]
+    python -m benchmarks.upload_bench [--images 400] [--concurrency 1 4 16] [--repeat 3]
 
 Starts a local broker and the upload API (uvicorn, one process), uploads distinct
 JPEGs (~20 KB) from N client threads, and prints uploads/s and p50/p99 latency per
-concurrency level. Figures go to benchmarks/results/upload.json.
+concurrency level. The broker's and the API's start are not timed. ``--repeat N``
+runs every level N times against the same API (new images each time) and reports
+medians with their min-max. Results go to benchmarks/runs/ (``--record``:
+benchmarks/results/upload.json).
 """
 
 from __future__ import annotations
@@ -50,12 +53,12 @@ def run_level(url: str, payloads: list[bytes], concurrency: int) -> dict:
 
 def main() -> None:
     from benchmarks.common import BenchParser
+    from benchmarks.spread import print_spread, repeated
 
-    parser = BenchParser(__doc__, repeat=False)
+    parser = BenchParser(__doc__)
     parser.add_argument("--images", type=int, default=400, help="uploads per level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
-    rows = []
     with local_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True)
         ensure_topics(admin_client(kafka), TopicNames(""))
@@ -64,16 +67,23 @@ def main() -> None:
                                                         rate_limit_burst=10**6))
         seed = 0
         with serve_app(create_app(settings)) as url:
-            for level in args.concurrency:
-                payloads = [images.jpeg(seed + i, 160, 120) for i in range(args.images)]
-                seed += args.images
-                rows.append(run_level(url, payloads, level))
-                print(rows[-1], flush=True)
+            def one_round(_: int) -> dict:
+                nonlocal seed
+                rows = []
+                for level in args.concurrency:
+                    payloads = [images.jpeg(seed + i, 160, 120) for i in range(args.images)]
+                    seed += args.images
+                    rows.append(run_level(url, payloads, level))
+                    print(rows[-1], flush=True)
+                return {"levels": rows}
+
+            figures = repeated(args.repeat, one_round)
     print(f"machine: {machine()}")
     print("| concurrency | uploads/s | p50 ms | p99 ms |\n|---|---|---|---|")
-    for r in rows:
+    for r in figures["levels"]:
         print(f"| {r['concurrency']} | {r['uploads_per_s']} | {r['p50_ms']} | {r['p99_ms']} |")
-    print(f"recorded in {record('upload', {'levels': rows})}")
+    print_spread(figures)
+    print(f"recorded in {record('upload', figures)}")
 
 
 if __name__ == "__main__":
