@@ -2,6 +2,7 @@
 milliseconds per image, at 0.3 MP and 12 MP.
 
     python -m benchmarks.decode_bench [--decoders cpu dali torch pillow] [--threads 1 2]
+        [--repeat 3]
 
 Every decoder makes the Embedder's outputs for ViT-B-32 (224 px model input, 320 px
 thumbnail, 64 px hash image, fingerprint) from the same JPEGs: ``cpu`` (Pillow over a
@@ -14,7 +15,8 @@ CPU ms per image is the process's CPU time (every thread) over the images. Input
 photo-like scenes of ``benchmarks/stage_cost.py`` (1.5 MB at 12 MP, JPEG quality 90) and
 noisier pictures (``cluster.samples.photo``, 4.8 MB at 12 MP): a JPEG's decode cost grows
 with its compressed size even at 1/8 scale (every coefficient is still entropy-decoded).
-Writes results/decode.json.
+``--repeat N``: the whole table N times, medians with their min-max. Results go to
+benchmarks/runs/ (``--record``: results/decode.json).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def measure(decoder: Any, items: list[bytes], batch: int, full: bool,
 def main() -> None:
     from benchmarks.common import BenchParser
 
-    parser = BenchParser(__doc__, repeat=False)
+    parser = BenchParser(__doc__)
     parser.add_argument("--decoders", nargs="+", default=["cpu", "dali", "torch", "pillow"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=32)
@@ -89,33 +91,45 @@ def main() -> None:
     import torch
 
     from benchmarks.common import machine, record
+    from benchmarks.spread import print_spread, repeated
     from serve_apps.decode import make_decoder
 
     clip = SimpleNamespace(image_size=224, mean=MEAN, std=STD, device=torch.device("cpu"),
                            preprocess=open_clip.image_transform(224, False, mean=MEAN, std=STD))
-    rows: list[dict[str, Any]] = []
     sizes: dict[str, float] = {}
+    inputs = {}
     for label in args.inputs:
         width, height, kind, count = INPUTS[label]
-        items = jpegs(width, height, kind, count)
-        sizes[label] = round(sum(map(len, items)) / len(items) / 1e6, 2)
-        for name in args.decoders:
-            for threads in ([1] if name == "pillow" else args.threads):
-                torch.set_num_threads(threads)
-                decoder = make_decoder(name, clip=clip, max_batch_size=args.batch,
-                                       threads=threads)
-                rate, cpu_ms = measure(decoder, items, args.batch, False)
-                _, phase_ms = measure(decoder, items, args.batch, True)
-                rows.append({"input": label, "decoder": name, "threads": threads,
-                             "images_per_s": round(rate, 1), "cpu_ms_per_image": round(cpu_ms, 1),
-                             "decode_phase_cpu_ms_per_image": round(phase_ms, 1)})
-                print(rows[-1], flush=True)
-    scaling = {}
-    for r in rows:
-        if r["threads"] == 2:
-            one = next(o for o in rows if o["input"] == r["input"] and
-                       o["decoder"] == r["decoder"] and o["threads"] == 1)
-            scaling[f"{r['decoder']} {r['input']}"] = round(r["images_per_s"] / one["images_per_s"], 2)
+        inputs[label] = jpegs(width, height, kind, count)
+        sizes[label] = round(sum(map(len, inputs[label])) / len(inputs[label]) / 1e6, 2)
+
+    def one_run(_: int) -> dict:
+        rows: list[dict[str, Any]] = []
+        for label, items in inputs.items():
+            for name in args.decoders:
+                for threads in ([1] if name == "pillow" else args.threads):
+                    torch.set_num_threads(threads)
+                    decoder = make_decoder(name, clip=clip, max_batch_size=args.batch,
+                                           threads=threads)
+                    rate, cpu_ms = measure(decoder, items, args.batch, False)
+                    _, phase_ms = measure(decoder, items, args.batch, True)
+                    rows.append({"input": label, "decoder": name, "threads": threads,
+                                 "images_per_s": round(rate, 1),
+                                 "cpu_ms_per_image": round(cpu_ms, 1),
+                                 "decode_phase_cpu_ms_per_image": round(phase_ms, 1)})
+                    print(rows[-1], flush=True)
+        scaling = {}
+        for r in rows:
+            if r["threads"] == 2:
+                one = next(o for o in rows if o["input"] == r["input"] and
+                           o["decoder"] == r["decoder"] and o["threads"] == 1)
+                scaling[f"{r['decoder']} {r['input']}"] = round(
+                    r["images_per_s"] / one["images_per_s"], 2)
+        by = {f"{r['decoder']} {r['threads']}t {r['input']}": r for r in rows}
+        return {"rows": rows, "by": by, "two_over_one": scaling}
+
+    figures = repeated(args.repeat, one_run)
+    rows, scaling = figures["rows"], figures["two_over_one"]
     print(f"machine: {machine()}; MB per JPEG: {sizes}")
     print("| input | decoder | threads | images/s | CPU ms/image | decode phase CPU ms/image |")
     print("|---|---|---|---|---|---|")
@@ -123,10 +137,9 @@ def main() -> None:
         print(f"| {r['input']} | {r['decoder']} | {r['threads']} | {r['images_per_s']} | "
               f"{r['cpu_ms_per_image']} | {r['decode_phase_cpu_ms_per_image']} |")
     print("2 threads / 1 thread:", scaling)
-    by = {f"{r['decoder']} {r['threads']}t {r['input']}": r for r in rows}
+    print_spread(figures)
     load = round(os.getloadavg()[0], 2)  # other work on the machine shares its cores
-    path = record("decode", {"mb_per_jpeg": sizes, "rows": rows, "by": by,
-                             "two_over_one": scaling, "load_average_after": load})
+    path = record("decode", {"mb_per_jpeg": sizes, **figures, "load_average_after": load})
     print(f"recorded in {path}")
 
 
