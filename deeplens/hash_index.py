@@ -4,7 +4,11 @@ A table in the catalog database (``image_hashes``), written by the dedup actors.
 Near-duplicate search keeps each tenant's perceptual hashes in memory as numpy
 arrays and refreshes them incrementally (rows carry an increasing ``seq``), so a
 tenant's millionth image is compared with a vectorised popcount, not a scan of
-the database, and rows written by other dedup actors are seen too.
+the database, and rows written by other dedup actors are seen too. With the windows
+off (``window_max_distance < 0``) a large tenant is looked up through a multi-index
+of its whole-image pHashes (``TenantHashes.whole_within``), with the same answers.
+The windowed rule stays a scan: no exact index of it pays (benchmarks/RESULTS.md,
+``near_lookup_bench``).
 
 Two near distances per pair of images (``near_distances``):
 
@@ -142,13 +146,17 @@ class HashIndex:
             cached = cached if cached is not None else self._refresh(tenant_id)
             if not len(cached):
                 return []
-            whole, windowed = near_distances(cached.windows[: cached.n], query)
-            if windows is None or window_max_distance < 0:
-                windowed = np.full_like(whole, 999)
-            hit = ((whole <= max_distance) | (windowed <= window_max_distance)) \
-                & cached.alive[: cached.n]
-            best = np.minimum(whole, windowed)
-            slots = [int(s) for s in np.flatnonzero(hit)]
+            if windows is None or window_max_distance < 0:  # the whole-image pHash alone
+                slots = [int(s) for s in cached.whole_within(query[0], max_distance)
+                         if cached.alive[s]]
+                best = dict(zip(slots, np.bitwise_count(
+                    cached.windows[slots, 0] ^ query[0]).tolist(), strict=True))
+            else:
+                whole, windowed = near_distances(cached.windows[: cached.n], query)
+                hit = ((whole <= max_distance) | (windowed <= window_max_distance)) \
+                    & cached.alive[: cached.n]
+                best = np.minimum(whole, windowed)
+                slots = [int(s) for s in np.flatnonzero(hit)]
             found = [(cached.image_id(s), int(best[s]), s) for s in slots]
             found = [f for f in found if f[0] != image_id]
         if not found:

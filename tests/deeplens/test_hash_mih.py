@@ -83,3 +83,41 @@ def test_the_near_index_matches_exactly_what_the_linear_scan_matches(limits) -> 
         if d <= max(whole_limit, window_limit):
             expected.add(5 * d + 4)
     assert {r for r in rows.tolist() if r < 5 * (max(limits) + 2)} == expected
+
+
+def test_the_cache_s_whole_image_look_up_is_the_scan_through_appends_and_compaction(
+        monkeypatch) -> None:
+    """The windows-off look-up of a tenant's cache: a multi-index once it is large, rows
+    appended since scanned, rebuilt past an eighth; slots compacted drop the index."""
+    from deeplens import hash_cache
+    from deeplens.hash_cache import TenantHashes
+
+    monkeypatch.setattr(hash_cache, "INDEX_FROM", 1000)
+    rng = np.random.default_rng(7)
+    cached = TenantHashes(len(WINDOWS))
+    query = _random(rng, 1)[0]
+    seq = 0
+
+    def append(rows: int) -> None:
+        nonlocal seq
+        windows = _random(rng, rows, len(WINDOWS))
+        for i, d in enumerate(rng.integers(0, 14, size=rows // 10).tolist()):
+            windows[10 * i, 0] = _flipped(rng, query, d)  # a tenth near, at 0..13
+        cached.append(np.arange(seq + 1, seq + rows + 1), [f"{seq + i:032x}"
+                      for i in range(rows)], windows)
+        seq += rows
+
+    def brute(radius: int) -> np.ndarray:
+        column = cached.windows[: cached.n, 0]
+        return np.flatnonzero(np.bitwise_count(column ^ query) <= radius)
+
+    for rows in (500, 700, 300, 6000, 100):  # scan, index, index + tail, rebuilt, tail
+        append(rows)
+        for radius in (0, 6, 10):
+            np.testing.assert_array_equal(cached.whole_within(query, radius), brute(radius))
+    assert cached._whole is not None and 0 < cached.n - cached._indexed <= 100
+    cached.kill(range(1, cached.n, 2))  # past a quarter dead: compacted
+    assert cached._whole is None and cached.n == 3800
+    found = cached.whole_within(query, 10)
+    np.testing.assert_array_equal(found, brute(10))
+    assert len(found) >= 100  # the planted rows that survived
