@@ -1,6 +1,7 @@
 """Pipeline efficiency: how much of the bare Embedder's speed the whole path keeps.
 
     python -m benchmarks.pipeline_bench [--model ViT-B-32] [--images 192] [--batch 32]
+        [--repeat 3]
 
 Three measurements in one run, same model, same batch size, same JPEGs:
 
@@ -15,7 +16,11 @@ Three measurements in one run, same model, same batch size, same JPEGs:
 During the path the Embedder's ``stats()`` are sampled every second; the busy fraction
 (model-busy seconds / wall seconds) is reported over the sustained part, between 10 %
 and 90 % of the images embedded. Prints images/s, the ratios to bare and the busy
-fraction; writes results/pipeline.json.
+fraction. Each measurement is warmed up first (model load, DALI pipeline, Serve
+deployment and the first request are not timed). ``--repeat N``: the three
+measurements N times (the path on fresh topics and a fresh catalog each time, against
+the same Embedder deployment), medians with their min-max. Results go to
+benchmarks/runs/ (``--record``: results/pipeline.json).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def bare_rate(model_settings, photos: list[bytes], batch: int) -> float:
+def bare_rate(model_settings, photos: list[bytes], batch: int, runs: int = 1) -> list[float]:
     from serve_apps.decode import make_decoder
     from serve_apps.embed_batch import embed_items
     from serve_apps.model import load_clip
@@ -38,6 +43,12 @@ def bare_rate(model_settings, photos: list[bytes], batch: int) -> float:
     clip = load_clip(model_settings)
     decoder = make_decoder("dali", clip=clip, max_batch_size=batch)
     embed_items(clip, decoder, photos[:batch], [True] * batch)  # warm-up
+    return [_bare_once(clip, decoder, photos, batch) for _ in range(runs)]
+
+
+def _bare_once(clip, decoder, photos: list[bytes], batch: int) -> float:
+    from serve_apps.embed_batch import embed_items
+
     start = time.perf_counter()
     for i in range(0, len(photos), batch):
         chunk = photos[i : i + batch]
@@ -130,7 +141,7 @@ def path_rate(settings, handle, photos: list[bytes]) -> tuple[float, float, list
 def main() -> None:
     from benchmarks.common import BenchParser
 
-    parser = BenchParser(__doc__, repeat=False)
+    parser = BenchParser(__doc__)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
@@ -142,6 +153,7 @@ def main() -> None:
     from ray import serve
 
     from benchmarks.common import machine, mute_stderr_from_now, quietly_closed, record
+    from benchmarks.spread import print_spread, summarize
     from cluster.samples import jpeg_bytes, scene
     from deeplens.broker import local_broker
     from deeplens.kafka import admin_client
@@ -152,42 +164,58 @@ def main() -> None:
 
     model = ModelSettings(name=args.model, pretrained="random")
     photos = [jpeg_bytes(scene(i, args.side)) for i in range(args.images)]
-    bare = bare_rate(model, photos, args.batch)
-    print(f"bare (decode + hashes + thumbnail + model): {bare:7.1f} images/s", flush=True)
+    bares = bare_rate(model, photos, args.batch, args.repeat)
+    print(f"bare (decode + hashes + thumbnail + model): {bares} images/s", flush=True)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    runs = []
     with quietly_closed(local_broker(), "pipeline_bench") as broker, \
             tempfile.TemporaryDirectory() as tmp:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap,
-                              one_record_per_batch=True, batch_size=args.batch)
-        ensure_topics(admin_client(kafka), TopicNames(""))
-        settings = Settings(
-            data_dir=Path(tmp), kafka=kafka, model=model,
-            serve=ServeSettings(max_batch_size=args.batch, batch_wait_timeout_s=0.05,
-                                num_cpus=0.5, max_ongoing_requests=args.batch * 4),
-            actors=ActorSettings(feeders=args.feeders, feeder_batches_in_flight=2,
-                                 num_cpus=0.1),
-        )
-        handle = serve.run(build_embedder(settings), name=EMBEDDER_APP, route_prefix=None)
-        served = serve_rate(handle, photos)
-        print(f"serve:       {served:7.1f} images/s  ({served / bare:.0%} of bare)", flush=True)
-        whole, busy, samples = path_rate(settings, handle, photos)
-        stats = handle.stats.remote().result()
-        print(f"whole path:  {whole:7.1f} images/s  ({whole / bare:.0%} of bare), "
-              f"Embedder busy {busy:.0%} in the sustained part", flush=True)
+
+        def settings_for(r: int) -> Settings:
+            prefix = f"pb{r}."
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix,
+                                  one_record_per_batch=True, batch_size=args.batch)
+            ensure_topics(admin_client(kafka), TopicNames(prefix))
+            (Path(tmp) / f"round{r}").mkdir(exist_ok=True)
+            return Settings(
+                data_dir=Path(tmp) / f"round{r}", kafka=kafka, model=model,
+                serve=ServeSettings(max_batch_size=args.batch, batch_wait_timeout_s=0.05,
+                                    num_cpus=0.5, max_ongoing_requests=args.batch * 4),
+                actors=ActorSettings(feeders=args.feeders, feeder_batches_in_flight=2,
+                                     num_cpus=0.1),
+            )
+
+        handle = serve.run(build_embedder(settings_for(0)), name=EMBEDDER_APP,
+                           route_prefix=None)
+        for r, bare in enumerate(bares):
+            served = serve_rate(handle, photos)
+            print(f"serve:       {served:7.1f} images/s  ({served / bare:.0%} of bare)",
+                  flush=True)
+            whole, busy, samples = path_rate(settings_for(r), handle, photos)
+            stats = handle.stats.remote().result()
+            print(f"whole path:  {whole:7.1f} images/s  ({whole / bare:.0%} of bare), "
+                  f"Embedder busy {busy:.0%} in the sustained part", flush=True)
+            runs.append({
+                "model": args.model, "batch": args.batch, "images": args.images,
+                "side": args.side, "feeders": args.feeders,
+                "bare_images_per_s": round(bare, 1), "serve_images_per_s": round(served, 1),
+                "path_images_per_s": round(whole, 1),
+                "serve_over_bare": round(served / bare, 3),
+                "path_over_bare": round(whole / bare, 3),
+                "path_busy_fraction": round(busy, 3),
+                "embedder_mean_batch": round(stats["mean_batch_size"], 1),
+                "busy_samples": [(round(t - samples[0][0], 1), round(b, 2), i)
+                                 for t, b, i in samples] if samples else []})
+            if args.repeat > 1:
+                print(f"[run {r + 1}/{args.repeat} done]", flush=True)
         mute_stderr_from_now("pipeline_bench")  # shutdown noise to a log: results come last
         serve.shutdown()
     ray.shutdown()
-    figures = {"model": args.model, "batch": args.batch, "images": args.images,
-               "side": args.side, "feeders": args.feeders,
-               "bare_images_per_s": round(bare, 1), "serve_images_per_s": round(served, 1),
-               "path_images_per_s": round(whole, 1),
-               "serve_over_bare": round(served / bare, 3), "path_over_bare": round(whole / bare, 3),
-               "path_busy_fraction": round(busy, 3),
-               "embedder_mean_batch": round(stats["mean_batch_size"], 1),
-               "busy_samples": [(round(t - samples[0][0], 1), round(b, 2), i)
-                                for t, b, i in samples] if samples else []}
-    print(f"machine: {machine()}\n{ {k: v for k, v in figures.items() if k != 'busy_samples'} }")
+    figures = summarize(runs)
+    print_spread(figures)
+    shown = {k: v for k, v in figures.items() if k not in ("busy_samples", "runs", "spread")}
+    print(f"machine: {machine()}\n{shown}")
     print(f"recorded in {record('pipeline', figures)}")
 
 
