@@ -1,14 +1,17 @@
 """Search latency through the HTTP API of a running stack, split by where it went.
 
     python -m benchmarks.search_http_bench [--images 60] [--queries 100] [--model ViT-B-32]
+        [--repeat 3]
 
 Starts the whole local stack (`deeplens up` in-process: broker, Ray, Embedder,
 Gateway, every stage), uploads generated photos, waits until they are indexed, then
 sends text searches and image searches one at a time. Each answer's
 ``Server-Timing`` header says how long the Embedder took to encode the query
 (``embed``) and how long the index took to answer (``index``); the rest is HTTP,
-auth, Serve routing and JSON. Random weights: speed does not depend on them.
-Writes results/search_http.json.
+auth, Serve routing and JSON. Random weights: speed does not depend on them. The
+stack's start, the uploads and the first 5 queries of each kind (warm-up) are not
+timed. ``--repeat N``: N rounds of queries against the same stack, medians with their
+min-max. Results go to benchmarks/runs/ (``--record``: results/search_http.json).
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     from benchmarks.common import BenchParser
+    from benchmarks.spread import print_spread, repeated
 
-    parser = BenchParser(__doc__, repeat=False)
+    parser = BenchParser(__doc__)
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--model", default="ViT-B-32")
@@ -72,21 +76,27 @@ def main() -> None:
                 if sum(s in ("indexed", "failed") for s in statuses.values()) == len(ids):
                     break
                 time.sleep(1)
-            results: dict[str, list[dict[str, float]]] = {"text": [], "image": []}
             queries = [jpeg_bytes(scene(9000 + i, 224)) for i in range(args.queries)]
-            for i in range(args.queries + 5):  # the first 5 of each warm up
-                started = time.perf_counter()
-                answer = client.post("/v1/search", json={"text": f"a photo number {i}", "k": 10})
-                row = timings(answer) | {"total": (time.perf_counter() - started) * 1000}
-                if i >= 5:
-                    results["text"].append(row)
-                started = time.perf_counter()
-                answer = client.post("/v1/search/image", data={"k": "10"}, files={
-                    "file": ("q.jpg", queries[i % len(queries)])})
-                row = timings(answer) | {"total": (time.perf_counter() - started) * 1000}
-                if i >= 5:
-                    results["image"].append(row)
-    figures = {kind: summarise(rows) for kind, rows in results.items()}
+
+            def one_round(_: int) -> dict:
+                results: dict[str, list[dict[str, float]]] = {"text": [], "image": []}
+                for i in range(args.queries + 5):  # the first 5 of each warm up
+                    started = time.perf_counter()
+                    answer = client.post("/v1/search",
+                                         json={"text": f"a photo number {i}", "k": 10})
+                    row = timings(answer) | {"total": (time.perf_counter() - started) * 1000}
+                    if i >= 5:
+                        results["text"].append(row)
+                    started = time.perf_counter()
+                    answer = client.post("/v1/search/image", data={"k": "10"}, files={
+                        "file": ("q.jpg", queries[i % len(queries)])})
+                    row = timings(answer) | {"total": (time.perf_counter() - started) * 1000}
+                    if i >= 5:
+                        results["image"].append(row)
+                return {kind: summarise(rows) for kind, rows in results.items()}
+
+            summary = repeated(args.repeat, one_round)
+    figures = {k: v for k, v in summary.items() if k in ("text", "image")}
     print(f"machine: {machine()}; model {args.model} (random weights, CPU); "
           f"{args.images} images indexed; {args.queries} queries of each kind, one at a time")
     print("| query | total p50 / p99 ms | Embedder p50 / p99 ms | index p50 / p99 ms |")
@@ -95,7 +105,9 @@ def main() -> None:
         print(f"| {kind} | {f['total']['p50_ms']} / {f['total']['p99_ms']} | "
               f"{f['embed']['p50_ms']} / {f['embed']['p99_ms']} | "
               f"{f['index']['p50_ms']} / {f['index']['p99_ms']} |")
-    print(f"recorded in {record('search_http', {'model': args.model, 'images': args.images, **figures})}")
+    print_spread(summary)
+    path = record("search_http", {"model": args.model, "images": args.images, **summary})
+    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":
