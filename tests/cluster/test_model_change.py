@@ -3,7 +3,7 @@ weights, seed 0) indexes the images; a migration to B (seed 1) backfills them wh
 client searches by text and by image every 100 ms and uploads 2 images/s; the backfill
 actor is killed mid-way and resumed; cutover, rollback, cutover, finish.
 
-Scaled down from the issue's 300 images to 32 so it fits CI's time on 2 cores. Runs
+Scaled down from the issue's 300 images to 24 so it fits CI's time on 2 cores. Runs
 once on SQLite + LanceDB and once on PostgreSQL + the Weaviate stand-in.
 """
 
@@ -32,7 +32,7 @@ from tests.cluster.test_end_to_end import wait_indexed
 A = ModelSettings(name="deeplens-tiny", pretrained="random", random_seed=0)
 B = A.model_copy(update={"random_seed": 1})
 A_ID, B_ID = "deeplens-tiny/random-init-seed0", "deeplens-tiny/random-init-seed1"
-IMAGES = 32
+IMAGES = 24
 
 
 @pytest.fixture(scope="module", params=["sqlite-lancedb", "postgresql-weaviate"])
@@ -124,8 +124,12 @@ class Client:
         seed = 5000
         while not self.stop.wait(0.5):
             seed += 1
-            answer = self.http.post("/v1/images", files={
-                "file": (f"live{seed}.jpg", jpeg_bytes(scene(seed, size=96)))})
+            try:
+                answer = self.http.post("/v1/images", files={
+                    "file": (f"live{seed}.jpg", jpeg_bytes(scene(seed, size=96)))})
+            except httpx.HTTPError as exc:  # the server may have taken it: not in `uploaded`
+                self.failed.append(f"upload {exc!r}")
+                continue
             if answer.status_code == 202:
                 self.uploaded.append(answer.json()["image_id"])
             else:
@@ -179,14 +183,18 @@ def test_migrate_backfill_kill_resume_cutover_rollback_finish(stack) -> None:
         assert killed_at["state"] == "backfilling", killed_at
         deleted = ids[-1]  # deleted mid-backfill: in neither collection at the end
         assert http.delete(f"/v1/images/{deleted}").status_code == 204
-        model_ops.start_remote(settings, B)  # the same target again: resume
+        resumed = httpx.post(stack.url + "/ops/model/migrations", json={"to": "deeplens-tiny/"
+                             "random/1"}, headers={"Authorization": "Bearer admin-token-xyz"},
+                             timeout=120)  # the same target again, over HTTP: resume
+        assert resumed.status_code == 202, resumed.text
+        assert resumed.json()["migration"]["migration_id"] == killed_at["migration_id"]
         info = http.get("/v1/model").json()
         assert info["model"] == A_ID and info["reindexing"]["target_model"] == B_ID
         ready = wait_for(lambda: progress(settings).get("state") == "ready" and
                          progress(settings))
         assert ready["percent"] == 100.0
         assert model_of_answers(http) == A_ID  # no auto-cutover: still A
-        time.sleep(2)
+        time.sleep(1)
     assert client.failed == [] and client.empty == 0
     assert set(client.models) == {A_ID}
     assert len(client.uploaded) >= 4
@@ -196,10 +204,11 @@ def test_migrate_backfill_kill_resume_cutover_rollback_finish(stack) -> None:
     store = make_vector_store(settings)
     alive = [i for i in ids if i != deleted] + client.uploaded
     # Every image, old and uploaded during the change, has a B vector; none is twice there.
-    assert [i for i in alive if store.get_vector(B_ID, tenant, i) is None] == []
-    assert store.count(B_ID, tenant) == len(alive) == store.count(A_ID, tenant)
     assert store.get_vector(B_ID, tenant, deleted) is None
     assert store.get_vector(A_ID, tenant, deleted) is None
+    assert [i for i in alive if store.get_vector(B_ID, tenant, i) is None] == []
+    # Each image once in each collection (ids are deterministic): B holds what A holds.
+    assert store.count(B_ID, tenant) == store.count(A_ID, tenant) >= len(alive)
     row = next(r for r in progress(settings)["tenants"] if r["tenant"] == tenant)
     assert row["done"] <= len(ids) + len(client.uploaded) and row["failed"] == 0
 
@@ -207,13 +216,13 @@ def test_migrate_backfill_kill_resume_cutover_rollback_finish(stack) -> None:
         time.sleep(1)
         model_ops.cutover(settings)
         wait_for(lambda: model_of_answers(http) == B_ID, timeout_s=5)
-        time.sleep(1.5)
+        time.sleep(1.2)
         model_ops.rollback(settings)
         wait_for(lambda: model_of_answers(http) == A_ID, timeout_s=5)
-        time.sleep(1.5)
+        time.sleep(1.2)
         model_ops.cutover(settings)
         wait_for(lambda: model_of_answers(http) == B_ID, timeout_s=5)
-        time.sleep(1.5)
+        time.sleep(1.2)
     assert client.failed == [] and client.empty == 0
     assert B_ID in client.models and A_ID in client.models
     assert client.models[-1] == B_ID
