@@ -23,11 +23,12 @@ def near_distances(stored: np.ndarray, query: np.ndarray,
     """(whole, windowed) distances between each row of ``stored`` (N x W window hashes,
     whole image first) and ``query`` (W).
 
-    One fused pass per row, compiled by numba and spread over the cores: 4.0 ms for
-    100,000 rows on the 2-core development machine (benchmarks/dedup_bench.py).
-    Without numba, the same sums in numpy: rows in chunks that stay in the CPU's cache
-    (the XOR buffer is reused, one byte per row comes out), over up to 4 threads
-    (numpy releases the GIL in these loops): ~11-14 ms for 100,000 rows."""
+    One fused pass per row, compiled by numba and spread over the cores. Without numba,
+    the same sums in numpy: rows in chunks that stay in the CPU's cache (the XOR buffer
+    is reused, one byte per row comes out), over up to 4 threads (numpy releases the GIL
+    in these loops). Timed by ``benchmarks/dedup_bench.py`` (``results/dedup.json``,
+    ``lookup_ms``: the numba kernel over 100,000 rows); no figure is kept here, where
+    no test would notice it going stale."""
     from deeplens.image_hashes import CENTRED
 
     n = len(stored)
