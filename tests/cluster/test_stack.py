@@ -135,6 +135,9 @@ def test_a_multi_node_start_without_a_broker_is_refused_before_a_local_one_start
     monkeypatch.setattr(stack_module, "start_local_broker",
                         lambda *a, **k: started.append(1) or pytest.fail("broker started"))
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # joined: a two-node cluster
+    # No Ray really runs here: the clean-up after the refusal has no backfill to stop
+    # (asking Ray for it would fail the test when no other test started Ray first).
+    monkeypatch.setattr(stack_module, "stop_model_backfill", lambda: None)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
     settings = Settings(data_dir=tmp_path, ray_address="ray://head:10001",
                         catalog_url="postgresql+psycopg://db/deeplens",
