@@ -8,7 +8,9 @@ again (same partitions and retention) when:
 
 - it holds at least ``min_messages`` records (no churn for small amounts);
 - every running stage group that reads it has committed up to its end (drained);
-- nothing was written to it since the previous pass (a quiet moment).
+- nothing was written to it since the previous pass (a quiet moment);
+- it is not ``images.failed``: its records are the dead letters ``deeplens dlq list``
+  and ``replay`` read back later (the seed keeps them 30 days), not work in flight.
 
 A record produced between the check and the delete would be lost with the topic; the
 quiet-moment rule makes that unlikely, and the stuck-image sweep (``cluster.sweeper``)
@@ -30,6 +32,9 @@ from deeplens.topics import TOPICS, TopicNames, ensure_topics, wanted_partitions
 
 log = logging.getLogger(__name__)
 
+# Topics whose records are read back after every group consumed them: never recycled.
+KEPT = frozenset({"images.failed"})
+
 
 @dataclass
 class RecycleStats:
@@ -44,6 +49,8 @@ def drained_topics(ends: dict[tuple[str, int], int], lags: dict[tuple[str, str, 
     """The logical topics that may be recycled now (see the module's rules)."""
     ready = []
     for logical, spec in TOPICS.items():
+        if logical in KEPT:
+            continue
         physical = names.physical(logical)
         parts = {key: end for key, end in ends.items() if key[0] == physical}
         readers = set(spec.groups) & running

@@ -3,20 +3,23 @@ moment, and consumers carry on from the new topic's beginning."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
 
 from cluster.topic_recycler import TopicRecycler, drained_topics
 from deeplens.broker import start_local_broker
 from deeplens.kafka import admin_client, make_consumer
 from deeplens.settings import KafkaSettings, Settings
-from deeplens.topics import TopicNames, ensure_topics
+from deeplens.topics import TOPICS, TopicNames, ensure_topics
 
 NAMES = TopicNames("r.")
 EVENTS = 10_000
 PAYLOAD = b"e" * 3000  # about an images.processed event (a 512-d vector in base64)
 BOUND_MB = 12  # what the broker may keep, over its idle size, once the topic is recycled
+RETENTION_MS = 1000  # a short test retention on the topic: the memory engine ignores it
 
 
 def test_only_a_large_drained_quiet_topic_is_recycled() -> None:
@@ -35,6 +38,10 @@ def test_only_a_large_drained_quiet_topic_is_recycled() -> None:
     assert drained_topics(ends, caught_up, dict(ends), NAMES, {"usage"}, 1000) == []
     assert drained_topics(ends, caught_up, dict(ends), NAMES, running, 0) == ["images.uploaded"]
     assert drained_topics({(topic, 0): 0}, caught_up, {(topic, 0): 0}, NAMES, running, 0) == []
+    # the dead letters stay for `deeplens dlq list|replay`, however drained
+    failed = {(NAMES.physical("images.failed"), 0): 20_000}
+    read = {("projection", "images.failed", 0): 0}
+    assert drained_topics(failed, read, dict(failed), NAMES, {"projection"}, 1000) == []
 
 
 def _rss_mb(pid: int) -> float:
@@ -64,9 +71,14 @@ def test_ten_thousand_consumed_events_are_given_back(tmp_path) -> None:
     try:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=NAMES.prefix,
                               one_record_per_batch=True, poll_timeout_s=0.2)
-        ensure_topics(admin_client(kafka), NAMES)
-        idle = _rss_mb(broker.process.pid)
+        admin = admin_client(kafka)
         topic = NAMES.physical("images.processed")
+        short = NewTopic(topic, num_partitions=TOPICS["images.processed"].partitions,
+                         config={"retention.ms": str(RETENTION_MS)})
+        for future in admin.create_topics([short]).values():
+            future.result()
+        ensure_topics(admin, NAMES)  # the rest of the table
+        idle = _rss_mb(broker.process.pid)
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0,
                              "batch.num.messages": 1})
         for i in range(EVENTS):
@@ -78,14 +90,17 @@ def test_ten_thousand_consumed_events_are_given_back(tmp_path) -> None:
         assert full > idle + 20, (idle, full)  # the engine keeps every record in memory
         group = NAMES.group("indexing")
         assert len(_drain(kafka, group, topic, EVENTS)) == EVENTS
+        time.sleep(3 * RETENTION_MS / 1000)  # every record is past its retention now
+        kept = _rss_mb(broker.process.pid)
+        assert kept > idle + 20, ("retention alone gave the memory back", idle, full, kept)
 
         recycler = TopicRecycler(Settings(kafka=kafka, data_dir=tmp_path), ["indexing"],
                                  min_messages=EVENTS)
         assert recycler.recycle_once() == [], "the first pass only notes the ends"
         assert recycler.recycle_once() == ["images.processed"]
         after = _rss_mb(broker.process.pid)
-        print(f"broker RSS: idle {idle:.0f} MB, {EVENTS} events {full:.0f} MB, "
-              f"recycled {after:.0f} MB")
+        print(f"broker RSS: idle {idle:.0f} MB, {EVENTS} events {full:.0f} MB, past a "
+              f"{RETENTION_MS} ms retention {kept:.0f} MB, recycled {after:.0f} MB")
         assert after < idle + BOUND_MB, (idle, full, after)
         assert recycler.stats.records_dropped == EVENTS
 
