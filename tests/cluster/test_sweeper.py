@@ -32,6 +32,31 @@ def test_a_status_waits_for_the_stages_that_move_it() -> None:
         "uploaded", "validated", "processed"}
 
 
+def test_the_sweep_runs_by_itself_and_outlives_a_failed_pass(tmp_path) -> None:
+    """Nobody calls sweep(): the sweeper's own thread does, again after one that raised."""
+    import threading
+
+    from deeplens.settings import OpsSettings, Settings
+
+    passes: list[int] = []
+    again = threading.Event()
+
+    class Counted(StuckSweeper):
+        def sweep(self, now=None):  # type: ignore[no-untyped-def]
+            passes.append(1)
+            if len(passes) == 1:
+                raise RuntimeError("the catalog is busy")
+            again.set()
+
+    settings = Settings(data_dir=tmp_path, ops=OpsSettings(sweep_interval_s=0.05))
+    sweeper = Counted(settings, RUNNING)
+    try:
+        assert again.wait(30), "no second pass"
+    finally:
+        sweeper.stop()
+    assert sweeper.stats()["last_error"] == "the catalog is busy"
+
+
 def _upload(api, count: int, seed: int) -> list[str]:
     with api.client() as client:
         return [client.post("/v1/images", files={"file": (f"{i}.jpg", jpeg_bytes(scene(
