@@ -58,8 +58,12 @@ def add_readiness(app: Any, watch: Any) -> None:
     """``GET /readyz``: is the pipeline moving? 200 with ``state: ok``, or 503 with
     ``state: degraded`` and the reasons (a stage without a live actor, no Embedder
     replica, a node resource nobody offers). ``/healthz`` stays the cheap process check.
-    Which nodes run each stage is shown to the operator only (as ``/metrics`` is)."""
+    Which nodes run each stage is shown to the operator only (as ``/metrics`` is).
+    Upload answers carry the last verdict too (``pipeline``), without waiting for it."""
     from ingestion.routes_ops import operator_refusal
+
+    app.state.services.pipeline = watch.note
+    watch.note()  # the first poll starts now, not with the first upload
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "degraded, with reasons"}})
     def readyz(request: Request) -> JSONResponse:  # Request: a module name (annotations)

@@ -116,7 +116,8 @@ class PipelineCollector:
     def _stages(self) -> Iterator[Any]:
         # Each actor on its own deadline (cluster.pipeline_health): a stage whose node is
         # gone shows 0 live actors and its last known counters with their age; the other
-        # stages are not touched by it.
+        # stages are not touched by it. The counters live in the actors, so they start
+        # again when one restarts: ``<name>_created`` moves to that restart.
         families = {key: CounterMetricFamily(name.removesuffix("_total"), text, labels=["stage"])
                     for key, (name, text) in _STAGE_COUNTERS.items()}
         in_flight = GaugeMetricFamily("deeplens_stage_in_flight", "Batches in flight",
@@ -127,8 +128,9 @@ class PipelineCollector:
                                 "counters (they are the last answer while no actor answers)",
                                 labels=["stage"])
         for stage, state in sorted(self.watch.poll_stages().items()):
-            for key, family in families.items():
-                family.add_metric([stage], sum(float(s.get(key, 0)) for s in state.stats))
+            for key, family in families.items():  # _created: when these counters restarted
+                family.add_metric([stage], sum(float(s.get(key, 0)) for s in state.stats),
+                                  created=state.reset_at)
             in_flight.add_metric([stage], sum(s.get("in_flight", 0) for s in state.stats))
             actors.add_metric([stage], state.live)
             if state.answered_at is not None:

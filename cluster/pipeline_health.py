@@ -27,16 +27,47 @@ log = logging.getLogger(__name__)
 
 ACTOR_TIMEOUT_S = 2.0
 DEGRADED_AFTER_S = 30.0  # the default of DEEPLENS_OPS__STAGE_DOWN_AFTER_S
+NOTE_MAX_AGE_S = 5.0  # an upload answer's pipeline state is at most this old (+ a poll)
 
 
 @dataclass
 class StageState:
     wanted: int
     live: int = 0
-    stats: list[dict[str, Any]] = field(default_factory=list)  # last answers, one per actor
-    answered_at: float | None = None  # monotonic time of the last answer of any actor
+    # Last answer of each actor (name -> (monotonic time, stats)): an actor that does not
+    # answer keeps its last counters; one that is gone from the namespace is dropped.
+    answers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     dead_since: float | None = None  # monotonic time since when no actor answered alive
     nodes: list[str] = field(default_factory=list)
+    reset_at: float | None = None  # wall time the stage's counters last restarted
+
+    @property
+    def stats(self) -> list[dict[str, Any]]:
+        return [answer for _, answer in self.answers.values()]
+
+    @property
+    def answered_at(self) -> float | None:
+        """When the oldest answer in the counters came (their age)."""
+        return min((t for t, _ in self.answers.values()), default=None)
+
+    def take(self, answers: dict[str, dict[str, Any]], listed: set[str], now: float) -> None:
+        """Fold one poll in: ``answers`` from the actors that answered, ``listed`` every
+        actor of the stage in the namespace. A member that restarted (a later
+        ``started_at``) or left makes the summed counters start again: ``reset_at``."""
+        for name in set(self.answers) - listed:
+            del self.answers[name]
+            self.reset_at = max(self.reset_at or 0.0, time.time())
+        for name, answer in answers.items():
+            self.answers[name] = (now, answer)
+        starts = [a.get("started_at") or 0.0 for a in self.stats]
+        self.reset_at = max([self.reset_at or 0.0, *starts]) or None
+        self.live = sum(1 for a in answers.values() if a.get("alive"))
+        if answers:
+            self.nodes = sorted({a["node"] for a in answers.values() if a.get("node")})
+        if self.live:
+            self.dead_since = None
+        elif self.dead_since is None:
+            self.dead_since = now
 
 
 def missing_resources(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> list[str]:
@@ -75,38 +106,57 @@ class PipelineWatch:
                        for name, count in stage_counts.items()}
         self.replicas: int | None = None
         self._lock = threading.Lock()
+        self._note: tuple[float, dict[str, Any]] | None = None  # (monotonic, state+reasons)
+        self._refreshing = False
+
+    def note(self) -> dict[str, Any] | None:
+        """The last verdict, ``{"state", "reasons"}``, without waiting for a poll (what an
+        upload answer carries): refreshed in the background once older than
+        NOTE_MAX_AGE_S; None until the first poll has answered."""
+        with self._lock:
+            last = self._note
+            start = not self._refreshing and (
+                last is None or time.monotonic() - last[0] > NOTE_MAX_AGE_S)
+            self._refreshing = self._refreshing or start
+        if start:
+            threading.Thread(target=self._refresh, name="pipeline-note", daemon=True).start()
+        return None if last is None else last[1]
+
+    def _refresh(self) -> None:
+        try:
+            self.report()
+        except Exception as exc:  # noqa: BLE001 - the note stays as it was
+            log.warning("pipeline state: %s", exc)
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def poll_stages(self) -> dict[str, StageState]:
         """Ask every stage actor for its stats, each on its own deadline."""
         import ray
 
-        calls: dict[Any, str] = {}
+        calls: dict[Any, tuple[str, str]] = {}
+        listed: dict[str, set[str]] = {stage: set() for stage in self.stages}
         for name, stage in self._actor_names():
             try:
                 handle = ray.get_actor(name)
             except ValueError:
                 continue  # gone since it was listed
-            calls[handle.stats.remote()] = stage
+            listed[stage].add(name)
+            calls[handle.stats.remote()] = (name, stage)
         ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=ACTOR_TIMEOUT_S) \
             if calls else ([], [])
-        answers: dict[str, list[dict[str, Any]]] = {stage: [] for stage in self.stages}
+        answers: dict[str, dict[str, dict[str, Any]]] = {stage: {} for stage in self.stages}
         for ref in ready:
+            name, stage = calls[ref]
             try:
-                answers[calls[ref]].append(ray.get(ref, timeout=0))
+                answers[stage][name] = ray.get(ref, timeout=0)
             except Exception as exc:  # noqa: BLE001 - a dead actor answers with its death
                 log.debug("stage actor stats: %s", exc)
         now = time.monotonic()
         with self._lock:
             for stage, got in answers.items():
-                state = self.stages[stage]
-                state.live = sum(1 for s in got if s.get("alive"))
-                if got:
-                    state.stats, state.answered_at = got, now
-                    state.nodes = sorted({s["node"] for s in got if s.get("node")})
-                if state.live:
-                    state.dead_since = None
-                elif state.dead_since is None:
-                    state.dead_since = now
+                self.stages[stage].take(got, listed[stage], now)
             return dict(self.stages)
 
     def _actor_names(self) -> list[tuple[str, str]]:
@@ -157,6 +207,8 @@ class PipelineWatch:
         missing = self.missing()
         now = time.monotonic()
         state, reasons = verdict(stages, replicas, missing, now, self.degraded_after_s)
+        with self._lock:
+            self._note = (now, {"state": state, "reasons": reasons})
         return {
             "state": state, "reasons": reasons, "embedder_replicas": replicas,
             "stages": {name: {

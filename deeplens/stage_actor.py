@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,6 +59,9 @@ class StageWorker:
         logging.basicConfig(level=settings.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.spec = spec
+        # Wall time this actor (re)started: its counters count from here, and the metrics
+        # mark a stage's counters as reset with it (``_created``).
+        self.started_at = time.time()
         handler = load_factory(spec.handler_factory)(settings)
         hook = load_factory(spec.before_commit)(settings) if spec.before_commit else None
         self.loop = ConsumerLoop(
@@ -73,7 +77,7 @@ class StageWorker:
 
     def stats(self) -> dict[str, Any]:
         return {"stage": self.spec.stage, "alive": self.loop.alive, "node": _node(),
-                **asdict(self.loop.stats)}
+                "started_at": self.started_at, **asdict(self.loop.stats)}
 
     def pid(self) -> int:
         """The actor's process id (benchmarks attribute CPU time to stages by it)."""

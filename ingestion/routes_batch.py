@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -26,7 +26,7 @@ from deeplens.kafka import DeliveryError, Outbound
 from ingestion import metrics
 from ingestion.bulk_import import BULK_TOPIC
 from ingestion.routes_upload import Staged, _stage_upload, _unstage
-from ingestion.schemas import UploadOut
+from ingestion.schemas import PIPELINE_DOC, PipelineNote, UploadOut
 from ingestion.services import Services, ServicesDep
 from ingestion.tables import images
 
@@ -52,6 +52,7 @@ class BatchItemOut(BaseModel):
 class BatchOut(BaseModel):
     accepted: int
     results: list[BatchItemOut]
+    pipeline: PipelineNote | None = Field(None, description=PIPELINE_DOC)
 
 
 # The body is parsed here, not by FastAPI: a part that is not a file fails alone (in
@@ -122,7 +123,8 @@ async def _upload_all(request: Request, svc: Services, tenant: str, lane: str,
             "index": index, "file_name": names[index],
             "duplicate_of": same.image_id if same.status_code == 202 else None})
     done = [r for r in results if r is not None]
-    return BatchOut(accepted=sum(r.status_code == 202 for r in done), results=done)
+    return BatchOut(accepted=sum(r.status_code == 202 for r in done), results=done,
+                    pipeline=svc.pipeline_note())
 
 
 def _charge(request: Request, tenant: str) -> float:

@@ -59,6 +59,8 @@ async def upload_image(svc: ServicesDep, tenant: TenantDep,
         data = await file.read(svc.settings.ingestion.max_upload_bytes + 1)
         staged = await run_in_threadpool(_stage_upload, svc, tenant, data,
                                          file.filename or "")
+        if isinstance(staged, UploadOut):
+            return staged.model_copy(update={"pipeline": svc.pipeline_note()})
         if not isinstance(staged, Staged):
             return staged
         event = staged.event
@@ -69,8 +71,9 @@ async def upload_image(svc: ServicesDep, tenant: TenantDep,
         await run_in_threadpool(svc.catalog.acknowledge, event.image_id)
         metrics.UPLOADS.labels(outcome="accepted").inc()
         metrics.UPLOAD_BYTES.inc(len(data))
+        # Accepted even while the pipeline cannot move it (the log keeps it), but said so.
         return UploadOut(image_id=event.image_id, tenant_id=tenant, status="uploaded",
-                         sha256=event.sha256)
+                         sha256=event.sha256, pipeline=svc.pipeline_note())
 
 
 def _stage_upload(svc: Services, tenant: str, data: bytes,

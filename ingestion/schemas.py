@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -13,12 +14,25 @@ Problem = ErrorBody
 """Every error answer, whatever its status or route: ``{"detail": "<one sentence>"}``."""
 
 
+class PipelineNote(BaseModel):
+    """The pipeline's state as the Gateway last saw it (``GET /readyz`` has the detail)."""
+
+    state: Literal["ok", "degraded"]
+    reasons: list[str] = []
+
+
+PIPELINE_DOC = ("The pipeline's state when the upload was accepted: `degraded` means the "
+                "image is safe in the event log but will wait until the reasons are gone "
+                "(a stage or the Embedder with nowhere to run). Absent where unknown.")
+
+
 class UploadOut(BaseModel):
     image_id: str
     tenant_id: str
     status: ImageStatus
     sha256: str
     duplicate_of: str | None = None
+    pipeline: PipelineNote | None = Field(None, description=PIPELINE_DOC)
 
 
 class StageTimes(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from deeplens.settings import Settings
 from deeplens.storage import Storage
 from deeplens.tombstones import Tombstones
 from ingestion.catalog import Catalog, ImageRow
-from ingestion.schemas import Problem
+from ingestion.schemas import PipelineNote, Problem
 
 
 @dataclass
@@ -24,6 +25,13 @@ class Services:
     storage: Storage
     producer: EventProducer
     tombstones: Tombstones
+    # The pipeline's last known state ({"state", "reasons"}) without waiting, set by the
+    # Gateway (cluster.pipeline_health); None where nothing watches the pipeline.
+    pipeline: Callable[[], dict[str, Any] | None] | None = None
+
+    def pipeline_note(self) -> PipelineNote | None:
+        note = self.pipeline() if self.pipeline is not None else None
+        return None if note is None else PipelineNote.model_validate(note)
 
 
 def services(request: Request) -> Services:

@@ -38,6 +38,9 @@ class FakeWatch:
     def __init__(self, state: str) -> None:
         self.state = state
 
+    def note(self) -> dict:
+        return {"state": self.state, "reasons": []}
+
     def report(self) -> dict:
         reasons = [] if self.state == "ok" else ["no Embedder replica is running"]
         return {"state": self.state, "reasons": reasons, "embedder_replicas": 0,
@@ -65,6 +68,8 @@ def test_readyz_answers_503_with_reasons_and_shows_nodes_to_the_operator_only() 
     assert operator.json()["stages"]["indexing"]["nodes"] == ["10.0.0.2/ab"]
     watch.state = "ok"
     assert client.get("/readyz").status_code == 200
+    assert app.state.services.pipeline() == {"state": "ok", "reasons": []}, \
+        "upload answers read the same watch"
 
 
 def test_actors_the_controller_added_count_as_live(ray_session) -> None:
@@ -93,3 +98,67 @@ def test_actors_the_controller_added_count_as_live(ray_session) -> None:
     assert stages["dedup"].live == 0
     for actor in (added, other):
         ray.kill(actor)
+
+
+def test_a_silent_actor_keeps_its_counters_and_a_restart_marks_them_reset() -> None:
+    state = StageState(wanted=2)
+    a, b = {"alive": True, "handled": 10, "started_at": 100.0}, \
+        {"alive": True, "handled": 5, "started_at": 90.0}
+    state.take({"s-0": a, "s-1": b}, {"s-0", "s-1"}, now=1.0)
+    assert sum(s["handled"] for s in state.stats) == 15 and state.reset_at == 100.0
+    state.take({"s-0": {**a, "handled": 12}}, {"s-0", "s-1"}, now=2.0)  # s-1 unreachable
+    assert sum(s["handled"] for s in state.stats) == 17, "s-1's last counters are kept"
+    assert state.answered_at == 1.0 and state.live == 1, "their age is the oldest answer's"
+    state.take({"s-1": {"alive": True, "handled": 0, "started_at": 200.0}},
+               {"s-0", "s-1"}, now=3.0)  # s-1 restarted: its counters start again
+    assert state.reset_at == 200.0
+    state.take({"s-1": {"alive": True, "handled": 1, "started_at": 200.0}}, {"s-1"}, now=4.0)
+    assert state.reset_at > 200.0 and [s["handled"] for s in state.stats] == [1], \
+        "a member gone from the namespace leaves the sum: a reset too"
+
+
+def test_stage_counters_carry_when_they_restarted(tmp_path) -> None:
+    from cluster.metrics import PipelineCollector
+    from deeplens.settings import Settings
+
+    collector = PipelineCollector(Settings(data_dir=tmp_path), None, {"indexing": 1})
+    state = StageState(wanted=1)
+    state.take({"i-0": {"alive": True, "handled": 3, "started_at": 1.7e9}}, {"i-0"}, now=1.0)
+    collector.watch = type("W", (), {"poll_stages": lambda self: {"indexing": state},
+                                     "poll_embedder": lambda self: 1})()
+    samples = {s.name: s.value for family in collector._stages() for s in family.samples}
+    assert samples["deeplens_stage_handled_total"] == 3
+    assert samples["deeplens_stage_handled_created"] == 1.7e9
+    assert samples["deeplens_embedder_replicas"] == 1
+
+
+def test_upload_answers_get_the_last_verdict_without_waiting(tmp_path) -> None:
+    import threading
+
+    from cluster.pipeline_health import PipelineWatch
+    from deeplens.settings import Settings
+
+    release = threading.Event()
+
+    class Watch(PipelineWatch):
+        def poll_stages(self):  # type: ignore[no-untyped-def]
+            release.wait(30)
+            return {"indexing": StageState(wanted=1, dead_since=0.0)}
+
+        def poll_embedder(self):  # type: ignore[no-untyped-def]
+            return 0
+
+        def missing(self):  # type: ignore[no-untyped-def]
+            return {"Embedder": ["gpu_pool"]}
+
+    watch = Watch(Settings(data_dir=tmp_path), {"indexing": 1})
+    assert watch.note() is None, "the first poll runs in the background"
+    release.set()
+    for _ in range(600):  # the background poll finishes
+        if watch.note() is not None:
+            break
+        threading.Event().wait(0.05)
+    note = watch.note()
+    assert note is not None and note["state"] == "degraded"
+    assert "no Embedder replica is running" in note["reasons"]
+    assert any(r.startswith("stage indexing has no live actor") for r in note["reasons"])
