@@ -9,10 +9,13 @@ image searches and status reads. After each round it records the memory (PSS) of
 role: the broker, each stage, the Serve replicas, Ray's own processes.
 
 Growth is judged after the first rounds (warm-up: caches, JIT, pools), on the slope of
-each role's memory over the remaining rounds. What the stored data explains is allowed:
-the Gateway's in-memory search index (a 64-d tiny-model vector per image, plus ids),
-dedup's hash cache (~400 bytes an image). Anything above ``--allow-kb-per-image`` per
-image in any role fails the run loudly (exit 1), naming the role.
+each role's memory over the remaining rounds in which it ran as many processes as in
+the last round (the scaling controller adds and removes stage actors: a step in their
+count is not growth). ``--allow-kb-per-image`` is what the stored data may explain in
+any one role: the Gateway's search index of the tiny model's 64-d vectors with their
+ids, dedup's hash cache (~400 bytes an image). Anything above it fails the run loudly
+(exit 1), naming the role; a role with fewer than two such rounds is listed as not
+judged.
 
 Writes benchmarks/runs/soak-<time>.json (--out to choose; results/soak.json with --record).
 """
@@ -41,13 +44,29 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-def growth_per_image(rounds: list[dict], warmup: int) -> dict[str, float]:
-    """Bytes per stored image each role grew by over the rounds after ``warmup``."""
-    kept = rounds[warmup:]
-    stored = [r["stored_images"] for r in kept]
-    roles = {name for r in kept for name in r["memory_mb"]}
-    return {name: slope(stored, [r["memory_mb"].get(name, 0.0) * 2**20 for r in kept])
-            for name in sorted(roles)}
+def steady_rounds(rounds: list[dict], name: str) -> list[dict]:
+    """The last rounds in a row in which role ``name`` ran as many processes as in the
+    last one (rows recorded without process counts: all of them)."""
+    count = rounds[-1].get("processes", {}).get(name) if rounds else None
+    kept: list[dict] = []
+    for row in reversed(rounds):
+        if row.get("processes", {}).get(name) != count:
+            break
+        kept.insert(0, row)
+    return kept
+
+
+def growth_per_image(rounds: list[dict], warmup: int) -> dict[str, float | None]:
+    """Bytes per stored image each role grew by over the rounds after ``warmup`` with its
+    final process count; None where fewer than two such rounds are left."""
+    after = rounds[warmup:]
+    growth: dict[str, float | None] = {}
+    for name in sorted({name for r in after for name in r["memory_mb"]}):
+        kept = steady_rounds(after, name)
+        growth[name] = slope([r["stored_images"] for r in kept],
+                             [r["memory_mb"].get(name, 0.0) * 2**20 for r in kept]
+                             ) if len(kept) >= 2 else None
+    return growth
 
 
 def main() -> int:
@@ -130,6 +149,7 @@ def main() -> int:
                            "total_mb": round(total / 2**20, 1),
                            "memory_mb": {name: round(size / 2**20, 1)
                                          for name, (size, _) in by_role.items()},
+                           "processes": {name: n for name, (_, n) in by_role.items()},
                            "broker_recycled": dict(stack.recycler.stats.recycled)
                            if stack.recycler else {}}
                     rounds.append(row)
@@ -140,14 +160,16 @@ def main() -> int:
             rows = catalog.counts_by_tenant().get("soak", {})
 
     growth = growth_per_image(rounds, args.warmup_rounds)
-    over = {name: round(b / 1024, 2) for name, b in growth.items()
+    judged = {name: b for name, b in growth.items() if b is not None}
+    over = {name: round(b / 1024, 2) for name, b in judged.items()
             if b / 1024 > args.allow_kb_per_image}
     print("growth per stored image after warm-up (KB): " + ", ".join(
-        f"{name} {b / 1024:.2f}" for name, b in sorted(growth.items(), key=lambda kv: -kv[1])))
+        f"{name} {b / 1024:.2f}" for name, b in sorted(judged.items(), key=lambda kv: -kv[1])))
     path = record("soak", {
         "rounds": rounds, "images_per_round": args.images, "clients": args.clients,
         "warmup_rounds": args.warmup_rounds, "allow_kb_per_image": args.allow_kb_per_image,
-        "growth_kb_per_image": {k: round(v / 1024, 3) for k, v in growth.items()},
+        "growth_kb_per_image": {k: round(v / 1024, 3) for k, v in judged.items()},
+        "not_judged": sorted(set(growth) - set(judged)),
         "catalog_counts": rows, "over_budget": over})
     print(f"wrote {path}")
     if over:
