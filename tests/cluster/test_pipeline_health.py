@@ -162,3 +162,23 @@ def test_upload_answers_get_the_last_verdict_without_waiting(tmp_path) -> None:
     assert note is not None and note["state"] == "degraded"
     assert "no Embedder replica is running" in note["reasons"]
     assert any(r.startswith("stage indexing has no live actor") for r in note["reasons"])
+
+
+def test_deeplens_status_prints_the_verdict_per_stage_with_nodes(monkeypatch, capsys) -> None:
+    import httpx
+
+    from cluster import client_cli
+
+    report = {"state": "degraded", "embedder_replicas": 0,
+              "reasons": ["stage indexing has no live actor for 40 s",
+                          "waiting for a node with resource gpu_pool (for the Embedder)"],
+              "stages": {"indexing": {"live": 0, "wanted": 1, "nodes": []},
+                         "dedup": {"live": 1, "wanted": 1, "nodes": ["10.0.0.1/ab"]}}}
+    monkeypatch.setattr(client_cli.httpx, "get", lambda url, **kw: httpx.Response(
+        503, json=report, request=httpx.Request("GET", url)))
+    client_cli.print_pipeline("http://gw", {})
+    out = capsys.readouterr().out
+    assert "pipeline: DEGRADED; Embedder replicas: 0" in out
+    assert "  - stage indexing has no live actor for 40 s" in out
+    assert "  - waiting for a node with resource gpu_pool (for the Embedder)" in out
+    assert "indexing     0/1 live on -" in out and "dedup        1/1 live on 10.0.0.1/ab" in out

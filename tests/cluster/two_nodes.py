@@ -119,35 +119,56 @@ def main() -> None:
 
 
 def lose_the_worker_node(cluster, worker, client: httpx.Client, ids: list[str]) -> dict:
-    """Kill every process of the second node while uploads go on; readiness and search
-    must say so within their bounds; a replacement node with the same resources brings
-    everything back with no manual command."""
+    """Kill every process of the second node while uploads go on; readiness, upload
+    answers and search must say so within their bounds; a replacement node with the same
+    resources brings everything back with no manual command."""
     from cluster.samples import jpeg_bytes, scene
 
-    cluster.remove_node(worker, allow_graceful=False)
+    def upload(name: str, seed: int) -> httpx.Response:
+        return client.post("/v1/images", files={"file": (name, jpeg_bytes(scene(seed, 160)))})
+
     out: dict = {}
-    during = []
+    # Mid-stream: these are uploaded and the node dies without waiting for them.
+    in_flight = [upload(f"f{i}.jpg", 700 + i).json()["image_id"] for i in range(4)]
+    cluster.remove_node(worker, allow_graceful=False)
+    at_kill = client.post("/v1/images/statuses", json={"image_ids": in_flight}).json()
+    out["in_flight_unfinished_at_kill"] = sum(
+        s not in ("indexed", "failed") for s in at_kill["statuses"].values())
+    during = list(in_flight)
     for i in range(4):  # the broker still takes events: uploads are accepted
-        answer = client.post("/v1/images", files={"file": (f"d{i}.jpg", jpeg_bytes(scene(
-            900 + i, 160)))})
+        answer = upload(f"d{i}.jpg", 900 + i)
         during.append(answer.json().get("image_id"))
         out.setdefault("upload_status_during", []).append(answer.status_code)
     deadline = time.monotonic() + 120
-    ready: httpx.Response | None = None
+    report: dict = {}
     while time.monotonic() < deadline:
         ready = client.get("/readyz")
-        reasons = ready.json().get("reasons", [])
-        if ready.status_code == 503 and any("worker_node" in r for r in reasons) and \
-                any(r.startswith("stage ") for r in reasons):
+        report = {"status": ready.status_code, **ready.json()}
+        text = " ".join(report.get("reasons", []))
+        if ready.status_code == 503 and "resource worker_node" in text and \
+                "no Embedder replica" in text and \
+                all(f"stage {stage} " in text for stage in report.get("stages", {})):
             break
         time.sleep(1)
-    out["readyz_during"] = {"status": ready.status_code if ready else None,
-                            "reasons": ready.json().get("reasons") if ready else None}
-    began = time.monotonic()
-    search = client.post("/v1/search", json={"text": "a photo", "k": 3})
-    out["search_during"] = {"status": search.status_code,
-                            "seconds": round(time.monotonic() - began, 1),
-                            "retry_after": search.headers.get("Retry-After")}
+    out["readyz_during"] = {"status": report.get("status"), "reasons": report.get("reasons"),
+                            "stages": sorted(report.get("stages", {}))}
+    out["status_during"] = deeplens_status_pipeline(client)
+    for i in range(10):  # the upload answer says so too (the Gateway's last verdict)
+        answer = upload(f"s{i}.jpg", 950 + i)
+        during.append(answer.json().get("image_id"))
+        out["upload_pipeline_during"] = answer.json().get("pipeline")
+        if (out["upload_pipeline_during"] or {}).get("state") == "degraded":
+            break
+        time.sleep(1)
+    for route, kwargs in (("/v1/search", {"json": {"text": "a photo", "k": 3}}),
+                          ("/v1/search/image", {"data": {"k": "3"}, "files": {
+                              "file": ("q.jpg", jpeg_bytes(scene(800, 160)))}})):
+        began = time.monotonic()
+        search = client.post(route, **kwargs)
+        out.setdefault("search_during", []).append({
+            "route": route, "status": search.status_code,
+            "seconds": round(time.monotonic() - began, 1),
+            "retry_after": search.headers.get("Retry-After")})
     cluster.add_node(num_cpus=2, resources={"worker_node": 100})
     cluster.wait_for_nodes()
     everything = [*ids, *during]
@@ -167,6 +188,20 @@ def lose_the_worker_node(cluster, worker, client: httpx.Client, ids: list[str]) 
         time.sleep(1)
     out["readyz_after"] = client.get("/readyz").status_code
     return out
+
+
+def deeplens_status_pipeline(client: httpx.Client) -> str:
+    """What ``deeplens status`` prints about the pipeline, from this Gateway."""
+    import contextlib
+    import io
+
+    from cluster.client_cli import print_pipeline
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_pipeline(str(client.base_url).rstrip("/"),
+                       {"Authorization": client.headers["Authorization"]})
+    return printed.getvalue()
 
 
 if __name__ == "__main__":
