@@ -79,6 +79,15 @@ def missing_resources(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> 
     return sorted(name for name, amount in wanted.items() if amount and name not in offered)
 
 
+def wanted_resources(settings: Settings) -> dict[str, dict[str, float]]:
+    """The node resources the stage actors and the Embedder need (pure): their custom
+    resources, and GPU where the Embedder asks for one (no GPU node left: it waits)."""
+    embedder = dict(settings.serve.resources or {})
+    if settings.serve.num_gpus:
+        embedder["GPU"] = settings.serve.num_gpus
+    return {"stage actors": dict(settings.actors.resources or {}), "Embedder": embedder}
+
+
 def verdict(stages: dict[str, StageState], replicas: int | None, missing: dict[str, list[str]],
             now: float, degraded_after_s: float = DEGRADED_AFTER_S) -> tuple[str, list[str]]:
     """("ok" | "degraded", reasons) from what was observed (pure)."""
@@ -194,9 +203,8 @@ class PipelineWatch:
 
         nodes = ray.nodes()
         out = {}
-        for what, wanted in (("stage actors", self.settings.actors.resources),
-                             ("Embedder", self.settings.serve.resources)):
-            names = missing_resources(dict(wanted or {}), nodes)
+        for what, wanted in wanted_resources(self.settings).items():
+            names = missing_resources(wanted, nodes)
             if names:
                 out[what] = names
         return out

@@ -16,6 +16,17 @@ def test_a_resource_only_a_dead_node_had_is_missing() -> None:
     assert missing_resources({}, NODES) == []
 
 
+def test_a_gpu_embedder_waits_for_a_gpu_node() -> None:
+    from cluster.pipeline_health import wanted_resources
+    from deeplens.settings import ActorSettings, ServeSettings, Settings
+
+    wanted = wanted_resources(Settings(serve=ServeSettings(num_gpus=1),
+                                       actors=ActorSettings(resources={"cpu_pool": 1})))
+    assert wanted == {"stage actors": {"cpu_pool": 1}, "Embedder": {"GPU": 1}}
+    assert missing_resources(wanted["Embedder"], NODES) == ["GPU"], "only the dead node had one"
+    assert wanted_resources(Settings())["Embedder"] == {}
+
+
 def test_degraded_names_the_stage_the_embedder_and_the_resource() -> None:
     now = 1000.0
     stages = {"indexing": StageState(wanted=1, live=0, dead_since=now - 40),
