@@ -16,6 +16,7 @@ from deeplens.settings import (
     IngestionSettings,
     KafkaSettings,
     ModelSettings,
+    OpsSettings,
     ServeSettings,
     Settings,
 )
@@ -25,13 +26,13 @@ KEY = "key-acme-0123456789ab"
 COUNT = 40
 
 
-def _settings(data_dir, **kafka) -> Settings:
+def _settings(data_dir, sweep_interval_s: float = 60, **kafka) -> Settings:
     return Settings(
         data_dir=data_dir, api_keys=f"acme:{KEY}",
         kafka=KafkaSettings(poll_timeout_s=0.2, session_timeout_ms=6000, batch_size=8, **kafka),
         model=ModelSettings(name="deeplens-tiny", pretrained="random"),
         serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=8),
-        actors=ActorSettings(num_cpus=0.1),
+        actors=ActorSettings(num_cpus=0.1), ops=OpsSettings(sweep_interval_s=sweep_interval_s),
         ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
 
 
@@ -49,7 +50,7 @@ def _far_future():
     return utcnow() + timedelta(days=1)
 
 
-def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve) -> None:
+def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve, capsys) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "hold-indexing").write_text("x")  # indexing stalls: work piles up in flight
@@ -71,11 +72,15 @@ def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve) -> None:
 
     (data_dir / "hold-indexing").unlink()
     # This time the broker also recycles drained topics, at 20 records: the pipeline
-    # must carry on across a recycle (checked at the end).
-    recycling = _settings(data_dir, local_broker_recycle_messages=20,
+    # must carry on across a recycle (checked at the end). The periodic sweep runs
+    # every second (with its 10-minute limit: nothing here is stuck that long).
+    recycling = _settings(data_dir, sweep_interval_s=1.0, local_broker_recycle_messages=20,
                           local_broker_recycle_interval_s=1.0)
     with LocalStack(recycling) as stack:
         assert stack.resumed == len(left), (stack.resumed, len(left))
+        capsys.readouterr()
+        stack.print_banner()  # what `deeplens up` prints
+        assert f"resuming {len(left)} images left in flight" in capsys.readouterr().out
         client = httpx.Client(base_url=stack.url, timeout=60,
                               headers={"Authorization": f"Bearer {KEY}"})
         deadline = time.monotonic() + 240
@@ -103,6 +108,17 @@ def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve) -> None:
         assert set(statuses.values()) == {"indexed"}, ("after a recycle", statuses)
         ids += later
         client.close()
+        import ray
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ray.get(stack.sweeper.stats.remote())[
+                "sweeps"] < 2:
+            time.sleep(0.5)
+        sweeps = ray.get(stack.sweeper.stats.remote())
+        assert sweeps["sweeps"] >= 2, ("the sweep runs by itself", sweeps)
+        assert sweeps["republished"] == 0, ("the start resumed them, not the sweep", sweeps)
+        metrics = httpx.get(stack.url + "/metrics", timeout=30).text
+        assert "deeplens_reconcile_republished_total 0.0" in metrics, metrics[-2000:]
     catalog_rows = _statuses(data_dir)
     assert sorted(catalog_rows) == sorted(ids), "one catalog row per upload, no more"
     from deeplens.vectors.lancedb import LanceStore
@@ -112,3 +128,12 @@ def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve) -> None:
     vectors = stored.column("image_id").to_pylist()
     store.close()
     assert sorted(vectors) == sorted(ids), "one vector per image, no duplicates"
+    import sqlalchemy as sa
+
+    from deeplens.db import make_engine
+
+    engine = make_engine(f"sqlite:///{(data_dir / 'catalog.db').resolve()}")
+    with engine.connect() as conn:
+        links = conn.execute(sa.text("SELECT image_id, other_id FROM duplicates")).all()
+    assert not [link for link in links if link[0] == link[1]], (
+        "an image processed twice is no duplicate of itself", links)
