@@ -9,6 +9,7 @@ projection that consumes the lifecycle topics. The tables are described in
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -233,14 +234,26 @@ class Catalog:
                 out.setdefault(_aware(hour), {})[metric] = quantity
         return out
 
-    def stuck(self, statuses: tuple[str, ...], uploaded_before: datetime) -> list[ImageRow]:
+    def stuck(self, statuses: tuple[str, ...], uploaded_before: datetime,
+              page: int = 1000) -> Iterator[ImageRow]:
         """Images still in one of ``statuses`` that were uploaded before the cut-off, oldest
-        first (what ``deeplens reconcile`` restarts)."""
-        query = (images.select()
-                 .where(images.c.status.in_(statuses), images.c.uploaded_at < uploaded_before)
-                 .order_by(images.c.uploaded_at))
-        with self.engine.connect() as conn:
-            return [self._row(r) for r in conn.execute(query)]
+        first (what ``deeplens reconcile`` and the restart sweep re-publish). Read a page at
+        a time on (uploaded_at, image_id), each page on its own short connection: a backlog
+        of millions is never held in memory, and the caller may write between pages."""
+        after: tuple[datetime, str] | None = None
+        while True:
+            query = images.select().where(images.c.status.in_(statuses),
+                                          images.c.uploaded_at < uploaded_before)
+            if after is not None:
+                query = query.where(sa.tuple_(images.c.uploaded_at, images.c.image_id)
+                                    > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+            query = query.order_by(images.c.uploaded_at, images.c.image_id).limit(page)
+            with self.engine.connect() as conn:
+                raw = conn.execute(query).all()
+            yield from (self._row(r) for r in raw)
+            if len(raw) < page:
+                return
+            after = (raw[-1].uploaded_at, raw[-1].image_id)  # as stored, for the next page
 
     def oldest_unfinished(self, statuses: tuple[str, ...] = ("uploaded", "validated",
                                                               "processed")) -> datetime | None:

@@ -31,7 +31,7 @@ class ReconcileReport:
 
 
 def stuck_images(catalog: Catalog, older_than: timedelta) -> list[ImageRow]:
-    return catalog.stuck(STUCK, utcnow() - older_than)
+    return list(catalog.stuck(STUCK, utcnow() - older_than))
 
 
 def uploaded_event(row: ImageRow) -> ImageUploaded:

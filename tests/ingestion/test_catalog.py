@@ -120,3 +120,32 @@ def test_usage_batches_count_once(catalog_url) -> None:
     assert catalog.usage("acme", NOW) == {NOW: {"uploads": 2.0, "upload_bytes": 300.0},
                                           later: {"uploads": 1.0}}
     assert catalog.usage("zeta", NOW) == {NOW: {"uploads": 1.0}}
+
+
+def test_stuck_images_come_a_page_at_a_time_each_once_oldest_first(catalog_url) -> None:
+    """The restart sweep's read: pages on (uploaded_at, image_id), ties across a page
+    edge included, and a write between pages (a row failed) does not shift the rest."""
+    catalog = Catalog(catalog_url)
+    for i in range(23):  # three images share each upload second: ties cross page edges
+        catalog.insert(row(f"s{i:02d}", at=NOW + timedelta(seconds=i // 3)))
+    catalog.insert(row("late", at=NOW + timedelta(hours=1)))  # after the cut-off
+    seen = []
+    for image in catalog.stuck(("uploaded",), NOW + timedelta(minutes=5), page=4):
+        seen.append(image.image_id)
+        if image.image_id == "s05":  # what reconcile does to an image whose bytes are gone
+            catalog.fail("s05", "ingestion", "missing_object", "gone", NOW)
+    assert seen == [f"s{i:02d}" for i in range(23)]
+    assert "s05" not in [r.image_id for r in catalog.stuck(("uploaded",), NOW + timedelta(
+        minutes=5), page=4)]
+
+
+def test_stuck_images_are_read_as_they_are_used_not_all_at_once(catalog_url) -> None:
+    """A backlog of millions is never held at once: after the first page is handed out,
+    a row written further on is still found (a list read up front would miss it)."""
+    catalog = Catalog(catalog_url)
+    for i in range(6):
+        catalog.insert(row(f"b{i}", at=NOW + timedelta(seconds=i)))
+    pages = catalog.stuck(("uploaded",), NOW + timedelta(minutes=5), page=2)
+    assert next(pages).image_id == "b0"
+    catalog.insert(row("b9", at=NOW + timedelta(seconds=9)))
+    assert [image.image_id for image in pages] == ["b1", "b2", "b3", "b4", "b5", "b9"]
