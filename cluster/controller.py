@@ -30,7 +30,12 @@ from cluster.scaling_ops import (
 from cluster.scaling_policy import Hysteresis, Scaler, embedder_signal, partitions_of, runs, stage_signal
 from deeplens.serve_names import running_embedder_replicas as running_replicas
 from deeplens.settings import Settings
-from deeplens.stage_actor import StageSpec, launch_stage, stage_actor_name, stop_stage
+from deeplens.stage_actor import (
+    StageSpec,
+    launch_stage,
+    live_stage_actors,
+    stop_stage,
+)
 from deeplens.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -82,17 +87,7 @@ class ScalingController:
 
     def live(self, stage: str) -> dict[int, Any]:
         """The stage's actors by index, looked up by name (the stack started some)."""
-        import ray
-
-        found: dict[int, Any] = {}
-        misses, i = 0, 0
-        while misses < 3:  # names are dense from 0; a gap or two may be mid-restart
-            try:
-                found[i] = ray.get_actor(stage_actor_name(self.settings, stage, i))
-                misses = 0
-            except ValueError:
-                misses += 1
-            i += 1
+        found = live_stage_actors(self.settings, stage)
         self.handles[stage] = found
         return found
 

@@ -12,12 +12,21 @@ again (same partitions and retention) when:
 - it is not ``images.failed``: its records are the dead letters ``deeplens dlq list``
   and ``replay`` read back later (the seed keeps them 30 days), not work in flight.
 
+Before the delete, every actor of the stages that read those topics lets go of the
+broker (:meth:`deeplens.stage_actor.StageWorker.hold`: it commits and closes its
+consumer): librdkafka 2.16 crashes the whole process when a topic it is subscribed to
+is deleted on tansu (measured: SIGSEGV in ``rd_kafka_metadata_cache_find``, every
+time). With every reader away, the ends and lags are read again and only topics still
+drained and unchanged go; then the readers come back with fresh consumers, which find
+their committed offset past the new, empty topic's end and start again from its
+beginning (``auto.offset.reset=earliest``). A reader that does not let go in time
+cancels the pass. A hold has a lease (60 s), so a recycler that dies mid-pass never
+leaves a stage idle for good.
+
 A record produced between the check and the delete would be lost with the topic; the
-quiet-moment rule makes that unlikely, and the stuck-image sweep (``cluster.sweeper``)
-re-publishes any image whose event went missing. Consumers find their committed offset
-past the new, empty topic's end and start again from its beginning
-(``auto.offset.reset=earliest``). On a real Kafka the topics' own retention applies and
-this never runs.
+quiet-moment rule and the second check make that unlikely, and the stuck-image sweep
+(``cluster.sweeper``) re-publishes any image whose event went missing. On a real Kafka
+the topics' own retention applies and this never runs.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ class RecycleStats:
     passes: int = 0
     recycled: dict[str, int] = field(default_factory=dict)  # logical topic -> times
     records_dropped: int = 0
+    cancelled: int = 0  # passes called off: a reader did not let go, or a topic moved
 
 
 def drained_topics(ends: dict[tuple[str, int], int], lags: dict[tuple[str, str, int], int],
@@ -65,13 +75,44 @@ def drained_topics(ends: dict[tuple[str, int], int], lags: dict[tuple[str, str, 
     return ready
 
 
+class StageHolds:
+    """Asks every running actor of some stages to let go of the broker, and back."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+
+    def hold(self, stages: set[str]) -> tuple[bool, list[Any]]:
+        """(whether every actor let go in time, the actors asked: release them all)."""
+        import ray
+
+        from deeplens.stage_actor import live_stage_actors
+
+        if not ray.is_initialized():
+            return True, []
+        actors = [a for stage in sorted(stages)
+                  for a in live_stage_actors(self.settings, stage).values()]
+        refs = [a.hold.remote(self.timeout_s) for a in actors]
+        try:
+            answers = ray.get(refs, timeout=self.timeout_s + 10)
+        except Exception as exc:  # noqa: BLE001 - a dying actor: call the pass off
+            log.warning("topic recycling: a stage actor did not answer a hold: %s", exc)
+            return False, actors
+        return all(answers), actors
+
+    def release(self, actors: list[Any]) -> None:
+        for actor in actors:
+            actor.release.remote()
+
+
 class TopicRecycler:
     """Runs :meth:`recycle_once` every ``interval_s`` in a thread (``deeplens up`` on the
     local broker)."""
 
     def __init__(self, settings: Settings, running: list[str],
-                 min_messages: int | None = None) -> None:
+                 min_messages: int | None = None, holds: Any = None) -> None:
         self.settings = settings
+        self.holds = holds or StageHolds(settings)
         self.names = TopicNames(settings.kafka.topic_prefix)
         self.running = set(running)
         self.interval_s = settings.kafka.local_broker_recycle_interval_s
@@ -109,11 +150,24 @@ class TopicRecycler:
         self._previous = ends
         if not ready:
             return []
-        physical = [self.names.physical(t) for t in ready]
-        for future in self._admin.delete_topics(physical, request_timeout=15).values():
-            future.result()
-        ensure_topics(self._admin, self.names, partitions=wanted_partitions(
-            self.settings.kafka.partitions, self.settings.kafka.min_partitions))
+        readers = {stage for t in ready for stage in TOPICS[t].groups} & self.running
+        let_go, held = self.holds.hold(readers)
+        try:
+            if let_go:  # nothing read them meanwhile; was anything written?
+                again, lags = offsets_and_lag(self._admin, self._consumer, self.names,
+                                              self.running)
+                ready = [t for t in drained_topics(again, lags, ends, self.names, self.running,
+                                                   self.min_messages) if t in ready]
+            if not let_go or not ready:
+                self.stats.cancelled += 1
+                return []
+            physical = [self.names.physical(t) for t in ready]
+            for future in self._admin.delete_topics(physical, request_timeout=15).values():
+                future.result()
+            ensure_topics(self._admin, self.names, partitions=wanted_partitions(
+                self.settings.kafka.partitions, self.settings.kafka.min_partitions))
+        finally:
+            self.holds.release(held)
         for logical, topic in zip(ready, physical, strict=True):
             dropped = sum(max(e, 0) for (t, _), e in ends.items() if t == topic)
             self.stats.records_dropped += dropped

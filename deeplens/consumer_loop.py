@@ -28,7 +28,14 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from deeplens.batch_runner import BatchHandler, BatchRunner, LoopStats
-from deeplens.consumer_parts import Backpressure, Batch, OffsetTracker, Partitions, RetryHolds
+from deeplens.consumer_parts import (
+    Backpressure,
+    Batch,
+    Hold,
+    OffsetTracker,
+    Partitions,
+    RetryHolds,
+)
 from deeplens.events import Stage
 from deeplens.kafka import EventProducer, make_consumer
 from deeplens.lanes import LaneGate, LiveMarks, is_bulk
@@ -78,6 +85,7 @@ class ConsumerLoop:
         self.backpressure = Backpressure(self.max_in_flight)
         self.holds = RetryHolds()
         self.partitions = Partitions()
+        self.hold = Hold()  # the local broker's topic recycling asks (deeplens.stage_actor)
         # Live lane first where the stage reads both lanes (deeplens.lanes).
         twins = {self.names.physical(t.removesuffix(".bulk")) for t in topics if is_bulk(t)}
         twins &= {self.names.physical(t) for t in topics}
@@ -100,14 +108,35 @@ class ConsumerLoop:
         return self._thread is not None and self._thread.is_alive()
 
     def run(self) -> None:
-        """Run until :meth:`stop`; finishes in-flight batches, commits, leaves the group."""
-        consumer = make_consumer(self.settings, self.group)
+        """Run until :meth:`stop`; finishes in-flight batches, commits, leaves the group.
+
+        While :attr:`hold` is wanted it does that too, then opens a fresh consumer once
+        released: a fresh client keeps no metadata of a topic deleted meanwhile (on the
+        local broker, librdkafka 2.16 crashes the process when a topic it is subscribed
+        to is deleted)."""
         executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.stage}-work")
+        try:
+            while not self._stop.is_set():
+                self._consume_until_asked(executor)
+                if self.hold.wanted.is_set() and not self._stop.is_set():
+                    self.hold.keep_away(self._stop)
+        except Exception:
+            log.exception("%s: consumer loop failed", self.stage)
+            if self.on_fatal is not None:
+                self.on_fatal()
+            raise
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _consume_until_asked(self, executor: ThreadPoolExecutor) -> None:
+        """One consumer's life: subscribe, step until stop or a hold, then finish what is
+        in flight, commit and close (leaving the group)."""
+        consumer = make_consumer(self.settings, self.group)
         consumer.subscribe([self.names.physical(t) for t in self.topics], on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_lost)
         failures = 0
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self.hold.wanted.is_set():
                 try:
                     self._step(consumer, executor)
                     failures = 0
@@ -120,14 +149,9 @@ class ConsumerLoop:
                     self._stop.wait(min(0.1 * failures, 2.0))
             wait(self.offsets.pending(), timeout=20.0)
             self._commit_done(consumer)
-        except Exception:
-            log.exception("%s: consumer loop failed", self.stage)
-            if self.on_fatal is not None:
-                self.on_fatal()
-            raise
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
             consumer.close()
+            self._on_lost(consumer, [TopicPartition(t, p) for t, p in self.partitions.owned])
 
     # -- one iteration -------------------------------------------------------------
     def _step(self, consumer: Consumer, executor: ThreadPoolExecutor) -> None:

@@ -7,6 +7,8 @@
   (rewound to it) until its not-before time.
 - :class:`Partitions`: what is owned and paused through rebalances; which partitions
   to pause and resume, given the two above.
+- :class:`Hold`: a request, from another thread, that the loop let go of the broker
+  for a moment (the local broker's topic recycling), with a lease that ends it.
 
 Partitions are ``(physical topic, partition)`` pairs throughout.
 """
@@ -153,3 +155,38 @@ class Partitions:
         pause, resume = wanted - self.paused, (self.paused - wanted) & self.owned
         self.paused = wanted
         return pause, resume
+
+
+class Hold:
+    """Let go of the broker for a moment, asked from another thread.
+
+    The asker calls :meth:`request` and waits until the loop says it has let go (it
+    finished what was in flight, committed and closed its consumer); it calls
+    :meth:`release` when done. The loop stays away until released, or until the lease
+    ends: an asker that died never leaves a stage idle for longer than ``lease_s``.
+    """
+
+    def __init__(self, lease_s: float = 60.0) -> None:
+        self.lease_s = lease_s
+        self.wanted = threading.Event()
+        self._holding = threading.Event()
+
+    def request(self, timeout_s: float) -> bool:
+        """Ask the loop to let go; True once it has (within ``timeout_s``)."""
+        self.wanted.set()
+        return self._holding.wait(timeout_s)
+
+    def release(self) -> None:
+        self.wanted.clear()
+
+    def keep_away(self, stop: threading.Event, poll_s: float = 0.05) -> None:
+        """The loop's side, with its consumer closed: say so, then wait for the release,
+        the lease's end or ``stop``."""
+        import time
+
+        self._holding.set()
+        ends = time.monotonic() + self.lease_s
+        while self.wanted.is_set() and not stop.is_set() and time.monotonic() < ends:
+            stop.wait(poll_s)
+        self.wanted.clear()
+        self._holding.clear()

@@ -83,6 +83,15 @@ class StageWorker:
         """The actor's process id (benchmarks attribute CPU time to stages by it)."""
         return os.getpid()
 
+    def hold(self, timeout_s: float = 30.0) -> bool:
+        """Let go of the broker (commit, close the consumer) until :meth:`release` or the
+        hold's lease ends; True once let go. The local broker's topic recycling asks
+        this before it deletes a topic this stage reads."""
+        return self.loop.hold.request(timeout_s)
+
+    def release(self) -> None:
+        self.loop.hold.release()
+
     def stop(self) -> None:
         self.loop.stop()
 
@@ -120,6 +129,22 @@ def stage_actor_name(settings: Settings, stage: str, index: int) -> str:
     """``<prefix><stage>-<i>``: the stack, the scaling controller and the health watch
     find a stage's actors by these names."""
     return f"{settings.kafka.topic_prefix}{stage}-{index}"
+
+
+def live_stage_actors(settings: Settings, stage: str) -> dict[int, Any]:
+    """A stage's running actors by index, looked up by name (whoever started them)."""
+    import ray
+
+    found: dict[int, Any] = {}
+    misses, i = 0, 0
+    while misses < 3:  # names are dense from 0; a gap or two may be mid-restart
+        try:
+            found[i] = ray.get_actor(stage_actor_name(settings, stage, i))
+            misses = 0
+        except ValueError:
+            misses += 1
+        i += 1
+    return found
 
 
 def stop_stage(actors: list[Any], timeout_s: float = 20.0) -> None:

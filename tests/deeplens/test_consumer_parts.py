@@ -106,3 +106,44 @@ def test_usage_of_an_image_has_a_stable_id() -> None:
     assert usage_event("t", "searches", 1).event.event_id != usage_event("t", "searches", 1).event.event_id
     with pytest.raises(ValueError):
         usage_event("t", "uploads", 1, image_id="img")
+
+
+def _keep_away_in_thread(hold, stop):
+    import threading
+
+    thread = threading.Thread(target=hold.keep_away, args=(stop,), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_hold_is_acknowledged_kept_until_released_and_ended_by_its_lease() -> None:
+    import threading
+
+    from deeplens.consumer_parts import Hold
+
+    stop = threading.Event()
+    hold = Hold(lease_s=60)
+    assert not hold.request(0.05), "no loop has let go yet"
+    assert hold.wanted.is_set()
+    thread = _keep_away_in_thread(hold, stop)
+    assert hold.request(5), "the loop let go"
+    thread.join(0.3)
+    assert thread.is_alive(), "it stays away until released"
+    hold.release()
+    thread.join(5)
+    assert not thread.is_alive() and not hold.wanted.is_set()
+    assert not hold.request(0.05), "a new request waits for a new acknowledgement"
+
+    short = Hold(lease_s=0.2)  # an asker that never releases
+    short.request(0)
+    thread = _keep_away_in_thread(short, stop)
+    thread.join(5)
+    assert not thread.is_alive(), "the lease ended the hold"
+    assert not short.wanted.is_set()
+
+    stopping = Hold(lease_s=60)
+    stopping.request(0)
+    thread = _keep_away_in_thread(stopping, stop)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive(), "stop ends a hold"

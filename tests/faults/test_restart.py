@@ -77,6 +77,9 @@ def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve, capsys) ->
     recycling = _settings(data_dir, sweep_interval_s=1.0, local_broker_recycle_messages=20,
                           local_broker_recycle_interval_s=1.0)
     with LocalStack(recycling) as stack:
+        import ray
+
+        pids = ray.get([actor.pid.remote() for actor in stack.actors])
         assert stack.resumed == len(left), (stack.resumed, len(left))
         capsys.readouterr()
         stack.print_banner()  # what `deeplens up` prints
@@ -106,10 +109,12 @@ def test_a_restart_mid_ingest_resumes_every_image(tmp_path, no_serve, capsys) ->
                 break
             time.sleep(0.5)
         assert set(statuses.values()) == {"indexed"}, ("after a recycle", statuses)
+        # Every stage actor let go of the broker for the recycle and came back: none of
+        # them died (a consumer subscribed to a deleted topic crashes its process).
+        assert ray.get([actor.pid.remote() for actor in stack.actors]) == pids, \
+            ("a stage actor restarted across the recycles", stack.recycler.stats)
         ids += later
         client.close()
-        import ray
-
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and ray.get(stack.sweeper.stats.remote())[
                 "sweeps"] < 2:
