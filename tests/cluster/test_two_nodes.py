@@ -4,54 +4,27 @@ and the Embedder on the second node, and a refusal when state would stay on one 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import uuid
-from pathlib import Path
-
 import pytest
 
+from tests.cluster.two_node_run import indexed_ids, run_scenario, s3_server, scenario_config
 from tests.postgres import fresh_database
 from tests.weaviate_standin import running_standin
-
-ROOT = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture
 def s3_bucket():
-    boto3 = pytest.importorskip("boto3", reason="pip install -e '.[cluster]'")
-    server_mod = pytest.importorskip("moto.server", reason="pip install 'moto[server]'")
-    from deeplens.broker import free_port
-
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"two-nodes-{uuid.uuid4().hex[:6]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test-secret").create_bucket(Bucket=bucket)
-    yield endpoint, bucket
-    server.stop()
+    pytest.importorskip("boto3", reason="pip install -e '.[cluster]'")
+    pytest.importorskip("moto.server", reason="pip install 'moto[server]'")
+    with s3_server() as endpoint_bucket:
+        yield endpoint_bucket
 
 
 def test_pipeline_on_two_ray_nodes_with_shared_state(tmp_path, kafka_settings,
                                                      postgres_server_url, s3_bucket) -> None:
-    endpoint, bucket = s3_bucket
     standin = running_standin()
-    config = {
-        "data_dir": str(tmp_path / "data"), "catalog_url": fresh_database(postgres_server_url),
-        "s3_endpoint": endpoint, "bucket": bucket, "weaviate_url": standin.http_url,
-        "weaviate_grpc_port": standin.grpc_port,
-        "kafka": kafka_settings.model_dump(mode="json", exclude={"sasl_password"}),
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLENS_")}
-    run = subprocess.run([sys.executable, "-m", "tests.cluster.two_nodes", json.dumps(config)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, (run.stdout[-3000:], run.stderr[-3000:])
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = run_scenario(scenario_config(tmp_path / "data", kafka_settings,
+                                          fresh_database(postgres_server_url), s3_bucket,
+                                          standin))
     refused = result["refused"] or ""
     assert "2 nodes" in refused and "DEEPLENS_CATALOG_URL" in refused, refused
     assert "DEEPLENS_STORAGE__PROVIDER" in refused and "DEEPLENS_VECTOR_STORE__BACKEND" in refused
@@ -77,12 +50,15 @@ def test_pipeline_on_two_ray_nodes_with_shared_state(tmp_path, kafka_settings,
     assert "resource worker_node" in status, status
     assert result["upload_pipeline_during"]["state"] == "degraded", result
     assert "resource worker_node" in " ".join(result["upload_pipeline_during"]["reasons"])
-    for search in result["search_during"]:  # the bound: query_timeout_s=3, and margin
-        assert search["status"] == 503 and search["retry_after"], search
-        assert search["seconds"] < 30, search
+    # Search answers instead of hanging: with query_timeout_s=3 and a client timeout of
+    # 60 s, a hang shows as timed_out with no status. How fast: benchmarks/node_loss_bench.
+    assert [s["route"] for s in result["search_during"]] == ["/v1/search", "/v1/search/image"]
+    for search in result["search_during"]:
+        assert not search["timed_out"] and search["status"] == 503, search
+        assert int(search["retry_after"]) >= 1, search
+        assert "search is unavailable" in search["detail"], search
     assert result["statuses_after"] == ["indexed"] * len(result["all_ids"]), result
     assert len(set(result["all_ids"])) == len(result["all_ids"]) >= 13, result
     assert result["readyz_after"] == 200
-    objects = [o.properties["image_id"] for c in standin.state.collections.values()
-               for o in c.objects.get("acme", {}).values()]
-    assert sorted(objects) == sorted(result["all_ids"]), "every image indexed exactly once"
+    assert result["accepted"] == len(result["all_ids"]), result
+    assert sorted(indexed_ids(standin)) == sorted(result["all_ids"]), "every image indexed exactly once"
