@@ -55,6 +55,7 @@ def run_figures(result: dict, stored_ids: list[str]) -> dict[str, Any]:
               "duplicated": sum(n - 1 for n in stored.values()),
               "missing": len(mine - set(stored))}
     return {
+        "scenario": result.get("scenario"),
         "degraded_after_kill_s": result["degraded_after_kill_s"],
         "degraded_reasons": (result["readyz_during"] or {}).get("reasons"),
         "search_503_s": search_503,

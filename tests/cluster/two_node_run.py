@@ -9,6 +9,7 @@ Shared by ``tests/cluster/test_two_nodes.py`` (which asserts behaviour) and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def s3_server() -> Iterator[tuple[str, str]]:
 
     from deeplens.broker import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()

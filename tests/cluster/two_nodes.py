@@ -84,6 +84,8 @@ def main() -> None:
                                 resources={"worker_node": 1}, query_timeout_s=3,
                                 gateway_resources={"head_node": 1}),
             ops=OpsSettings(stage_down_after_s=5))
+        result["scenario"] = {"stage_down_after_s": settings.ops.stage_down_after_s,
+                              "query_timeout_s": settings.serve.query_timeout_s}
         with LocalStack(settings) as stack:
             client = httpx.Client(base_url=stack.url, timeout=60,
                                   headers={"Authorization": "Bearer acme-key-0123456789ab"})
