@@ -56,6 +56,10 @@ class VectorStoreSettings(BaseModel):
         0, ge=0, description="In-memory search index of a process (the Gateway): past this "
         "many MiB the least recently searched tenants are dropped and reloaded on demand "
         "(0: no bound; ~2.5 KB per 512-d image, benchmarks/scale_bench.py)")
+    lance_metadata_cache_mb: int = Field(64, ge=1, description="LanceDB's metadata cache per "
+        "process (LanceDB's default, 1 GiB, fills with a manifest per table version read)")
+    lance_index_cache_mb: int = Field(256, ge=1, description="LanceDB's index cache per process "
+        "(the id and tenant BTREEs; LanceDB's default is 6 GiB)")
 
 
 class ModelSettings(BaseModel):

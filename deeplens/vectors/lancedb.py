@@ -40,6 +40,26 @@ ROW_VERSIONS = b"deeplens.row_versions"  # schema metadata: the table has stable
 VERSION_COLUMN = "_row_last_updated_at_version"
 
 
+_SESSIONS: dict[tuple[int, int], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def lance_session(settings: VectorStoreSettings) -> Any:
+    """One LanceDB session (its caches) per process and size, shared by every store.
+
+    LanceDB's defaults let a process's caches grow to 1 GiB of metadata and 6 GiB of
+    index: a reader that follows a table other processes write in small batches (the
+    Gateway) caches metadata per version read, so it grows with every write."""
+    import lancedb
+
+    key = (settings.lance_metadata_cache_mb, settings.lance_index_cache_mb)
+    with _SESSIONS_LOCK:
+        if key not in _SESSIONS:
+            _SESSIONS[key] = lancedb.Session(index_cache_size_bytes=key[1] << 20,
+                                             metadata_cache_size_bytes=key[0] << 20)
+        return _SESSIONS[key]
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -52,7 +72,8 @@ class LanceStore:
 
         path.mkdir(parents=True, exist_ok=True)
         # Always read the latest version: writers are other processes (indexer actors).
-        self.db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
+        self.db = lancedb.connect(str(path), read_consistency_interval=timedelta(0),
+                                  session=lance_session(settings))
         self.settings = settings
         self._tables: dict[str, Any] = {}
         self._indexed: set[str] = set()  # tables known to have their ANN index
