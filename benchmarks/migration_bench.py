@@ -70,7 +70,7 @@ def run(args: Any) -> dict[str, Any]:
     from cluster.stack import LocalStack
     from deeplens.broker import free_port
     from deeplens.migration_settings import MigrationSettings
-    from deeplens.settings import ModelSettings, ServeSettings, Settings
+    from deeplens.settings import IngestionSettings, ModelSettings, ServeSettings, Settings
     from tests.cluster.test_end_to_end import wait_indexed
 
     tiny = ModelSettings(name="deeplens-tiny", pretrained="random", random_seed=0)
@@ -78,7 +78,11 @@ def run(args: Any) -> dict[str, Any]:
         settings = Settings(
             data_dir=Path(tmp), model=tiny, api_keys=f"bench:{KEY}",
             serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
-            migration=MigrationSettings(backfill_share=args.share, backfill_page=args.page))
+            migration=MigrationSettings(backfill_share=args.share, backfill_page=args.page),
+            # The bench's polling and uploads from one key stay under the rate limits.
+            ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
+                                        upload_rate_limit_burst=10**6,
+                                        rate_limit_per_minute=10**7, rate_limit_burst=10**6))
         with LocalStack(settings) as stack:
             http = httpx.Client(base_url=stack.url, timeout=60,
                                 headers={"Authorization": f"Bearer {KEY}"})
