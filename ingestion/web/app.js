@@ -428,14 +428,22 @@ function libraryCard(row) {
 }
 
 // Puts ``els`` into ``container`` moving as little as possible, so a focused card
-// that is still there keeps its focus.
+// that is still there keeps its focus; a focused card rebuilt (its status changed)
+// hands focus to the same control of its new card.
 function syncChildren(container, els) {
+  const focused = document.activeElement;
+  const was = focused && container.contains(focused) ? focused.closest(".card") : null;
   const keep = new Set(els);
   for (const child of [...container.children]) if (!keep.has(child)) child.remove();
   let cursor = container.firstElementChild;
   for (const el of els) {
     if (el === cursor) { cursor = cursor.nextElementSibling; continue; }
     container.insertBefore(el, cursor);
+  }
+  if (was && !focused.isConnected) {
+    const again = container.querySelector('.card[data-image-id="' + was.dataset.imageId + '"]');
+    const same = again && again.querySelector(focused.matches(".delete") ? ".delete" : ".open");
+    if (same) same.focus();
   }
 }
 
