@@ -17,9 +17,11 @@ broker (:meth:`deeplens.stage_actor.StageWorker.hold`: it commits and closes its
 consumer): librdkafka 2.16 crashes the whole process when a topic it is subscribed to
 is deleted on tansu (measured: SIGSEGV in ``rd_kafka_metadata_cache_find``, every
 time). With every reader away, the ends and lags are read again and only topics still
-drained and unchanged go; then the readers come back with fresh consumers, which find
-their committed offset past the new, empty topic's end and start again from its
-beginning (``auto.offset.reset=earliest``). A reader that does not let go in time
+drained and unchanged go; then the readers come back with fresh consumers. tansu
+forgets a deleted topic's committed offsets, so they start again from the new topic's
+beginning (``auto.offset.reset=earliest``). A reader whose consumer is still joining
+its group finishes the join first (:class:`deeplens.consumer_parts.Hold`: on tansu a
+member leaving mid-join wedges the group). A reader that does not let go in time
 cancels the pass. A hold has a lease (60 s), so a recycler that dies mid-pass never
 leaves a stage idle for good.
 

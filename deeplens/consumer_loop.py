@@ -12,9 +12,8 @@ them when work drains: slow downstream services slow consumption instead of
 growing memory. A handler that raises is retried in place with growing backoff
 (its batch stays in flight, so a down dependency ends in paused partitions, not
 lost messages). Messages that cannot be decoded become :class:`ImageFailed`
-values on ``images.failed`` and the loop goes on. The rules (what to commit, when
-to pause, which retry partitions to hold) are the pure parts in
-:mod:`deeplens.consumer_parts`; this module only applies them to a consumer.
+values on ``images.failed`` and the loop goes on. The rules (what to commit, when to
+pause, which retry partitions to hold) are the pure parts in :mod:`deeplens.consumer_parts`.
 """
 
 from __future__ import annotations
@@ -110,10 +109,9 @@ class ConsumerLoop:
     def run(self) -> None:
         """Run until :meth:`stop`; finishes in-flight batches, commits, leaves the group.
 
-        While :attr:`hold` is wanted it does that too, then opens a fresh consumer once
-        released: a fresh client keeps no metadata of a topic deleted meanwhile (on the
-        local broker, librdkafka 2.16 crashes the process when a topic it is subscribed
-        to is deleted)."""
+        When :attr:`hold` is due it does that too, then opens a fresh consumer once
+        released: a fresh client keeps no metadata of a topic deleted meanwhile (librdkafka
+        2.16 crashes when a topic it is subscribed to is deleted on the local broker)."""
         executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.stage}-work")
         try:
             while not self._stop.is_set():
@@ -134,9 +132,10 @@ class ConsumerLoop:
         consumer = make_consumer(self.settings, self.group)
         consumer.subscribe([self.names.physical(t) for t in self.topics], on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.hold.subscribed()
         failures = 0
         try:
-            while not self._stop.is_set() and not self.hold.wanted.is_set():
+            while not self._stop.is_set() and not self.hold.due():
                 try:
                     self._step(consumer, executor)
                     failures = 0
@@ -259,6 +258,7 @@ class ConsumerLoop:
     # -- rebalance -----------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.partitions.assign((p.topic, p.partition) for p in partitions)
+        self.hold.joined.set()
         if partitions:
             consumer.resume(partitions)
         self.stats.assigned = sorted(self.partitions.owned)

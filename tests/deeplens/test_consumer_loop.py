@@ -179,3 +179,25 @@ def test_partitions_paused_before_a_rebalance_are_consumed_after_it(kafka_settin
         release.set()
         first.stop()
     assert {e.image_id for e in outputs} == {f"img-{i}" for i in range(30)}
+
+
+def test_a_hold_asked_while_joining_waits_for_the_join_and_the_group_goes_on(
+        kafka_settings) -> None:
+    """On tansu a member that leaves halfway through joining wedges its group: no later
+    member is ever assigned. A hold asked right after the start (the recycler can ask
+    while a consumer that came back from the previous hold is still joining) must let
+    the join finish first, so the consumer that comes back after it is assigned."""
+    loop = ConsumerLoop(settings=kafka_settings, stage="validation",
+                        topics=["images.uploaded"], handler=to_validated).start()
+    try:
+        assert loop.hold.request(timeout_s=30), "the loop let go within the hold's timeout"
+        assert loop.hold.joined.is_set(), "it joined its group before it left"
+        loop.hold.release()
+        publish(kafka_settings, [upload(i) for i in range(5)])
+        deadline = time.monotonic() + 60
+        while loop.stats.handled < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        loop.stop()
+    assert loop.stats.handled == 5, ("the consumer back from the hold was assigned",
+                                     loop.stats)

@@ -147,3 +147,21 @@ def test_a_hold_is_acknowledged_kept_until_released_and_ended_by_its_lease() -> 
     stop.set()
     thread.join(5)
     assert not thread.is_alive(), "stop ends a hold"
+
+
+def test_a_hold_is_not_due_while_the_consumer_is_joining_until_the_grace_ends() -> None:
+    from deeplens.consumer_parts import Hold
+
+    hold = Hold(join_grace_s=0.3)
+    hold.subscribed()
+    assert not hold.due(), "nobody asked"
+    hold.wanted.set()
+    assert not hold.due(), "asked, but the consumer is halfway through joining"
+    hold.joined.set()
+    assert hold.due(), "joined: it may leave now"
+    hold.subscribed()  # a fresh consumer: joining again
+    assert not hold.due()
+    import time
+
+    time.sleep(0.4)
+    assert hold.due(), "a join that takes longer than the grace is not waited for"
