@@ -140,11 +140,8 @@ class TopicRecycler:
 
     def recycle_once(self) -> list[str]:
         from cluster.lag import offsets_and_lag
-        from deeplens.kafka import admin_client, make_consumer
 
-        if self._admin is None:
-            self._admin = admin_client(self.settings.kafka)
-            self._consumer = make_consumer(self.settings.kafka, "deeplens-topic-recycler")
+        self._connect()
         ends, lags = offsets_and_lag(self._admin, self._consumer, self.names, self.running)
         ready = drained_topics(ends, lags, self._previous, self.names, self.running,
                                self.min_messages)
@@ -153,6 +150,9 @@ class TopicRecycler:
         if not ready:
             return []
         readers = {stage for t in ready for stage in TOPICS[t].groups} & self.running
+        if not self.groups_settled(readers):
+            self.stats.cancelled += 1
+            return []
         let_go, held = self.holds.hold(readers)
         try:
             if let_go:  # nothing read them meanwhile; was anything written?
@@ -178,6 +178,32 @@ class TopicRecycler:
                      "recreated to give its memory back", logical, dropped)
         self._previous = None  # the new topics start again from offset 0
         return ready
+
+    def _connect(self) -> None:
+        from deeplens.kafka import admin_client, make_consumer
+
+        if self._admin is None:
+            self._admin = admin_client(self.settings.kafka)
+            self._consumer = make_consumer(self.settings.kafka, "deeplens-topic-recycler")
+
+    def groups_settled(self, stages: set[str], timeout_s: float = 15.0) -> bool:
+        """Whether every group of ``stages`` is settled (no member joining: tansu reports
+        a rebalancing group as UNKNOWN), waiting up to ``timeout_s``. A member that
+        leaves while another is joining wedges the group on tansu (see
+        :class:`deeplens.consumer_parts.Hold`), so a hold is asked only of settled groups."""
+        import time
+
+        self._connect()
+        groups = [self.names.group(stage) for stage in sorted(stages)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._admin.describe_consumer_groups(groups, request_timeout=10)
+            states = {g: f.result().state.name for g, f in found.items()}
+            if all(state in ("STABLE", "EMPTY") for state in states.values()):
+                return True
+            if time.monotonic() > deadline or self._stop.wait(0.2):
+                log.info("topic recycling put off: groups still rebalancing %s", states)
+                return False
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

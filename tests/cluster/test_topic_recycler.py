@@ -110,3 +110,30 @@ def test_ten_thousand_consumed_events_are_given_back(tmp_path) -> None:
         recycler.stop()
     finally:
         broker.stop()
+
+
+def test_a_pass_waits_while_a_reader_group_has_a_member_joining(tmp_path) -> None:
+    """On tansu a member leaving while another joins wedges the group, so a recycle pass
+    asks nothing of a group until it has settled."""
+    from confluent_kafka import Consumer
+
+    broker = start_local_broker(0, log_path=str(tmp_path / "broker.log"))
+    try:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix=NAMES.prefix)
+        ensure_topics(admin_client(kafka), NAMES)
+        recycler = TopicRecycler(Settings(kafka=kafka, data_dir=tmp_path), ["indexing"])
+        assert recycler.groups_settled({"indexing"}, timeout_s=0), "no member: empty"
+        member = Consumer({"bootstrap.servers": broker.bootstrap,
+                           "group.id": NAMES.group("indexing"), "session.timeout.ms": 6000})
+        member.subscribe([NAMES.physical("images.processed")])
+        member.poll(0.2)  # its JoinGroup is on its way
+        assert not recycler.groups_settled({"indexing"}, timeout_s=0.5), "a member joining"
+        deadline = time.monotonic() + 30
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(0.1)
+        assert member.assignment(), "the member joined"
+        assert recycler.groups_settled({"indexing"}, timeout_s=10)
+        member.close()
+        recycler.stop()
+    finally:
+        broker.stop()
