@@ -40,6 +40,9 @@ class StageState:
     dead_since: float | None = None  # monotonic time since when no actor answered alive
     nodes: list[str] = field(default_factory=list)
     reset_at: float | None = None  # wall time the stage's counters last restarted
+    # Since when every live actor has held no partition (a consumer group that stopped
+    # assigning: on tansu a member leaving mid-join wedges the group for good).
+    unassigned_since: float | None = None
 
     @property
     def stats(self) -> list[dict[str, Any]]:
@@ -68,6 +71,10 @@ class StageState:
             self.dead_since = None
         elif self.dead_since is None:
             self.dead_since = now
+        if answers:
+            idle = self.live and not any(a.get("assigned") for a in answers.values()
+                                         if a.get("alive"))
+            self.unassigned_since = (self.unassigned_since or now) if idle else None
 
 
 def missing_resources(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> list[str]:
@@ -96,6 +103,11 @@ def verdict(stages: dict[str, StageState], replicas: int | None, missing: dict[s
         if state.live == 0 and state.dead_since is not None \
                 and now - state.dead_since >= degraded_after_s:
             reasons.append(f"stage {name} has no live actor for {now - state.dead_since:.0f} s")
+        elif state.unassigned_since is not None and \
+                now - state.unassigned_since >= degraded_after_s:
+            reasons.append(f"stage {name} has been assigned no partition for "
+                           f"{now - state.unassigned_since:.0f} s: its consumer group is "
+                           "not assigning (restart the stage's actors)")
     if replicas == 0:
         reasons.append("no Embedder replica is running")
     for what, names in sorted(missing.items()):

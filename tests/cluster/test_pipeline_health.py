@@ -193,3 +193,23 @@ def test_deeplens_status_prints_the_verdict_per_stage_with_nodes(monkeypatch, ca
     assert "  - stage indexing has no live actor for 40 s" in out
     assert "  - waiting for a node with resource gpu_pool (for the Embedder)" in out
     assert "indexing     0/1 live on -" in out and "dedup        1/1 live on 10.0.0.1/ab" in out
+
+
+def test_a_stage_whose_live_actors_hold_no_partition_for_long_is_degraded() -> None:
+    """A consumer group that stopped assigning (on tansu, a member leaving mid-join
+    wedges it) leaves live actors idle with work queued: readiness must say so."""
+    state = StageState(wanted=2)
+    held = {"alive": True, "assigned": [["images.processed", 0]]}
+    idle = {"alive": True, "assigned": []}
+    state.take({"i-0": held, "i-1": idle}, {"i-0", "i-1"}, now=100.0)
+    assert state.unassigned_since is None, "one actor holding a partition is enough"
+    state.take({"i-0": idle, "i-1": idle}, {"i-0", "i-1"}, now=110.0)
+    state.take({"i-0": idle, "i-1": idle}, {"i-0", "i-1"}, now=125.0)
+    assert verdict({"indexing": state}, 1, {}, 125.0, degraded_after_s=30) == ("ok", []), \
+        "a rebalance or a recycle hold takes seconds: not yet"
+    state.take({"i-0": idle, "i-1": idle}, {"i-0", "i-1"}, now=145.0)
+    assert verdict({"indexing": state}, 1, {}, 145.0, degraded_after_s=30) == (
+        "degraded", ["stage indexing has been assigned no partition for 35 s: its consumer "
+                     "group is not assigning (restart the stage's actors)"])
+    state.take({"i-0": held, "i-1": idle}, {"i-0", "i-1"}, now=150.0)
+    assert verdict({"indexing": state}, 1, {}, 150.0, degraded_after_s=30) == ("ok", [])
