@@ -30,12 +30,7 @@ from cluster.scaling_ops import (
 from cluster.scaling_policy import Hysteresis, Scaler, embedder_signal, partitions_of, runs, stage_signal
 from deeplens.serve_names import running_embedder_replicas as running_replicas
 from deeplens.settings import Settings
-from deeplens.stage_actor import (
-    StageSpec,
-    launch_stage,
-    live_stage_actors,
-    stop_stage,
-)
+from deeplens.stage_actor import StageSpec, launch_stage, live_stage_actors, stop_stage
 from deeplens.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -78,17 +73,28 @@ class ScalingController:
     # -- reading ----------------------------------------------------------------------
     def _offsets(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, str, int], int]]:
         from cluster.lag import offsets_and_lag
+
+        return offsets_and_lag(*self._clients(), self.names, set(self.specs))
+
+    def _clients(self) -> tuple[Any, Any]:
         from deeplens.kafka import admin_client, make_consumer
 
         if self._admin is None:
             self._admin = admin_client(self.settings.kafka)
             self._consumer = make_consumer(self.settings.kafka, "deeplens-scaling-reader")
-        return offsets_and_lag(self._admin, self._consumer, self.names, set(self.specs))
+        return self._admin, self._consumer
+
+    def _settle(self, stage: str, timeout_s: float = 15.0) -> None:
+        """Let the stage's group finish a rebalance before a step adds or removes a member."""
+        from cluster.lag import wait_until_settled
+
+        if unsettled := wait_until_settled(self._clients()[0], [self.names.group(stage)],
+                                           timeout_s):
+            log.warning("scaling %s while its group still rebalances: %s", stage, unsettled)
 
     def live(self, stage: str) -> dict[int, Any]:
         """The stage's actors by index, looked up by name (the stack started some)."""
-        found = live_stage_actors(self.settings, stage)
-        self.handles[stage] = found
+        self.handles[stage] = found = live_stage_actors(self.settings, stage)
         return found
 
     def _nodes(self, handles: list[Any]) -> dict[str, int]:
@@ -166,6 +172,7 @@ class ScalingController:
     def resize(self, stage: str, count: int, why: str = "") -> int:
         """Run ``count`` actors for ``stage``: start the missing, stop the highest."""
         with self._lock:
+            self._settle(stage)
             have = self.live(stage)
             if count > len(have):
                 free = [i for i in range(count + len(have)) if i not in have][:count - len(have)]

@@ -40,3 +40,26 @@ def offsets_and_lag(admin: Any, consumer: Any, names: TopicNames, stages: set[st
                     lags[(stage, logical, pid)] = max(end - max(committed.get((t, pid), -1), 0),
                                                       0)
     return ends, lags
+
+
+SETTLED = frozenset({"STABLE", "EMPTY"})
+
+
+def wait_until_settled(admin: Any, groups: list[str], timeout_s: float,
+                       stop: Any = None) -> dict[str, str]:
+    """Wait (up to ``timeout_s``) until no group of ``groups`` is rebalancing; the states
+    of those still rebalancing then ({} once all settled). Kafka says PREPARING_ or
+    COMPLETING_REBALANCING, tansu UNKNOWN. A member that leaves while another joins
+    wedges the group on tansu for good (:class:`deeplens.consumer_parts.Hold`), so
+    the topic recycler and the scaling controller act only on settled groups."""
+    import threading
+    import time
+
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = admin.describe_consumer_groups(groups, request_timeout=10)
+        states = {g: f.result().state.name for g, f in found.items()}
+        unsettled = {g: s for g, s in states.items() if s not in SETTLED}
+        if not unsettled or time.monotonic() > deadline or stop.wait(0.2):
+            return unsettled

@@ -187,23 +187,16 @@ class TopicRecycler:
             self._consumer = make_consumer(self.settings.kafka, "deeplens-topic-recycler")
 
     def groups_settled(self, stages: set[str], timeout_s: float = 15.0) -> bool:
-        """Whether every group of ``stages`` is settled (no member joining: tansu reports
-        a rebalancing group as UNKNOWN), waiting up to ``timeout_s``. A member that
-        leaves while another is joining wedges the group on tansu (see
-        :class:`deeplens.consumer_parts.Hold`), so a hold is asked only of settled groups."""
-        import time
+        """Whether every group of ``stages`` has settled within ``timeout_s`` (no member
+        joining: on tansu a member leaving while another joins wedges the group)."""
+        from cluster.lag import wait_until_settled
 
         self._connect()
-        groups = [self.names.group(stage) for stage in sorted(stages)]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self._admin.describe_consumer_groups(groups, request_timeout=10)
-            states = {g: f.result().state.name for g, f in found.items()}
-            if all(state in ("STABLE", "EMPTY") for state in states.values()):
-                return True
-            if time.monotonic() > deadline or self._stop.wait(0.2):
-                log.info("topic recycling put off: groups still rebalancing %s", states)
-                return False
+        unsettled = wait_until_settled(self._admin, [self.names.group(s) for s in sorted(stages)],
+                                       timeout_s, self._stop)
+        if unsettled:
+            log.info("topic recycling put off: groups still rebalancing %s", unsettled)
+        return not unsettled
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
