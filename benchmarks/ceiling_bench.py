@@ -42,6 +42,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import unlimited_ingestion
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -109,7 +111,6 @@ def settings_for(knobs: dict[str, Any], data_dir: Path, import_root: Path | None
 
     from deeplens.settings import (
         ActorSettings,
-        IngestionSettings,
         KafkaSettings,
         ModelSettings,
         ServeSettings,
@@ -126,9 +127,7 @@ def settings_for(knobs: dict[str, Any], data_dir: Path, import_root: Path | None
         model=ModelSettings(name="deeplens-tiny", pretrained="random"),
         actors=ActorSettings(**groups["actors"]), kafka=KafkaSettings(**groups["kafka"]),
         serve=ServeSettings(**groups["serve"]),
-        ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
-                                    upload_rate_limit_burst=10**6,
-                                    rate_limit_per_minute=10**7, rate_limit_burst=10**6),
+        ingestion=unlimited_ingestion(),
         imports={"allowed_roots": [str(import_root)] if import_root else []})
 
 

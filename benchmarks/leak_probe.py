@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import unlimited_ingestion
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 KEY = "probe-key-0123456789ab"
 MODEL_ID = "deeplens-tiny/random-init-seed0"
@@ -181,7 +183,7 @@ def main() -> int:
     from cluster.samples import scene
     from deeplens.broker import start_local_broker
     from deeplens.kafka import admin_client
-    from deeplens.settings import IngestionSettings, KafkaSettings, ModelSettings, Settings
+    from deeplens.settings import KafkaSettings, ModelSettings, Settings
     from deeplens.topics import TopicNames, ensure_topics
     from deeplens.vectors.factory import make_search_store
     from ingestion.api import create_app
@@ -202,9 +204,7 @@ def main() -> int:
         settings = Settings(
             data_dir=Path(tmp), api_keys=SecretStr(f"probe:{KEY}"), kafka=kafka,
             model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-            ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
-                                        upload_rate_limit_burst=10**6,
-                                        rate_limit_per_minute=10**7, rate_limit_burst=10**6))
+            ingestion=unlimited_ingestion())
         app = create_app(settings)
         mount_search(app, make_search_store(settings), FakeEncoder(),
                      producer=app.state.services.producer)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import unlimited_ingestion
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -70,7 +72,7 @@ def run(args: Any) -> dict[str, Any]:
     from cluster.stack import LocalStack
     from deeplens.broker import free_port
     from deeplens.migration_settings import MigrationSettings
-    from deeplens.settings import IngestionSettings, ModelSettings, ServeSettings, Settings
+    from deeplens.settings import ModelSettings, ServeSettings, Settings
     from tests.cluster.test_end_to_end import wait_indexed
 
     tiny = ModelSettings(name="deeplens-tiny", pretrained="random", random_seed=0)
@@ -80,9 +82,7 @@ def run(args: Any) -> dict[str, Any]:
             serve=ServeSettings(port=free_port(), num_cpus=0.25, max_batch_size=16),
             migration=MigrationSettings(backfill_share=args.share, backfill_page=args.page),
             # The bench's polling and uploads from one key stay under the rate limits.
-            ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
-                                        upload_rate_limit_burst=10**6,
-                                        rate_limit_per_minute=10**7, rate_limit_burst=10**6))
+            ingestion=unlimited_ingestion())
         with LocalStack(settings) as stack:
             http = httpx.Client(base_url=stack.url, timeout=60,
                                 headers={"Authorization": f"Bearer {KEY}"})

@@ -23,12 +23,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import machine, record
+from benchmarks.common import machine, record, unlimited_ingestion
 from cluster.samples import jpeg_bytes, sample_set, scene
 from cluster.stack import LocalStack
 from deeplens.broker import free_port
 from deeplens.settings import (
-    IngestionSettings,
     ModelSettings,
     ServeSettings,
     Settings,
@@ -63,7 +62,7 @@ def main() -> None:
             data_dir=Path(tmp), api_keys="bench:bench-key-0123456789ab",
             model=ModelSettings(name=args.model, pretrained="random"),
             serve=ServeSettings(port=free_port()),
-            ingestion=IngestionSettings(rate_limit_per_minute=100_000, rate_limit_burst=10_000))
+            ingestion=unlimited_ingestion())
         with LocalStack(settings) as stack:
             client = httpx.Client(base_url=stack.url, timeout=120, headers={
                 "Authorization": "Bearer bench-key-0123456789ab"})

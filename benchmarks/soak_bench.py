@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import unlimited_ingestion
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -92,7 +94,7 @@ def main() -> int:
     from cluster.footprint import footprint
     from cluster.samples import scene
     from cluster.stack import LocalStack
-    from deeplens.settings import IngestionSettings, KafkaSettings, ModelSettings, Settings
+    from deeplens.settings import KafkaSettings, ModelSettings, Settings
     from ingestion.catalog import Catalog
     from tests import images
 
@@ -106,9 +108,7 @@ def main() -> int:
             model=ModelSettings(name="deeplens-tiny", pretrained="random"),
             kafka=KafkaSettings(local_broker_recycle_interval_s=5.0,
                                 local_broker_recycle_messages=args.recycle_messages),
-            ingestion=IngestionSettings(upload_rate_limit_per_minute=10**7,
-                                        upload_rate_limit_burst=10**6,
-                                        rate_limit_per_minute=10**7, rate_limit_burst=10**6))
+            ingestion=unlimited_ingestion())
         with LocalStack(settings) as stack:
             catalog = Catalog(stack.settings.effective_catalog_url)
             client = httpx.Client(base_url=stack.url, timeout=120,

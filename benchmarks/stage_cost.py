@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import unlimited_ingestion
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -236,7 +238,7 @@ def main() -> None:
     from benchmarks.spread import print_spread, repeated
     from deeplens.broker import local_broker
     from deeplens.kafka import admin_client
-    from deeplens.settings import IngestionSettings, KafkaSettings, ModelSettings, Settings
+    from deeplens.settings import KafkaSettings, ModelSettings, Settings
     from deeplens.topics import TopicNames, ensure_topics
     from serve_apps.model import load_clip
 
@@ -252,8 +254,7 @@ def main() -> None:
         ensure_topics(admin_client(kafka), TopicNames(""))
         settings = Settings(data_dir=Path(tmp), api_keys=f"bench:{KEY}", kafka=kafka,
                             model=ModelSettings(name="deeplens-tiny", pretrained="random"),
-                            ingestion=IngestionSettings(rate_limit_per_minute=10**7,
-                                                        rate_limit_burst=10**6))
+                            ingestion=unlimited_ingestion())
         ready: Any = multiprocessing.get_context("fork").Queue()
         api = multiprocessing.get_context("fork").Process(target=_serve_api,
                                                           args=(settings, ready), daemon=True)

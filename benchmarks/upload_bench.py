@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import machine, percentile, record
+from benchmarks.common import machine, percentile, record, unlimited_ingestion
 from deeplens.broker import local_broker
 from deeplens.kafka import admin_client
-from deeplens.settings import IngestionSettings, KafkaSettings, Settings
+from deeplens.settings import KafkaSettings, Settings
 from deeplens.topics import TopicNames, ensure_topics
 from ingestion.api import create_app
 from tests import images
@@ -63,8 +63,7 @@ def main() -> None:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, one_record_per_batch=True)
         ensure_topics(admin_client(kafka), TopicNames(""))
         settings = Settings(data_dir=Path(tmp), api_keys="bench:bench-key-0123456789ab", kafka=kafka,
-                            ingestion=IngestionSettings(rate_limit_per_minute=10**7,
-                                                        rate_limit_burst=10**6))
+                            ingestion=unlimited_ingestion())
         seed = 0
         with serve_app(create_app(settings)) as url:
             def one_round(_: int) -> dict:
