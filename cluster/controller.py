@@ -20,6 +20,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from cluster.lag import wait_until_settled
 from cluster.scaling_ops import (
     ACTOR_TIMEOUT_S,
     EMBEDDER,
@@ -86,10 +87,8 @@ class ScalingController:
 
     def _settle(self, stage: str, timeout_s: float = 15.0) -> None:
         """Let the stage's group finish a rebalance before a step adds or removes a member."""
-        from cluster.lag import wait_until_settled
-
         if unsettled := wait_until_settled(self._clients()[0], [self.names.group(stage)],
-                                           timeout_s):
+                                           timeout_s, self._stop):
             log.warning("scaling %s while its group still rebalances: %s", stage, unsettled)
 
     def live(self, stage: str) -> dict[int, Any]:
@@ -172,7 +171,8 @@ class ScalingController:
     def resize(self, stage: str, count: int, why: str = "") -> int:
         """Run ``count`` actors for ``stage``: start the missing, stop the highest."""
         with self._lock:
-            self._settle(stage)
+            if count != len(self.live(stage)):  # a step is due: let a rebalance finish first
+                self._settle(stage)
             have = self.live(stage)
             if count > len(have):
                 free = [i for i in range(count + len(have)) if i not in have][:count - len(have)]

@@ -42,14 +42,15 @@ def offsets_and_lag(admin: Any, consumer: Any, names: TopicNames, stages: set[st
     return ends, lags
 
 
-SETTLED = frozenset({"STABLE", "EMPTY"})
+SETTLED = frozenset({"STABLE", "EMPTY", "DEAD"})
 
 
 def wait_until_settled(admin: Any, groups: list[str], timeout_s: float,
                        stop: Any = None) -> dict[str, str]:
     """Wait (up to ``timeout_s``) until no group of ``groups`` is rebalancing; the states
     of those still rebalancing then ({} once all settled). Kafka says PREPARING_ or
-    COMPLETING_REBALANCING, tansu UNKNOWN. A member that leaves while another joins
+    COMPLETING_REBALANCING, tansu UNKNOWN; a group that cannot be described counts as
+    unsettled. A member that leaves while another joins
     wedges the group on tansu for good (:class:`deeplens.consumer_parts.Hold`), so
     the topic recycler and the scaling controller act only on settled groups."""
     import threading
@@ -58,8 +59,11 @@ def wait_until_settled(admin: Any, groups: list[str], timeout_s: float,
     stop = stop or threading.Event()
     deadline = time.monotonic() + timeout_s
     while True:
-        found = admin.describe_consumer_groups(groups, request_timeout=10)
-        states = {g: f.result().state.name for g, f in found.items()}
+        try:
+            found = admin.describe_consumer_groups(groups, request_timeout=10)
+            states = {g: f.result().state.name for g, f in found.items()}
+        except Exception as exc:  # noqa: BLE001 - unknown is not settled
+            states = dict.fromkeys(groups, f"not described: {exc}")
         unsettled = {g: s for g, s in states.items() if s not in SETTLED}
         if not unsettled or time.monotonic() > deadline or stop.wait(0.2):
             return unsettled

@@ -72,7 +72,7 @@ class StageState:
         elif self.dead_since is None:
             self.dead_since = now
         if answers:
-            idle = self.live and not any(a.get("assigned") for a in answers.values()
+            idle = self.live and not any(a.get("assigned", True) for a in self.stats
                                          if a.get("alive"))
             self.unassigned_since = (self.unassigned_since or now) if idle else None
 
@@ -103,11 +103,11 @@ def verdict(stages: dict[str, StageState], replicas: int | None, missing: dict[s
         if state.live == 0 and state.dead_since is not None \
                 and now - state.dead_since >= degraded_after_s:
             reasons.append(f"stage {name} has no live actor for {now - state.dead_since:.0f} s")
-        elif state.unassigned_since is not None and \
+        elif state.live and state.unassigned_since is not None and \
                 now - state.unassigned_since >= degraded_after_s:
             reasons.append(f"stage {name} has been assigned no partition for "
                            f"{now - state.unassigned_since:.0f} s: its consumer group is "
-                           "not assigning (restart the stage's actors)")
+                           "not assigning (on the local broker, restart the stack)")
     if replicas == 0:
         reasons.append("no Embedder replica is running")
     for what, names in sorted(missing.items()):

@@ -210,6 +210,16 @@ def test_a_stage_whose_live_actors_hold_no_partition_for_long_is_degraded() -> N
     state.take({"i-0": idle, "i-1": idle}, {"i-0", "i-1"}, now=145.0)
     assert verdict({"indexing": state}, 1, {}, 145.0, degraded_after_s=30) == (
         "degraded", ["stage indexing has been assigned no partition for 35 s: its consumer "
-                     "group is not assigning (restart the stage's actors)"])
+                     "group is not assigning (on the local broker, restart the stack)"])
     state.take({"i-0": held, "i-1": idle}, {"i-0", "i-1"}, now=150.0)
     assert verdict({"indexing": state}, 1, {}, 150.0, degraded_after_s=30) == ("ok", [])
+    state.take({"i-1": idle}, {"i-0", "i-1"}, now=151.0)  # the holder did not answer in time
+    assert state.unassigned_since is None, "its last answer (holding a partition) still counts"
+    state.take({"i-0": {"alive": True}, "i-1": idle}, {"i-0", "i-1"}, now=152.0)
+    assert state.unassigned_since is None, "an answer without assignments is not idle"
+
+
+def test_a_stage_with_no_live_actor_is_not_called_unassigned() -> None:
+    state = StageState(wanted=1, live=0, dead_since=100.0, unassigned_since=50.0)
+    assert verdict({"indexing": state}, 1, {}, 110.0, degraded_after_s=30) == ("ok", []), \
+        "an actor restarting: neither reason yet (it has been dead only 10 s)"
