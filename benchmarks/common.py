@@ -128,7 +128,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-
 def unlimited_ingestion() -> Any:
     """The HTTP edge's settings for a benchmark's own key: every rate limit (reads and
     writes) far above what a run sends, so a run measures the pipeline, never a 429."""
@@ -136,6 +135,7 @@ def unlimited_ingestion() -> Any:
 
     return IngestionSettings(upload_rate_limit_per_minute=10**7, upload_rate_limit_burst=10**6,
                              rate_limit_per_minute=10**7, rate_limit_burst=10**6)
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
