@@ -20,7 +20,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from cluster.lag import wait_until_settled
+from cluster.lag import offsets_and_lag, wait_until_settled
 from cluster.scaling_ops import (
     ACTOR_TIMEOUT_S,
     EMBEDDER,
@@ -73,8 +73,6 @@ class ScalingController:
 
     # -- reading ----------------------------------------------------------------------
     def _offsets(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, str, int], int]]:
-        from cluster.lag import offsets_and_lag
-
         return offsets_and_lag(*self._clients(), self.names, set(self.specs))
 
     def _clients(self) -> tuple[Any, Any]:
@@ -171,9 +169,10 @@ class ScalingController:
     def resize(self, stage: str, count: int, why: str = "") -> int:
         """Run ``count`` actors for ``stage``: start the missing, stop the highest."""
         with self._lock:
-            if count != len(self.live(stage)):  # a step is due: let a rebalance finish first
-                self._settle(stage)
             have = self.live(stage)
+            if count != len(have):  # a step is due: let a rebalance finish first, look again
+                self._settle(stage)
+                have = self.live(stage)
             if count > len(have):
                 free = [i for i in range(count + len(have)) if i not in have][:count - len(have)]
                 for first, n in runs(free):  # each run of free names starts side by side
