@@ -206,9 +206,13 @@ class DedupSettings(DedupThresholds):
         "~420 bytes per stored image, benchmarks/scale_bench.py)")
 
     def for_tenant(self, tenant_id: str) -> DedupThresholds:
-        return self.tenants.get(tenant_id) or DedupThresholds(
-            near_max_distance=self.near_max_distance, similar_min_score=self.similar_min_score,
-            similar_k=self.similar_k)
+        """The thresholds for one tenant: every default setting, with the tenant's own
+        overrides (only the fields its JSON names) on top."""
+        merged = {name: getattr(self, name) for name in DedupThresholds.model_fields}
+        own = self.tenants.get(tenant_id)
+        if own is not None:
+            merged.update({name: getattr(own, name) for name in own.model_fields_set})
+        return DedupThresholds(**merged)
 
 
 class Settings(BaseSettings):

@@ -63,3 +63,19 @@ def test_config_command_reports_bad_settings(monkeypatch, capsys) -> None:
     monkeypatch.setenv("DEEPLENS_SERVE__PORT", "-1")
     assert main(["config"]) == 2
     assert "DEEPLENS_SERVE__PORT" in capsys.readouterr().err
+
+
+def test_dedup_defaults_from_the_environment_reach_every_tenant_and_overrides_stack_on_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``DEEPLENS_DEDUP__NEAR_WINDOW_MAX_DISTANCE=-1`` turns the windows off
+    for every tenant; a tenant's JSON overrides only the fields it names."""
+    monkeypatch.setenv("DEEPLENS_DEDUP__NEAR_WINDOW_MAX_DISTANCE", "-1")
+    monkeypatch.setenv("DEEPLENS_DEDUP__MAX_MATCHES", "5")
+    monkeypatch.setenv("DEEPLENS_DEDUP__TENANTS", '{"acme": {"near_max_distance": 6}}')
+    dedup = load_settings().dedup
+    anyone = dedup.for_tenant("globex")
+    assert (anyone.near_window_max_distance, anyone.max_matches, anyone.near_max_distance) \
+        == (-1, 5, 10)
+    acme = dedup.for_tenant("acme")
+    assert (acme.near_window_max_distance, acme.max_matches, acme.near_max_distance) \
+        == (-1, 5, 6)
