@@ -58,6 +58,7 @@ TOPICS = ("images.processed", "images.deleted")
 
 
 Hashes = tuple[str, int, "np.ndarray | None"]  # fingerprint, pHash, window pHashes
+Near = list[tuple[str, int]]  # (other image, distance)
 
 
 def content_hashes(data: bytes) -> Hashes:
@@ -90,11 +91,13 @@ def tiers_for(event: ImageProcessed) -> list[DuplicateKind]:
 
 def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
                     store: VectorStore, limits: DedupThresholds,
-                    written: bool = False, exact: list[str] | None = None) -> DuplicatesFound:
+                    written: bool = False, exact: list[str] | None = None,
+                    near: Near | None = None) -> DuplicatesFound:
     """``written``: the image's hashes are recorded already and the tenant's near cache
     refreshed since (``dedup_batch`` writes a batch's in one transaction, then refreshes
-    once); otherwise they are written here, then looked up. ``exact``: the exact tier's
-    answer, when the batch looked it up for all its images at once (``exact_many``)."""
+    once); otherwise they are written here, then looked up. ``exact`` and ``near``: the
+    exact and near tiers' answers, when the batch looked them up for all its images at
+    once (``exact_many``, ``HashIndex.near_many``)."""
     pixel_sha, phash, windows = hashes
     tenant, image_id = event.tenant_id, event.image_id
     if not written:
@@ -104,9 +107,10 @@ def find_duplicates(event: ImageProcessed, hashes: Hashes, index: HashIndex,
         exact = index.exact(tenant, image_id, event.sha256, pixel_sha)
     for other in exact:
         matches[other] = DuplicateMatch(image_id=other, kind="exact", score=1.0)
-    for other, distance in index.near(tenant, image_id, phash, limits.near_max_distance,
-                                      windows, limits.near_window_max_distance,
-                                      refresh=not written):
+    if near is None:
+        near = index.near(tenant, image_id, phash, limits.near_max_distance, windows,
+                          limits.near_window_max_distance, refresh=not written)
+    for other, distance in near:
         if other not in matches:
             matches[other] = DuplicateMatch(image_id=other, kind="near",
                                             score=round(1 - distance / 64, 4))
@@ -150,6 +154,32 @@ def _hashes_of(pending: Sequence[Envelope], storage: Storage,
     return hashed
 
 
+def _look_up(settings: Settings, index: HashIndex, hashed: Sequence[tuple[Envelope, Hashes]],
+             ) -> tuple[dict[str, dict[str, list[str]]], dict[tuple[str, str], Near]]:
+    """Each tenant's exact matches in one query, and its near matches in one pass over its
+    cache, after the batch's writes (what a look-up per image after its own write would
+    see). A batch whose near look-up fails for a reason of its own (a malformed image)
+    leaves its images to look up one by one, so only that image fails."""
+    exact: dict[str, dict[str, list[str]]] = {}
+    near: dict[tuple[str, str], Near] = {}
+    for tenant in {env.event.tenant_id for env, _ in hashed}:
+        mine = [(env.event.image_id, env.event.sha256, hashes)
+                for env, hashes in hashed if env.event.tenant_id == tenant]
+        exact[tenant] = exact_many(index, tenant, [(i, sha, h[0]) for i, sha, h in mine])
+        limits = settings.dedup.for_tenant(tenant)
+        try:
+            answers = index.near_many(tenant, [(i, h[1], h[2]) for i, _, h in mine],
+                                      limits.near_max_distance, limits.near_window_max_distance)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad image: each looks up alone below
+            log.warning("batched near look-up failed (%s): one image at a time", exc)
+            index.refresh(tenant)
+            continue
+        near.update(((tenant, i), found) for (i, _, _), found in zip(mine, answers, strict=True))
+    return exact, near
+
+
 def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: VectorStore,
                 tombstones: Tombstones, batch: Sequence[Envelope]) -> list[Outbound]:
     """Each image alone: one that cannot be deduplicated fails by itself (as a dedup
@@ -169,14 +199,7 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
     # another find each other, both ways).
     add_many(index, [(env.event.tenant_id, env.event.image_id, env.event.sha256, *hashes)
                      for env, hashes in hashed])
-    # Then each tenant's exact matches in one query and its near cache refreshed once
-    # (both after the writes: what a look-up per image after its own write would see).
-    exact: dict[str, dict[str, list[str]]] = {}
-    for tenant in {env.event.tenant_id for env, _ in hashed}:
-        exact[tenant] = exact_many(index, tenant, [
-            (env.event.image_id, env.event.sha256, hashes[0])
-            for env, hashes in hashed if env.event.tenant_id == tenant])
-        index.refresh(tenant)
+    exact, near = _look_up(settings, index, hashed)
     for env, hashes in hashed:
         event = env.event
         assert isinstance(event, ImageProcessed)
@@ -184,7 +207,8 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
         try:
             found = find_duplicates(event, hashes, index, store,
                                     settings.dedup.for_tenant(event.tenant_id), written=True,
-                                    exact=exact[event.tenant_id][event.image_id])
+                                    exact=exact[event.tenant_id][event.image_id],
+                                    near=near.get(key))
         except TRANSIENT:
             raise  # the store or database is down: retry the batch (every sink is idempotent)
         except Exception as exc:  # noqa: BLE001 - this image's fault: it alone fails

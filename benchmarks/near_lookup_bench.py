@@ -1,7 +1,7 @@
 """The near tier's look-up at 10k / 100k / 1M stored images: linear scan against
 multi-index hashing, side by side, and whether they match exactly the same rows.
 
-    python -m benchmarks.near_lookup_bench [--rows 10000,100000,1000000] [--parts 3,4]
+    python -m benchmarks.near_lookup_bench [--rows 10000,100000,1000000] [--parts 3,4] [--batch 64]
 
 Stored rows are random window hashes (49 per image, as ``scale_bench`` fills them),
 with, for every query, neighbours planted at distances 0..13 through each comparison
@@ -13,6 +13,12 @@ query is looked up with ``HashIndex.near``'s rule at the settings' thresholds (w
   of ``deeplens.hash_distances``, on all cores), the reference;
 - **mih-P**: ``deeplens.hash_mih.NearIndex`` with P substrings per hash: candidates from
   an exact radius search, verified by the same kernel.
+
+- **batch-B**: ``deeplens.hash_distances.near_hits``, what dedup runs on a consumer
+  batch (``HashIndex.near_many``): one pass over the stored rows for B look-ups at
+  once, then each look-up's hits measured exactly. Its ms per look-up is the pass's
+  time divided by B (``--batch``, default 64, dedup's consumer batch), the median over
+  the passes.
 
 For each: ms per look-up (median and p99), and for mih its build time, candidate rows
 per look-up and table bytes per stored image (on top of the ~417 bytes a row costs in
@@ -92,14 +98,36 @@ def timed(fn: Any, queries: np.ndarray) -> tuple[list[float], list[Any]]:
     return times, answers
 
 
+def batched(stored: np.ndarray, queries: np.ndarray, limits: tuple[int, int], batch: int,
+            reference: list[Any]) -> dict[str, Any]:
+    """``near_hits`` over ``batch`` queries per pass; each query's rows and distances."""
+    from deeplens.hash_distances import near_distances, near_hits
+
+    near_hits(stored[:100], queries[:2], *limits)  # compiled kernels loaded
+    per_lookup, answers = [], []
+    for first in range(0, len(queries), batch):
+        part = queries[first:first + batch]
+        start = time.perf_counter()
+        masks = near_hits(stored, part, *limits)
+        rows = np.flatnonzero(masks)
+        for j, query in enumerate(part):
+            hit = rows[(masks[rows] >> np.uint64(j)) & np.uint64(1) == 1]
+            whole, windowed = near_distances(stored[hit], query)
+            answers.append((hit, np.minimum(whole, windowed)))
+        per_lookup.append((time.perf_counter() - start) / len(part))
+    return {"ms_per_lookup_p50": round(1000 * float(np.median(per_lookup)), 3),
+            "passes": len(per_lookup), "differences": differences(answers, reference)}
+
+
 def compare(stored: np.ndarray, queries: np.ndarray, parts: list[int],
-            limits: tuple[int, int]) -> dict[str, Any]:
+            limits: tuple[int, int], batch: int = 64) -> dict[str, Any]:
     from deeplens.hash_mih import NearIndex, near_rows
 
     out: dict[str, Any] = {}
     times, reference = timed(lambda q: near_rows(stored, q, *limits), queries)
     out["linear"] = summary(times)
     out["matches_per_lookup"] = round(float(np.mean([len(r) for r, _ in reference])), 2)
+    out[f"batch-{batch}"] = batched(stored, queries, limits, batch, reference)
     whole_rule = (limits[0], -1)
     for p in parts:
         start = time.perf_counter()
@@ -147,6 +175,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--photos", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=64, help="look-ups per batched pass")
     args = parser.parse_args()
     sizes = [int(s) for s in args.rows.split(",")]
     parts = [int(p) for p in args.parts.split(",")]
@@ -167,7 +196,7 @@ def main() -> None:
         if size == max(sizes) and len(photos):
             stored = np.concatenate([stored, photos])
             queries = np.concatenate([queries, photos])
-        result = compare(stored, queries, parts, limits)
+        result = compare(stored, queries, parts, limits, args.batch)
         # Queries with nothing planted: every row they match is a stranger's.
         result["stranger_matches_per_lookup"] = round(float(np.mean([
             len(near_rows(stored, q, *limits)[0]) for q in random_rows(rng, 20, width)])), 2)
@@ -176,7 +205,7 @@ def main() -> None:
         del stored
     if len(photos):
         figures["photos"] = {"images": len(photos), "stored_with": max(sizes),
-                             **compare(photos, photos, parts, limits)}
+                             **compare(photos, photos, parts, limits, args.batch)}
         print(f"photographs alone: {figures['photos']}")
     print(f"recorded in {record('near_lookup', figures)}")
 

@@ -141,3 +141,30 @@ class TenantHashes:
             column[: len(keep)] = column[keep]
         self.n, self.dead = len(keep), 0
         self._whole, self._indexed = None, 0  # slots moved: rebuilt when next asked
+
+
+def windows_of(phash: int, windows: bytes | None) -> np.ndarray:
+    from deeplens.image_hashes import WINDOWS
+
+    if windows:
+        return np.frombuffer(windows, dtype=">u8").astype(np.uint64)
+    # A row from before window hashes: its whole-image pHash stands in for every window.
+    return np.full(len(WINDOWS), np.uint64(phash & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+
+
+def append_rows(cached: TenantHashes, rows: Sequence[Any]) -> None:
+    """Add a page of (seq, image_id, phash, windows) rows, decoded in bulk."""
+    if not rows:
+        return
+    width = cached.width
+    full = [r[3] is not None and len(r[3]) == 8 * width for r in rows]
+    if all(full):
+        windows = np.frombuffer(b"".join(r[3] for r in rows), dtype=">u8").astype(np.uint64)
+        windows = windows.reshape(len(rows), width)
+    else:  # rows from before window hashes: the whole-image pHash stands for every window
+        phashes = np.fromiter((int(r[2]) for r in rows), dtype=np.int64, count=len(rows))
+        windows = np.repeat(phashes.view(np.uint64)[:, None], width, axis=1)
+        for i in np.flatnonzero(full).tolist():
+            windows[i] = windows_of(int(rows[i][2]), rows[i][3])
+    cached.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+                  [r[1] for r in rows], windows)

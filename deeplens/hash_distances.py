@@ -62,39 +62,43 @@ def numpy_distances(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,
                                                     chunk), spans))
 
 
+def near_hits(stored: np.ndarray, queries: np.ndarray, whole_limit: int,
+              window_limit: int) -> np.ndarray:
+    """For up to 64 ``queries`` (Q x W) at once: per row of ``stored`` a bit mask, bit j
+    set where the row is near query j (whole <= ``whole_limit`` or windowed <=
+    ``window_limit``, the distances of ``near_distances``).
+
+    One pass over the stored rows for a whole batch of look-ups: a row's window hashes
+    are read once for every query of the batch, where a look-up per image read the
+    tenant's matrix once per image (``benchmarks/near_lookup_bench.py`` measures both)."""
+    from deeplens.image_hashes import CENTRED
+
+    if len(queries) > 64:
+        raise ValueError("near_hits takes at most 64 queries (one bit each)")
+    n = len(stored)
+    masks = np.zeros(n, dtype=np.uint64)
+    kernels = _compiled_kernels()
+    if kernels is not None and n:
+        kernel = kernels[3] if n >= _PARALLEL_ROWS else kernels[2]
+        kernel(np.ascontiguousarray(stored), np.ascontiguousarray(queries, dtype=np.uint64),
+               CENTRED[0], CENTRED[1], whole_limit, window_limit, masks)
+        return masks
+    for j, query in enumerate(queries):  # numpy: one pass per query
+        whole, windowed = near_distances(stored, query)
+        masks[(whole <= whole_limit) | (windowed <= window_limit)] |= np.uint64(1 << j)
+    return masks
+
+
 @cache
-def _compiled_kernels() -> tuple[Any, Any] | None:
-    """The fused distance loop compiled by numba (cached on disk), one thread and all
-    cores; None without numba."""
+def _compiled_kernels() -> tuple[Any, Any, Any, Any] | None:
+    """The fused distance loops compiled by numba (``deeplens.hash_kernels``, cached on
+    disk): per row and batched, one thread and all cores; None without numba."""
     try:
-        import numba
+        from deeplens import hash_kernels as k
     except ImportError:
         log.warning("numba is not installed: near-duplicate look-ups use numpy (~3x slower)")
         return None
-    u64 = numba.uint64
-
-    @numba.njit(inline="always")
-    def popcount(x: int) -> int:  # SWAR popcount of a 64-bit word
-        x = x - ((x >> u64(1)) & u64(0x5555555555555555))
-        x = (x & u64(0x3333333333333333)) + ((x >> u64(2)) & u64(0x3333333333333333))
-        x = (x + (x >> u64(4))) & u64(0x0F0F0F0F0F0F0F0F)
-        return (x * u64(0x0101010101010101)) >> u64(56)  # type: ignore[no-any-return]
-
-    def body(stored: np.ndarray, query: np.ndarray, centre_a: int, centre_b: int,
-             whole: np.ndarray, windowed: np.ndarray) -> None:
-        rows, width = stored.shape
-        for r in numba.prange(rows):
-            full = stored[r, 0]
-            best = popcount(stored[r, centre_a] ^ query[centre_a])
-            best = min(best, popcount(stored[r, centre_b] ^ query[centre_b]))
-            for k in range(width):
-                best = min(best, popcount(stored[r, k] ^ query[0]))  # query a crop of it
-                best = min(best, popcount(full ^ query[k]))  # or it a crop of the query
-            whole[r] = popcount(full ^ query[0])
-            windowed[r] = best
-
-    return (numba.njit(cache=True, nogil=True)(body),
-            numba.njit(parallel=True, cache=True, nogil=True)(body))
+    return k.rows_one, k.rows_parallel, k.batch_one, k.batch_parallel
 
 
 def _distances_into(stored: np.ndarray, query: np.ndarray, whole: np.ndarray,

@@ -8,7 +8,8 @@ the database, and rows written by other dedup actors are seen too. With the wind
 off (``window_max_distance < 0``) a large tenant is looked up through a multi-index
 of its whole-image pHashes (``TenantHashes.whole_within``), with the same answers.
 The windowed rule stays a scan: no exact index of it pays (benchmarks/RESULTS.md,
-``near_lookup_bench``).
+``near_lookup_bench``). A consumer batch's look-ups share one pass over the tenant's
+rows (``near_many``): each row's window hashes are read once for up to 64 images.
 
 Two near distances per pair of images (``near_distances``):
 
@@ -48,8 +49,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from deeplens.hash_cache import TenantHashes
-from deeplens.hash_distances import near_distances, numpy_distances
+from deeplens.hash_cache import TenantHashes, append_rows, windows_of
+from deeplens.hash_distances import near_distances, near_hits, numpy_distances
 
 __all__ = ["HashIndex", "image_hashes", "near_distances", "numpy_distances", "to_signed"]
 
@@ -81,13 +82,15 @@ def to_signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _windows_of(phash: int, windows: bytes | None) -> np.ndarray:
-    from deeplens.image_hashes import WINDOWS
+Query = tuple[str, int, "np.ndarray | None"]  # image id, pHash, window pHashes (or None)
 
-    if windows:
-        return np.frombuffer(windows, dtype=">u8").astype(np.uint64)
-    # A row from before window hashes: its whole-image pHash stands in for every window.
-    return np.full(len(WINDOWS), np.uint64(phash & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+
+def _named(cached: TenantHashes, slots: np.ndarray, distances: np.ndarray,
+           image_id: str) -> list[tuple[str, int, int]]:
+    """(image id, distance, slot) of ``slots``, the look-up's own image left out."""
+    named = [(cached.image_id(s), int(d), s) for s, d in
+             zip(slots.tolist(), distances.tolist(), strict=True)]
+    return [hit for hit in named if hit[0] != image_id]
 
 
 def chunked(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -137,36 +140,60 @@ class HashIndex:
         """(image_id, distance) of the tenant's images whose whole-image pHash is within
         ``max_distance``, or, given the image's window hashes, whose windowed distance
         is within ``window_max_distance``. The distance reported is the smaller one.
-        ``refresh=False``: the cache as the caller's last :meth:`refresh` left it (a
-        batch's look-ups, after one refresh that follows the batch's writes)."""
-        query = _windows_of(phash, None if windows is None else
-                            np.asarray(windows, dtype=">u8").tobytes())
+        ``refresh=False``: the cache as the caller's last :meth:`refresh` left it."""
+        return self.near_many(tenant_id, [(image_id, phash, windows)], max_distance,
+                              window_max_distance, refresh)[0]
+
+    def near_many(self, tenant_id: str, queries: Sequence[Query], max_distance: int,
+                  window_max_distance: int = -1,
+                  refresh: bool = True) -> list[list[tuple[str, int]]]:
+        """:meth:`near` for each of ``queries`` (image id, pHash, window hashes or None),
+        in one pass over the tenant's cache per 64 images (``near_hits``): a consumer
+        batch's look-ups, after one refresh that follows the batch's writes."""
+        from deeplens.image_hashes import WINDOWS
+
+        for image_id, _, windows in queries:  # the kernels index by the stored rows' width
+            if windows is not None and len(windows) != len(WINDOWS):
+                raise ValueError(f"image {image_id}: {len(windows)} window hashes, "
+                                 f"expected {len(WINDOWS)}")
+        stacked = np.stack([windows_of(phash, None if windows is None else
+                                       np.asarray(windows, dtype=">u8").tobytes())
+                            for _, phash, windows in queries]) if queries else None
+        # A query without window hashes (an old event) is matched whole-image only.
+        windowed = [j for j, (_, _, w) in enumerate(queries)
+                    if w is not None and window_max_distance >= 0]
+        whole_only = sorted(set(range(len(queries))) - set(windowed))
+        found: list[list[tuple[str, int, int]]] = [[] for _ in queries]
         with self._lock:
             cached = self._cache.get(tenant_id) if not refresh else None
             cached = cached if cached is not None else self._refresh(tenant_id)
-            if not len(cached):
-                return []
-            if windows is None or window_max_distance < 0:  # the whole-image pHash alone
-                slots = [int(s) for s in cached.whole_within(query[0], max_distance)
-                         if cached.alive[s]]
-                best = dict(zip(slots, np.bitwise_count(
-                    cached.windows[slots, 0] ^ query[0]).tolist(), strict=True))
-            else:
-                whole, windowed = near_distances(cached.windows[: cached.n], query)
-                hit = ((whole <= max_distance) | (windowed <= window_max_distance)) \
-                    & cached.alive[: cached.n]
-                best = np.minimum(whole, windowed)
-                slots = [int(s) for s in np.flatnonzero(hit)]
-            found = [(cached.image_id(s), int(best[s]), s) for s in slots]
-            found = [f for f in found if f[0] != image_id]
-        if not found:
-            return []
-        alive = self._alive(tenant_id, [i for i, _, _ in found])
-        if len(alive) < len(found):  # another actor forgot some: drop their slots here too
+            if not len(cached) or stacked is None:
+                return [[] for _ in queries]
+            for j in whole_only:
+                slots = cached.whole_within(stacked[j, 0], max_distance)
+                slots = slots[cached.alive[slots]]
+                found[j] = _named(cached, slots, np.bitwise_count(
+                    cached.windows[slots, 0] ^ stacked[j, 0]), queries[j][0])
+            for first in range(0, len(windowed), 64):
+                chunk = windowed[first:first + 64]
+                part = stacked[chunk]
+                masks = near_hits(cached.windows[: cached.n], part, max_distance,
+                                  window_max_distance)
+                masks[~cached.alive[: cached.n]] = 0
+                rows = np.flatnonzero(masks)
+                for bit, j in enumerate(chunk):
+                    slots = rows[(masks[rows] >> np.uint64(bit)) & np.uint64(1) == 1]
+                    whole, window = near_distances(cached.windows[slots], part[bit])
+                    found[j] = _named(cached, slots, np.minimum(whole, window), queries[j][0])
+        everyone = sorted({i for hits in found for i, _, _ in hits})
+        if not everyone:
+            return [[] for _ in queries]
+        alive = self._alive(tenant_id, everyone)
+        if len(alive) < len(everyone):  # another actor forgot some: drop their slots here too
             with self._lock:
                 if self._cache.get(tenant_id) is cached:
-                    cached.kill(s for i, _, s in found if i not in alive)
-        return [(i, d) for i, d, _ in found if i in alive]
+                    cached.kill(s for hits in found for i, _, s in hits if i not in alive)
+        return [[(i, d) for i, d, _ in hits if i in alive] for hits in found]
 
     def refresh(self, tenant_id: str) -> None:
         """Bring the tenant's cache up to date now (what every ``near`` does first)."""
@@ -207,7 +234,7 @@ class HashIndex:
                 missing = [s for s, slot in zip(recent, cached.slots_of(recent).tolist(),
                                                 strict=True) if slot < 0]
                 for part in chunked(missing):
-                    _append_rows(cached, conn.execute(sa.select(*columns).where(
+                    append_rows(cached, conn.execute(sa.select(*columns).where(
                         t.tenant_id == tenant_id, t.seq.in_(part)).order_by(t.seq)).all())
             elif not cached.last_seq:
                 cached.swept_at = now
@@ -215,7 +242,7 @@ class HashIndex:
                 rows = conn.execute(sa.select(*columns).where(
                     t.tenant_id == tenant_id, t.seq > cached.last_seq)
                     .order_by(t.seq).limit(LOAD_PAGE)).all()
-                _append_rows(cached, rows)
+                append_rows(cached, rows)
                 if len(rows) < LOAD_PAGE:
                     break
         self._evict(keep=tenant_id)
@@ -245,21 +272,3 @@ class HashIndex:
                 cached = self._cache.get(tenant_id)
                 if cached is not None:
                     cached.kill(int(s) for s in cached.slots_of(gone).tolist())
-
-
-def _append_rows(cached: TenantHashes, rows: Sequence[Any]) -> None:
-    """Add a page of (seq, image_id, phash, windows) rows, decoded in bulk."""
-    if not rows:
-        return
-    width = cached.width
-    full = [r[3] is not None and len(r[3]) == 8 * width for r in rows]
-    if all(full):
-        windows = np.frombuffer(b"".join(r[3] for r in rows), dtype=">u8").astype(np.uint64)
-        windows = windows.reshape(len(rows), width)
-    else:  # rows from before window hashes: the whole-image pHash stands for every window
-        phashes = np.fromiter((int(r[2]) for r in rows), dtype=np.int64, count=len(rows))
-        windows = np.repeat(phashes.view(np.uint64)[:, None], width, axis=1)
-        for i in np.flatnonzero(full).tolist():
-            windows[i] = _windows_of(int(rows[i][2]), rows[i][3])
-    cached.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
-                  [r[1] for r in rows], windows)

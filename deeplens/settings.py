@@ -206,8 +206,7 @@ class DedupSettings(DedupThresholds):
         "~420 bytes per stored image, benchmarks/scale_bench.py)")
 
     def for_tenant(self, tenant_id: str) -> DedupThresholds:
-        """The thresholds for one tenant: every default setting, with the tenant's own
-        overrides (only the fields its JSON names) on top."""
+        """Every default setting, the tenant's overrides (the fields its JSON names) on top."""
         merged = {name: getattr(self, name) for name in DedupThresholds.model_fields}
         own = self.tenants.get(tenant_id)
         if own is not None:

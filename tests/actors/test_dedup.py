@@ -277,3 +277,35 @@ def test_matches_per_image_are_capped_strongest_first(tmp_path) -> None:
                             store, DedupThresholds(max_matches=2))
     assert len(found.matches) == 2
     assert found.matches[0].image_id == "b" and found.matches[0].kind == "exact"
+
+
+def test_an_image_with_malformed_window_hashes_fails_alone_in_a_batched_look_up(tmp_path) -> None:
+    """The batch's near look-ups run in one pass; an event whose window hashes have the
+    wrong count fails by itself, and the rest of its batch still link."""
+    import base64
+
+    from actors.dedup import dedup_batch
+    from deeplens.settings import Settings
+    from deeplens.stage_sdk import Envelope
+    from deeplens.tombstones import Tombstones
+
+    original = jpeg_bytes(scene(21))
+    copy = jpeg_bytes(Image.open(io.BytesIO(original)), quality=35)
+    events = []
+    for image_id, data, count in (("a", original, None), ("b", copy, None),
+                                  ("bad", jpeg_bytes(scene(22)), 3)):
+        fingerprint, phash, windows = content_hashes(data)
+        windows = windows[:count] if count else windows
+        events.append(processed(image_id, data, np.ones(4)).model_copy(update={
+            "pixel_fingerprint": fingerprint, "phash": f"{phash:016x}",
+            "window_hashes": base64.b64encode(windows.astype(">u8").tobytes()).decode()}))
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    batch = [Envelope(topic="images.processed", partition=0, offset=i, key=e.image_id,
+                      timestamp=None, event=e) for i, e in enumerate(events)]
+    out = dedup_batch(Settings(data_dir=tmp_path), None, HashIndex(url),
+                      LanceStore(tmp_path / "v", VectorStoreSettings()), Tombstones(url), batch)
+    by_id = {o.event.image_id: o for o in out}
+    assert by_id["bad"].topic == "images.failed"
+    assert "3 window hashes" in by_id["bad"].event.message
+    assert [(m.image_id, m.kind) for m in by_id["b"].event.matches] == [("a", "near")]
+    assert [(m.image_id, m.kind) for m in by_id["a"].event.matches] == [("b", "near")]
