@@ -54,13 +54,20 @@ def command_line() -> str:
     return " ".join([program, *sys.argv[1:]])
 
 
-def commit() -> str:
-    """The checked-out commit, ``+dirty`` when tracked files differ from it."""
+# Files that cannot change a measurement: a results file or a document edited while a
+# benchmark runs does not make its figures come from a tree other than the commit.
+NOT_MEASURED = (":(exclude)*.md", ":(exclude)benchmarks/results", ":(exclude)benchmarks/runs")
+
+
+def commit(root: Path = ROOT) -> str:
+    """The checked-out commit, ``+dirty`` when tracked files that could change what is
+    measured (code, settings, tests; not documents or results) differ from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", *NOT_MEASURED],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git checkout)"
     return head + ("+dirty" if dirty else "")

@@ -111,3 +111,27 @@ def test_repeats_give_medians_and_spread() -> None:
     assert summary["spread"] == {"rate": [10.0, 14.0], "rows[0].p50_ms": [1.0, 3.0]}
     assert summary["repeat"] == 3 and summary["runs"] == runs
     assert spread.summarize([{"rate": 1}]) == {"rate": 1, "repeat": 1}
+
+
+def test_the_commit_is_dirty_for_code_changes_but_not_for_documents_or_results(tmp_path) -> None:
+    """A RESULTS.md edit or a recorded file written while a benchmark runs does not mark
+    its figures as coming from another tree; a code change does."""
+    import subprocess
+
+    from benchmarks.common import commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("code.py", "RESULTS.md", "benchmarks/results/x.json"):
+        (tmp_path / name).write_text("1\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "one")
+    assert not commit(tmp_path).endswith("+dirty")
+    (tmp_path / "RESULTS.md").write_text("2\n")
+    (tmp_path / "benchmarks/results/x.json").write_text("2\n")
+    assert not commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("2\n")
+    assert commit(tmp_path).endswith("+dirty")
