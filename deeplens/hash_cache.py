@@ -27,6 +27,7 @@ class TenantHashes:
         self.width = width
         self.n = 0  # slots used (alive or dead)
         self.dead = 0
+        self.generation = 0  # bumped when slots move (compact): slot numbers held across it are stale
         self.windows = np.empty((0, width), dtype=np.uint64)
         self.keys = np.empty((0, 16), dtype=np.uint8)
         self.seqs = np.empty(0, dtype=np.int64)
@@ -140,6 +141,7 @@ class TenantHashes:
             column = getattr(self, name)
             column[: len(keep)] = column[keep]
         self.n, self.dead = len(keep), 0
+        self.generation += 1
         self._whole, self._indexed = None, 0  # slots moved: rebuilt when next asked
 
 

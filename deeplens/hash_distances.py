@@ -75,6 +75,9 @@ def near_hits(stored: np.ndarray, queries: np.ndarray, whole_limit: int,
 
     if len(queries) > 64:
         raise ValueError("near_hits takes at most 64 queries (one bit each)")
+    if len(queries) and len(stored) and queries.shape[1] != stored.shape[1]:
+        raise ValueError(f"queries have {queries.shape[1]} window hashes, the stored rows "
+                         f"{stored.shape[1]}")  # the compiled loops do not check bounds
     n = len(stored)
     masks = np.zeros(n, dtype=np.uint64)
     kernels = _compiled_kernels()

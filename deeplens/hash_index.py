@@ -152,23 +152,25 @@ class HashIndex:
         batch's look-ups, after one refresh that follows the batch's writes."""
         from deeplens.image_hashes import WINDOWS
 
-        for image_id, _, windows in queries:  # the kernels index by the stored rows' width
-            if windows is not None and len(windows) != len(WINDOWS):
-                raise ValueError(f"image {image_id}: {len(windows)} window hashes, "
-                                 f"expected {len(WINDOWS)}")
-        stacked = np.stack([windows_of(phash, None if windows is None else
-                                       np.asarray(windows, dtype=">u8").tobytes())
-                            for _, phash, windows in queries]) if queries else None
-        # A query without window hashes (an old event) is matched whole-image only.
+        # A query without window hashes (an old event) is matched whole-image only, as
+        # every query is with the windows off.
         windowed = [j for j, (_, _, w) in enumerate(queries)
                     if w is not None and window_max_distance >= 0]
         whole_only = sorted(set(range(len(queries))) - set(windowed))
+        for image_id, _, windows in (queries[j] for j in windowed):  # kernels: no bounds check
+            if windows is not None and len(windows) != len(WINDOWS):
+                raise ValueError(f"image {image_id}: {len(windows)} window hashes, "
+                                 f"expected {len(WINDOWS)}")
+        stacked = np.stack([windows_of(phash, np.asarray(windows, dtype=">u8").tobytes()
+                                       if j in windowed else None)
+                            for j, (_, phash, windows) in enumerate(queries)]) if queries else None
         found: list[list[tuple[str, int, int]]] = [[] for _ in queries]
         with self._lock:
             cached = self._cache.get(tenant_id) if not refresh else None
             cached = cached if cached is not None else self._refresh(tenant_id)
             if not len(cached) or stacked is None:
                 return [[] for _ in queries]
+            generation = cached.generation
             for j in whole_only:
                 slots = cached.whole_within(stacked[j, 0], max_distance)
                 slots = slots[cached.alive[slots]]
@@ -190,8 +192,8 @@ class HashIndex:
             return [[] for _ in queries]
         alive = self._alive(tenant_id, everyone)
         if len(alive) < len(everyone):  # another actor forgot some: drop their slots here too
-            with self._lock:
-                if self._cache.get(tenant_id) is cached:
+            with self._lock:  # unless the slots moved meanwhile (a compaction)
+                if self._cache.get(tenant_id) is cached and cached.generation == generation:
                     cached.kill(s for hits in found for i, _, s in hits if i not in alive)
         return [[(i, d) for i, d, _ in hits if i in alive] for hits in found]
 
