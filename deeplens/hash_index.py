@@ -149,7 +149,10 @@ class HashIndex:
                   refresh: bool = True) -> list[list[tuple[str, int]]]:
         """:meth:`near` for each of ``queries`` (image id, pHash, window hashes or None),
         in one pass over the tenant's cache per 64 images (``near_hits``): a consumer
-        batch's look-ups, after one refresh that follows the batch's writes."""
+        batch's look-ups, after one refresh that follows the batch's writes. The cache's
+        lock is held through the pass (a compaction or growth would move the arrays), so
+        this actor's other look-ups and forgets wait for it: ~0.6 s per 64 images at 1M
+        stored (benchmarks/RESULTS.md, near_lookup_bench)."""
         from deeplens.image_hashes import WINDOWS
 
         # A query without window hashes (an old event) is matched whole-image only, as
