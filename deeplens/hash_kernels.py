@@ -8,10 +8,10 @@ installed, by ``deeplens.hash_distances``).
 - ``batch``: up to 64 queries against every stored row in one pass, a bit mask per row.
   Rows go in blocks of ``BLOCK``, each block turned column-major first, so the innermost
   loop runs over a block's rows (one vector lane per row) with the query's hash
-  broadcast. Measured against the row-major form of the same loop (the inner loop over
-  a row's 49 windows, a horizontal minimum per row and query): 2-3x fewer ns per row and
-  query (``benchmarks/near_lookup_bench.py`` records what ``HashIndex.near_many``
-  costs)."""
+  broadcast. Against the row-major form of the same loop (the inner loop over a row's
+  49 windows, a horizontal minimum per row and query) it took 2-3x fewer ns per row and
+  query in prototype runs at 300k and 1M rows (2026-12-08, not kept);
+  ``benchmarks/near_lookup_bench.py`` records what ``HashIndex.near_many`` costs."""
 
 from __future__ import annotations
 
