@@ -154,7 +154,8 @@ def _hashes_of(pending: Sequence[Envelope], storage: Storage,
     return hashed
 
 
-def _look_up(settings: Settings, index: HashIndex, hashed: Sequence[tuple[Envelope, Hashes]],
+def _look_up(limits: dict[str, DedupThresholds], index: HashIndex,
+             hashed: Sequence[tuple[Envelope, Hashes]],
              ) -> tuple[dict[str, dict[str, list[str]]], dict[tuple[str, str], Near]]:
     """Each tenant's exact matches in one query, and its near matches in one pass over its
     cache, after the batch's writes (what a look-up per image after its own write would
@@ -166,10 +167,10 @@ def _look_up(settings: Settings, index: HashIndex, hashed: Sequence[tuple[Envelo
         mine = [(env.event.image_id, env.event.sha256, hashes)
                 for env, hashes in hashed if env.event.tenant_id == tenant]
         exact[tenant] = exact_many(index, tenant, [(i, sha, h[0]) for i, sha, h in mine])
-        limits = settings.dedup.for_tenant(tenant)
         try:
             answers = index.near_many(tenant, [(i, h[1], h[2]) for i, _, h in mine],
-                                      limits.near_max_distance, limits.near_window_max_distance)
+                                      limits[tenant].near_max_distance,
+                                      limits[tenant].near_window_max_distance)
         except TRANSIENT:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad image: each looks up alone below
@@ -199,14 +200,15 @@ def dedup_batch(settings: Settings, storage: Storage, index: HashIndex, store: V
     # another find each other, both ways).
     add_many(index, [(env.event.tenant_id, env.event.image_id, env.event.sha256, *hashes)
                      for env, hashes in hashed])
-    exact, near = _look_up(settings, index, hashed)
+    limits = {t: settings.dedup.for_tenant(t) for t in {env.event.tenant_id for env, _ in hashed}}
+    exact, near = _look_up(limits, index, hashed)
     for env, hashes in hashed:
         event = env.event
         assert isinstance(event, ImageProcessed)
         key = (event.tenant_id, event.image_id)
         try:
             found = find_duplicates(event, hashes, index, store,
-                                    settings.dedup.for_tenant(event.tenant_id), written=True,
+                                    limits[event.tenant_id], written=True,
                                     exact=exact[event.tenant_id][event.image_id],
                                     near=near.get(key))
         except TRANSIENT:

@@ -101,19 +101,14 @@ def timed(fn: Any, queries: np.ndarray) -> tuple[list[float], list[Any]]:
 def batched(stored: np.ndarray, queries: np.ndarray, limits: tuple[int, int], batch: int,
             reference: list[Any]) -> dict[str, Any]:
     """``near_hits`` over ``batch`` queries per pass; each query's rows and distances."""
-    from deeplens.hash_distances import near_distances, near_hits
+    from deeplens.hash_distances import hits_of, near_hits
 
     near_hits(stored[:100], queries[:2], *limits)  # compiled kernels loaded
     per_lookup, answers = [], []
     for first in range(0, len(queries), batch):
         part = queries[first:first + batch]
         start = time.perf_counter()
-        masks = near_hits(stored, part, *limits)
-        rows = np.flatnonzero(masks)
-        for j, query in enumerate(part):
-            hit = rows[(masks[rows] >> np.uint64(j)) & np.uint64(1) == 1]
-            whole, windowed = near_distances(stored[hit], query)
-            answers.append((hit, np.minimum(whole, windowed)))
+        answers.extend(hits_of(stored, part, near_hits(stored, part, *limits)))
         per_lookup.append((time.perf_counter() - start) / len(part))
     return {"ms_per_lookup_p50": round(1000 * float(np.median(per_lookup)), 3),
             "passes": len(per_lookup), "differences": differences(answers, reference)}

@@ -92,6 +92,19 @@ def near_hits(stored: np.ndarray, queries: np.ndarray, whole_limit: int,
     return masks
 
 
+def hits_of(stored: np.ndarray, queries: np.ndarray, masks: np.ndarray,
+            rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query of a ``near_hits`` pass: (its rows, ascending; their distance, the smaller
+    of whole and windowed). ``rows``: where to look (default: every row with a bit set)."""
+    rows = np.flatnonzero(masks) if rows is None else rows
+    out = []
+    for bit, query in enumerate(queries):
+        hit = rows[(masks[rows] >> np.uint64(bit)) & np.uint64(1) == 1]
+        whole, windowed = near_distances(stored[hit], query)
+        out.append((hit, np.minimum(whole, windowed)))
+    return out
+
+
 @cache
 def _compiled_kernels() -> tuple[Any, Any, Any, Any] | None:
     """The fused distance loops compiled by numba (``deeplens.hash_kernels``, cached on

@@ -50,7 +50,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from deeplens.hash_cache import TenantHashes, append_rows, windows_of
-from deeplens.hash_distances import near_distances, near_hits, numpy_distances
+from deeplens.hash_distances import hits_of, near_distances, near_hits, numpy_distances
 
 __all__ = ["HashIndex", "image_hashes", "near_distances", "numpy_distances", "to_signed"]
 
@@ -185,11 +185,9 @@ class HashIndex:
                 masks = near_hits(cached.windows[: cached.n], part, max_distance,
                                   window_max_distance)
                 masks[~cached.alive[: cached.n]] = 0
-                rows = np.flatnonzero(masks)
-                for bit, j in enumerate(chunk):
-                    slots = rows[(masks[rows] >> np.uint64(bit)) & np.uint64(1) == 1]
-                    whole, window = near_distances(cached.windows[slots], part[bit])
-                    found[j] = _named(cached, slots, np.minimum(whole, window), queries[j][0])
+                for j, (slots, best) in zip(chunk, hits_of(cached.windows, part, masks),
+                                            strict=True):
+                    found[j] = _named(cached, slots, best, queries[j][0])
         everyone = sorted({i for hits in found for i, _, _ in hits})
         if not everyone:
             return [[] for _ in queries]
